@@ -1,0 +1,8 @@
+//! `eali bench` (being built).
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`eali bench` is not built yet")
+}

@@ -1,0 +1,40 @@
+//! Command-line subcommands. Each lives in its own file with its argument struct and handler.
+
+use clap::{Parser, Subcommand};
+
+pub mod bench;
+pub mod fit;
+pub mod models;
+pub mod plan;
+pub mod profile;
+
+#[derive(Debug, Parser)]
+#[command(name = "eali", version, about = "Energy-aware layer-level scheduling for CNN inference on GPUs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the model zoo with parameters and MACs.
+    Models(models::Args),
+    /// Measure per-layer time and energy over batch sizes and clocks; write a profile file.
+    Profile(profile::Args),
+    /// Train and cross-validate the layer power prediction model from profile files.
+    Fit(fit::Args),
+    /// Explain the plan for a model, GPU, SLO and arrival rate.
+    Plan(plan::Args),
+    /// Run EALI against the baselines in the discrete-event simulator.
+    Bench(bench::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Models(a) => models::run(a),
+        Command::Profile(a) => profile::run(a),
+        Command::Fit(a) => fit::run(a),
+        Command::Plan(a) => plan::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}

@@ -1,0 +1,8 @@
+//! `eali models` (being built).
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`eali models` is not built yet")
+}

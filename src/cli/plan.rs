@@ -1,0 +1,8 @@
+//! `eali plan` (being built).
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`eali plan` is not built yet")
+}

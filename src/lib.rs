@@ -1,0 +1,11 @@
+//! EALI: energy-aware layer-level scheduling for CNN inference on GPUs.
+//!
+//! The pure core (`model`, `perf`, `eali`, `sim`) takes plain data and returns decisions; hardware
+//! sits behind the traits in [`gpu`].
+
+pub mod cli;
+pub mod eali;
+pub mod gpu;
+pub mod model;
+pub mod perf;
+pub mod sim;
