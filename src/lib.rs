@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod eali;
 pub mod gpu;
+pub mod k8s;
 pub mod model;
 pub mod perf;
 pub mod sim;

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod crd;
 pub mod fit;
 pub mod models;
 pub mod plan;
@@ -27,6 +28,8 @@ pub enum Command {
     Plan(plan::Args),
     /// Run EALI against the baselines in the discrete-event simulator.
     Bench(bench::Args),
+    /// Print the InferenceService CRD generated from the Rust types.
+    Crd(crd::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fit(a) => fit::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Crd(a) => crd::run(a),
     }
 }

@@ -3,3 +3,11 @@
 //! here touches tokio, Kubernetes, the network or NVML.
 
 pub mod costs;
+pub mod error;
+pub mod fill_time;
+pub mod switch;
+pub mod synthetic;
+pub mod units;
+
+pub use error::EaliError;
+pub use switch::{SwitchCost, SwitchLatency};

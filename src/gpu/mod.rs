@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod sim;
+
 /// What a layer asks of the GPU, independent of which network it came from.
 ///
 /// Quantities are for a whole batch (the caller multiplies per-sample figures by the batch size);

@@ -2,11 +2,20 @@
 //! (MACs, parameters, bytes moved) for any batch size. The model zoo builds the usual ImageNet
 //! networks in this IR.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
-use crate::gpu::{LayerWork, WorkKind};
-
+mod builder;
+mod cost;
+mod error;
+mod graph;
+mod shape;
 pub mod zoo;
+
+pub use builder::{Conv, GraphBuilder, Pool, Tensor};
+pub use error::ModelError;
+pub use shape::{infer_output, window_output};
 
 /// Index of a layer in [`Graph::layers`].
 pub type LayerId = usize;
@@ -25,6 +34,12 @@ impl Shape {
     }
     pub fn elements(&self) -> u64 {
         u64::from(self.c) * u64::from(self.h) * u64::from(self.w)
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}x{}", self.c, self.h, self.w)
     }
 }
 
@@ -73,6 +88,33 @@ pub enum Op {
     Lrn {
         size: u32,
     },
+}
+
+impl Op {
+    /// Short stable operator name (snake_case, as in the serde tag), for tables and metric labels.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Op::Conv2d { .. } => "conv2d",
+            Op::BatchNorm => "batch_norm",
+            Op::Relu => "relu",
+            Op::Relu6 => "relu6",
+            Op::MaxPool { .. } => "max_pool",
+            Op::AvgPool { .. } => "avg_pool",
+            Op::GlobalAvgPool => "global_avg_pool",
+            Op::Linear { .. } => "linear",
+            Op::Add => "add",
+            Op::Concat => "concat",
+            Op::Flatten => "flatten",
+            Op::Softmax => "softmax",
+            Op::Dropout => "dropout",
+            Op::Lrn { .. } => "lrn",
+        }
+    }
+
+    /// Whether the operator joins several branches (the end of a residual/inception/dense block).
+    pub fn is_join(&self) -> bool {
+        matches!(self, Op::Add | Op::Concat)
+    }
 }
 
 /// One node of the graph.

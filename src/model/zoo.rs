@@ -1,1 +1,0 @@
-//! The model zoo (being built).

@@ -1,0 +1,42 @@
+//! Errors of the performance model: profiling, fitting, loading and table building.
+
+use std::path::PathBuf;
+
+use crate::gpu::GpuError;
+
+/// Everything that can go wrong in `perf`.
+#[derive(Debug, thiserror::Error)]
+pub enum PerfError {
+    #[error("GPU backend: {0}")]
+    Gpu(#[from] GpuError),
+    #[error("clock {requested_mhz} MHz not in force after {waited_s:.3} s (GPU reports {actual_mhz} MHz)")]
+    ClockNotReached {
+        requested_mhz: u32,
+        actual_mhz: u32,
+        waited_s: f64,
+    },
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("not enough data for {what}: have {have}, need at least {need}")]
+    NotEnoughData {
+        what: &'static str,
+        have: usize,
+        need: usize,
+    },
+    #[error("fitting {what} failed: {reason}")]
+    Fit { what: &'static str, reason: String },
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad JSON in {path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = PerfError> = std::result::Result<T, E>;

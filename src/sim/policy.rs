@@ -1,0 +1,97 @@
+//! The seam between the event loop and a scheduling policy. A policy sees what a serving runtime
+//! sees (arrivals, queue length, age of the oldest request, finished batches) and answers with a
+//! dispatch (batch size and a clock plan over its own chain of units) or a time to wake up.
+//! EALI's online controller and every baseline implement the same trait, so the simulator runs
+//! them all the same way.
+
+use std::ops::Range;
+
+/// The clock a set-call asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockTarget {
+    /// `nvmlDeviceSetGpuLockedClocks(f, f)`.
+    Locked(u32),
+    /// `nvmlDeviceResetGpuLockedClocks`: back to the GPU's own default behaviour.
+    Default,
+}
+
+/// A set-call the clock thread issues `offset_s` after the batch is dispatched (ahead of the unit
+/// boundary where the clock should be in force). The batch path never waits for it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SetCall {
+    pub offset_s: f64,
+    pub target: ClockTarget,
+}
+
+/// Clocks for one batch: the clock intended for each unit of the policy's chain and the set-calls
+/// that put them in force.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BatchPlan {
+    /// Intended clock per unit (MHz); `None` = whatever the GPU does on its own.
+    pub unit_clocks: Vec<Option<u32>>,
+    pub set_calls: Vec<SetCall>,
+}
+
+impl BatchPlan {
+    /// A plan that leaves the clock alone for all `units`.
+    pub fn unmanaged(units: usize) -> Self {
+        Self { unit_clocks: vec![None; units], set_calls: Vec::new() }
+    }
+    /// One locked clock for the whole batch, set at dispatch (skipped by the clock thread when
+    /// it is already in force).
+    pub fn single(units: usize, mhz: u32) -> Self {
+        Self {
+            unit_clocks: vec![Some(mhz); units],
+            set_calls: vec![SetCall { offset_s: 0.0, target: ClockTarget::Locked(mhz) }],
+        }
+    }
+}
+
+/// What a policy wants now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Action {
+    /// Run the `batch` oldest queued requests now with [`Policy::plan`].
+    Dispatch { batch: u32 },
+    /// Nothing until this time, or until the next arrival if that comes first.
+    WaitUntil(f64),
+}
+
+/// What the event loop reports after a batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchDone {
+    pub start_s: f64,
+    pub end_s: f64,
+    pub batch: u32,
+    /// Arrival time of the oldest request of the batch.
+    pub oldest_arrival_s: f64,
+    /// Energy counter difference over the batch (J); whole mJ with a 10 ms update period, so
+    /// short batches read coarsely, as on a real GPU.
+    pub energy_j: f64,
+    /// Requests still queued after the batch.
+    pub queue_len: usize,
+}
+
+/// A scheduling policy driven by the event loop (or a serving runtime).
+pub trait Policy {
+    /// Short name for tables.
+    fn name(&self) -> &str;
+    /// The policy's chain of units as contiguous layer ranges of the model in topological order;
+    /// the simulator runs a batch unit by unit over these.
+    fn units(&self) -> &[Range<usize>];
+    /// Largest batch the policy may dispatch (the simulator precomputes costs up to this).
+    fn max_batch(&self) -> u32;
+    /// Set-call to issue when the run starts (e.g. lock f_max), if any.
+    fn initial_clock(&self) -> Option<ClockTarget> {
+        None
+    }
+    fn on_arrival(&mut self, _t: f64) {}
+    /// Decide at `now` with `queue_len ≥ 1` requests waiting, the oldest since `oldest_arrival`.
+    fn next_action(&mut self, now: f64, queue_len: usize, oldest_arrival: f64) -> Action;
+    /// The clock plan of the last [`Action::Dispatch`].
+    fn plan(&self) -> &BatchPlan;
+    fn on_batch_done(&mut self, _done: &BatchDone) {}
+    /// True while the policy cannot meet the SLO at the observed load (a scale-out signal).
+    fn saturated(&self) -> bool {
+        false
+    }
+}

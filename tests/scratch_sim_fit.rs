@@ -1,0 +1,41 @@
+// scratch: fitting helper (to be deleted)
+use eali::gpu::sim::{GpuProfile, SpanCost, calibration::resnet50};
+use std::path::Path;
+
+#[test]
+fn fit() {
+    let name = std::env::var("FIT").unwrap_or("v100-pcie".into());
+    let p = GpuProfile::from_path(Path::new(&format!("/tmp/fit/{name}.toml"))).unwrap();
+    let batch: u32 = std::env::var("B").ok().and_then(|s| s.parse().ok()).unwrap_or(128);
+    let layers = resnet50(batch).unwrap();
+    let span = SpanCost::from_layers(&p, &layers, &[]);
+    let parts = *span.parts();
+    let fmax = p.max_clock_mhz();
+    println!("parts {:?}", parts);
+    println!("T(fmax)={:.4}s comp frac={:.3} P={:.1}", span.time_s(fmax), parts.comp_s/span.time_s(fmax), span.power_w(fmax));
+    for f in [fmax, fmax*94/100, fmax*82/100, fmax*65/100, fmax*47/100, fmax*30/100] {
+        let f = p.floor_clock_mhz(f);
+        println!("f={f} r={:.3} P={:.1} E={:.3}", span.time_s(f)/span.time_s(fmax), span.power_w(f), span.energy_j(f)/span.energy_j(fmax));
+    }
+    let pub_ = [(250.0,1.0,1.0),(225.0,f64::NAN,f64::NAN),(200.0,1.05,0.87),(175.0,f64::NAN,f64::NAN),(150.0,1.18,0.77),(125.0,1.43,0.79),(100.0,1.89,0.85)];
+    let (f0, _) = p.power_capped_clock(&parts, p.default_clock_under_load_mhz(), 250.0);
+    let (t0, e0) = (span.time_s(f0), span.energy_j(f0));
+    for (l, tp, ep) in pub_ {
+        let (f, c) = p.power_capped_clock(&parts, p.default_clock_under_load_mhz(), l);
+        let (t, e) = (span.time_s(f), span.energy_j(f));
+        println!("L={l} f={f} capped={c} t={:.3} (pub {tp}, {:+.1}%) e={:.3} (pub {ep}, {:+.1}%) P={:.1}", t/t0, 100.0*(t/t0/tp-1.0), e/e0, 100.0*(e/e0/ep-1.0), e/t);
+    }
+    // best clock saving
+    let mut best = f64::INFINITY; let mut bf = 0;
+    for &f in p.supported_clocks_mhz() { let e = span.energy_j(f); if e < best { best = e; bf = f; } }
+    let (fd, _) = p.power_capped_clock(&parts, p.default_clock_under_load_mhz(), p.spec().power.limit_default_w);
+    println!("default f={fd} best f={bf} saving={:.1}%", 100.0*(1.0-best/span.energy_j(fd)));
+    let mut best = f64::INFINITY;
+    for f in [607, 810, 1012, 1200, 1327, 1432, 1530] { if f <= fmax { best = best.min(span.energy_j(f)); } }
+    println!("tang points saving={:.1}%", 100.0*(1.0-best/span.energy_j(fd)));
+    println!("idle at fmax {:.1} idle floor {:.1}", p.idle_power_w(fmax), p.idle_floor_w());
+    // per-kind breakdown
+    let mut by = std::collections::BTreeMap::new();
+    for w in &layers { let e = by.entry(format!("{:?}", w.kind)).or_insert((0.0,0.0,0.0)); e.0 += p.layer_time_s(w, fmax); e.1 += w.flops; e.2 += w.bytes; }
+    for (k,v) in by { println!("{k}: t={:.4} flops={:.3e} bytes={:.3e}", v.0, v.1, v.2); }
+}
