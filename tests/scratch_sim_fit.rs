@@ -39,3 +39,39 @@ fn fit() {
     for w in &layers { let e = by.entry(format!("{:?}", w.kind)).or_insert((0.0,0.0,0.0)); e.0 += p.layer_time_s(w, fmax); e.1 += w.flops; e.2 += w.bytes; }
     for (k,v) in by { println!("{k}: t={:.4} flops={:.3e} bytes={:.3e}", v.0, v.1, v.2); }
 }
+
+#[test]
+fn grid() {
+    let name = std::env::var("FIT").unwrap_or("v100-pcie".into());
+    let base = GpuProfile::from_path(Path::new(&format!("/tmp/fit/{name}.toml"))).unwrap();
+    let layers = resnet50(128).unwrap();
+    let pubs = [(200.0,1.05,0.87),(150.0,1.18,0.77),(125.0,1.43,0.79),(100.0,1.89,0.85)];
+    let mut best = (f64::INFINITY, vec![]);
+    for knee in (800..=1300).step_by(20) {
+      for vmin in [0.62,0.65,0.68,0.70,0.72,0.74,0.76,0.78] {
+        for d in (150..=350).step_by(10) {
+          for busy in (0..=40).step_by(4) {
+            let mut s = base.spec().clone();
+            s.voltage.knee_mhz = knee as f64; s.voltage.v_min = vmin; s.power.dynamic_w_at_fmax = d as f64; s.power.busy_w = busy as f64;
+            let Ok(p) = GpuProfile::from_spec(s) else { continue };
+            let span = SpanCost::from_layers(&p, &layers, &[]);
+            let parts = *span.parts();
+            let (f0,_) = p.power_capped_clock(&parts, p.max_clock_mhz(), 250.0);
+            let (t0,e0) = (span.time_s(f0), span.energy_j(f0));
+            let mut err = 0.5*((e0/t0)/222.0-1.0f64).powi(2);
+            let mut emin = (e0, 250.0);
+            for l in [225.0, 175.0] { let (f,_) = p.power_capped_clock(&parts, p.max_clock_mhz(), l); let e = span.energy_j(f); if e < emin.0 { emin = (e, l); } }
+            for (l,tp,ep) in pubs {
+                let (f,_) = p.power_capped_clock(&parts, p.max_clock_mhz(), l);
+                let (t,e) = (span.time_s(f), span.energy_j(f));
+                err += (t/t0/tp-1.0).powi(2) + (e/e0/ep-1.0).powi(2);
+                if e < emin.0 { emin = (e, l); }
+            }
+            if emin.1 != 150.0 { err += 1.0; }
+            if err < best.0 { best = (err, vec![knee as f64, vmin, d as f64, busy as f64]); }
+          }
+        }
+      }
+    }
+    println!("best err={:.5} knee,vmin,D,busy={:?}", best.0, best.1);
+}

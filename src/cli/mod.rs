@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod agent;
 pub mod bench;
 pub mod crd;
 pub mod fit;
@@ -28,6 +29,8 @@ pub enum Command {
     Plan(plan::Args),
     /// Run EALI against the baselines in the discrete-event simulator.
     Bench(bench::Args),
+    /// Run the node agent: InferenceService controller (leader-elected) after startup checks.
+    Agent(agent::Args),
     /// Print the InferenceService CRD generated from the Rust types.
     Crd(crd::Args),
 }
@@ -39,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fit(a) => fit::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Agent(a) => agent::run(a),
         Command::Crd(a) => crd::run(a),
     }
 }

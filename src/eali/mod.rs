@@ -5,9 +5,11 @@
 pub mod costs;
 pub mod error;
 pub mod fill_time;
+pub mod planner;
 pub mod switch;
 pub mod synthetic;
 pub mod units;
 
 pub use error::EaliError;
+pub use planner::{Corrections, EntryClock, Plan, PlanRequest, PlanSet, Planner, PlannerConfig, Solver};
 pub use switch::{SwitchCost, SwitchLatency};

@@ -101,9 +101,13 @@ pub async fn check_rbac(client: &Client, namespace: &str, service_account: Optio
     if missing.is_empty() {
         return Ok(());
     }
-    let (ns, sa) = service_account.unwrap_or(("<namespace>", "<serviceaccount>"));
+    let user = match service_account {
+        Some((ns, sa)) => format!("system:serviceaccount:{ns}:{sa}"),
+        None => "the current user".to_string(),
+    };
+    let ns = service_account.map_or(namespace, |(ns, _)| ns);
     Err(CheckError::Forbidden {
-        user: format!("system:serviceaccount:{ns}:{sa}"),
+        user,
         missing: missing.join("\n"),
         fix: format!(
             "helm upgrade --install eali charts/eali --namespace {ns} (creates the ServiceAccount and RBAC), \

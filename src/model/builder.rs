@@ -119,14 +119,28 @@ impl Pool {
         self.ceil_mode = true;
         self
     }
-    fn parts(self) -> ((u32, u32), (u32, u32), (u32, u32), bool) {
-        let sq = |v| (v, v);
-        (
-            sq(self.kernel),
-            sq(self.stride),
-            sq(self.padding),
-            self.ceil_mode,
-        )
+    fn op(self, max: bool) -> Op {
+        let (kernel, stride, padding) = (
+            (self.kernel, self.kernel),
+            (self.stride, self.stride),
+            (self.padding, self.padding),
+        );
+        let ceil_mode = self.ceil_mode;
+        if max {
+            Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+                ceil_mode,
+            }
+        } else {
+            Op::AvgPool {
+                kernel,
+                stride,
+                padding,
+                ceil_mode,
+            }
+        }
     }
 }
 
@@ -230,14 +244,7 @@ impl GraphBuilder {
         x: Tensor,
         p: Pool,
     ) -> Result<Tensor, ModelError> {
-        let (kernel, stride, padding, ceil_mode) = p.parts();
-        let op = Op::MaxPool {
-            kernel,
-            stride,
-            padding,
-            ceil_mode,
-        };
-        self.push(name, op, &[x])
+        self.push(name, p.op(true), &[x])
     }
 
     pub fn avg_pool(
@@ -246,14 +253,7 @@ impl GraphBuilder {
         x: Tensor,
         p: Pool,
     ) -> Result<Tensor, ModelError> {
-        let (kernel, stride, padding, ceil_mode) = p.parts();
-        let op = Op::AvgPool {
-            kernel,
-            stride,
-            padding,
-            ceil_mode,
-        };
-        self.push(name, op, &[x])
+        self.push(name, p.op(false), &[x])
     }
 
     pub fn global_avg_pool(
@@ -277,7 +277,7 @@ impl GraphBuilder {
         if out == (1, 1) {
             return self.global_avg_pool(name, x);
         }
-        if out.0 == 0 || out.1 == 0 || s.h % out.0 != 0 || s.w % out.1 != 0 {
+        if out.0 == 0 || out.1 == 0 || !s.h.is_multiple_of(out.0) || !s.w.is_multiple_of(out.1) {
             return Err(ModelError::InvalidParameter {
                 layer: name,
                 reason: format!(

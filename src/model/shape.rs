@@ -70,7 +70,8 @@ pub fn infer_output(layer: &str, op: &Op, inputs: &[Shape]) -> Result<Shape, Mod
             if *out_channels == 0 {
                 return Err(invalid(layer, "out_channels is 0"));
             }
-            if *groups == 0 || x.c % groups != 0 || out_channels % groups != 0 {
+            if *groups == 0 || !x.c.is_multiple_of(*groups) || !out_channels.is_multiple_of(*groups)
+            {
                 return Err(ModelError::BadGroups {
                     layer: err_layer(),
                     in_channels: x.c,

@@ -7,6 +7,7 @@ pub mod des;
 pub mod device;
 pub mod metrics;
 pub mod policy;
+pub mod truth;
 pub mod workload;
 
 #[cfg(test)]

@@ -340,17 +340,6 @@ fn merge_inverted_residuals(graph: &Graph, drafts: Vec<Draft>) -> Vec<Draft> {
     out
 }
 
-/// Longest common dotted prefix of `names` ("layer1.0.conv1", "layer1.0.bn1" → "layer1.0").
-fn common_prefix<'a>(mut names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
-    let Some(first) = names.next() else { return Vec::new() };
-    let mut prefix: Vec<&str> = first.split('.').collect();
-    for n in names {
-        let common = prefix.iter().zip(n.split('.')).take_while(|(a, b)| *a == b).count();
-        prefix.truncate(common);
-    }
-    prefix
-}
-
 fn name_units(graph: &Graph, drafts: Vec<Draft>) -> Vec<Unit> {
     let mut units: Vec<Unit> = Vec::with_capacity(drafts.len());
     let owner_of = |members: &[LayerId], prefix: &str| {
@@ -369,12 +358,15 @@ fn name_units(graph: &Graph, drafts: Vec<Draft>) -> Vec<Unit> {
             UnitKind::Stem => "stem".to_string(),
             UnitKind::Head => "head".to_string(),
             _ => {
-                let prefix = common_prefix(d.core.iter().map(|&l| graph.layers[l].name.as_str())).join(".");
-                if !prefix.is_empty() && owner_of(&all, &prefix) {
-                    prefix
-                } else {
-                    graph.layers[d.core[0]].name.clone()
-                }
+                // The shortest dotted prefix of the first core layer's name that the unit owns:
+                // "layer1.0.conv1" → "layer1.0", "features.0" → "features.0" (VGG numbers
+                // layers flat, so "features" is shared).
+                let first = &graph.layers[d.core[0]].name;
+                let parts: Vec<&str> = first.split('.').collect();
+                (1..=parts.len())
+                    .map(|k| parts[..k].join("."))
+                    .find(|p| owner_of(&all, p))
+                    .unwrap_or_else(|| first.clone())
             }
         };
         let mut unique = name.clone();

@@ -63,7 +63,7 @@ fn inception_module_is_one_unit() {
     assert_eq!(chain.names(), vec!["stem", "mod", "head"]);
     // The pool between the module and the head rides with the module.
     assert_eq!(chain.units[1].layer_names.last().map(String::as_str), Some("pool"));
-    assert_eq!(chain.units[1].layers.len(), 14);
+    assert_eq!(chain.units[1].layers.len(), 15);
 }
 
 #[test]

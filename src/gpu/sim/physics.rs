@@ -31,6 +31,9 @@ pub struct KindParams {
     pub compute_activity: f64,
     /// SM switching activity while waiting on memory.
     pub memory_activity: f64,
+    /// A kernel whose filled duration is this long reaches half its filled efficiency: shorter
+    /// kernels under-fill the SMs (too few blocks, ramp-up and tail) (s).
+    pub fill_half_s: f64,
 }
 
 /// Per-work sums that determine time and energy at every clock. They add up over layers and
@@ -152,8 +155,6 @@ pub struct Physics {
     pub peak_flops: f64,
     pub bandwidth_bps: f64,
     pub launch_s: f64,
-    pub fill_half_flops: f64,
-    pub mem_fill_half_bytes: f64,
     pub mem_j_per_byte: f64,
     /// Indexed by [`kind_index`].
     pub kinds: [KindParams; 6],
@@ -188,8 +189,6 @@ impl Physics {
         for (what, val) in [
             ("perf.peak_fp32_flops", perf.peak_fp32_flops),
             ("perf.memory_bandwidth_bps", perf.memory_bandwidth_bps),
-            ("perf.compute_fill_half_flops", perf.compute_fill_half_flops),
-            ("perf.memory_fill_half_bytes", perf.memory_fill_half_bytes),
         ] {
             if !(val > 0.0) {
                 return Err(format!("{what} must be positive"));
@@ -223,7 +222,8 @@ impl Physics {
                 && kp.memory_eff > 0.0
                 && kp.memory_eff <= 1.0
                 && (0.0..=1.0).contains(&kp.compute_activity)
-                && (0.0..=1.0).contains(&kp.memory_activity);
+                && (0.0..=1.0).contains(&kp.memory_activity)
+                && kp.fill_half_s >= 0.0;
             if !ok {
                 return Err(format!("kind parameters out of range: {kp:?}"));
             }
@@ -253,8 +253,6 @@ impl Physics {
             peak_flops: perf.peak_fp32_flops,
             bandwidth_bps: perf.memory_bandwidth_bps,
             launch_s: perf.launch_overhead_s,
-            fill_half_flops: perf.compute_fill_half_flops,
-            mem_fill_half_bytes: perf.memory_fill_half_bytes,
             mem_j_per_byte: p.memory_w_at_peak_bw / perf.memory_bandwidth_bps,
             kinds,
             idle_floor_w: p.idle_floor_w,
@@ -266,22 +264,15 @@ impl Physics {
         let k = &self.kinds[kind_index(w.kind)];
         let flops = w.flops.max(0.0);
         let bytes = w.bytes.max(0.0);
-        // Small kernels under-fill the SMs and cannot stream at full bandwidth: efficiency
-        // rises with the work per kernel, hence with the batch size.
-        let (comp_s, dyn_comp_s) = if flops > 0.0 {
-            let filled = flops / (self.peak_flops * k.compute_eff);
-            let fill = flops / (flops + self.fill_half_flops);
-            (filled / fill, filled * k.compute_activity)
-        } else {
-            (0.0, 0.0)
-        };
-        let (mem_s, dyn_mem_s) = if bytes > 0.0 {
-            let streamed = bytes / (self.bandwidth_bps * k.memory_eff);
-            let fill = bytes / (bytes + self.mem_fill_half_bytes);
-            (streamed / fill, streamed * k.memory_activity)
-        } else {
-            (0.0, 0.0)
-        };
+        // Ideal durations of a kernel that fills the GPU; small kernels (small batches, late
+        // layers) under-fill it, so efficiency rises with the work per kernel, hence with the
+        // batch size. The fill stretches the kernel but not its switching energy.
+        let comp_ideal = flops / (self.peak_flops * k.compute_eff);
+        let mem_ideal = bytes / (self.bandwidth_bps * k.memory_eff);
+        let ideal = comp_ideal.max(mem_ideal);
+        let stretch = if ideal > 0.0 { (ideal + k.fill_half_s) / ideal } else { 1.0 };
+        let (comp_s, dyn_comp_s) = (comp_ideal * stretch, comp_ideal * k.compute_activity);
+        let (mem_s, dyn_mem_s) = (mem_ideal * stretch, mem_ideal * k.memory_activity);
         WorkParts {
             fixed_s: self.launch_s,
             mem_s,

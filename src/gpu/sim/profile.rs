@@ -134,10 +134,6 @@ pub struct PerfSpec {
     pub peak_fp32_flops: f64,
     pub memory_bandwidth_bps: f64,
     pub launch_overhead_s: f64,
-    /// Kernel work (FLOPs) at which the SMs are half filled.
-    pub compute_fill_half_flops: f64,
-    /// Kernel traffic (bytes) at which the memory system reaches half its streaming efficiency.
-    pub memory_fill_half_bytes: f64,
     /// Below this fraction of f_max the SMs cannot issue enough requests to keep memory busy,
     /// so the memory part grows as 1/f too.
     pub memory_issue_floor: f64,
