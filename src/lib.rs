@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod eali;
+pub mod exec;
 pub mod gpu;
 pub mod k8s;
 pub mod model;

@@ -13,10 +13,24 @@ use serde_json::{Value, json};
 
 fn install_crd(cp: &ControlPlane) {
     let crd = repo().join("crds/inferenceservice.yaml");
-    cp.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crd.to_str().expect("utf-8")]).expect("CRD");
-    cp.kubectl(&["wait", "--for=condition=Established", "crd/inferenceservices.eali.dev", "--timeout=60s"])
-        .expect("Established");
-    eventually(30, "eisvc in discovery", || cp.kubectl(&["get", "eisvc", "-A"]).ok());
+    cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        crd.to_str().expect("utf-8"),
+    ])
+    .expect("CRD");
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/inferenceservices.eali.dev",
+        "--timeout=60s",
+    ])
+    .expect("Established");
+    eventually(30, "eisvc in discovery", || {
+        cp.kubectl(&["get", "eisvc", "-A"]).ok()
+    });
 }
 
 /// A running `eali agent`, killed on drop.
@@ -29,9 +43,31 @@ impl Agent {
     fn start(cp: &ControlPlane, ns: &str, identity: &str, extra: &[&str]) -> Agent {
         let log = std::fs::File::create(cp.dir.join(format!("agent-{identity}.log"))).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_eali"))
-            .args(["agent", "--namespace", ns, "--watch-namespace", ns, "--identity", identity])
-            .args(["--lease-duration-secs", "4", "--renew-secs", "1", "--requeue-secs", "2"])
-            .args(["--scale-cooldown-secs", "0", "--report-max-age-secs", "600", "--serve-image", "eali:test"])
+            .args([
+                "agent",
+                "--namespace",
+                ns,
+                "--watch-namespace",
+                ns,
+                "--identity",
+                identity,
+            ])
+            .args([
+                "--lease-duration-secs",
+                "4",
+                "--renew-secs",
+                "1",
+                "--requeue-secs",
+                "2",
+            ])
+            .args([
+                "--scale-cooldown-secs",
+                "0",
+                "--report-max-age-secs",
+                "600",
+                "--serve-image",
+                "eali:test",
+            ])
             .args(extra)
             .env("KUBECONFIG", &cp.kubeconfig)
             .env("RUST_LOG", "info")
@@ -40,11 +76,17 @@ impl Agent {
             .stderr(log)
             .spawn()
             .expect("spawn eali agent");
-        Agent { child, identity: identity.into() }
+        Agent {
+            child,
+            identity: identity.into(),
+        }
     }
 
     fn signal(&self, sig: &str) {
-        Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill");
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
     }
 
     fn wait(&mut self) {
@@ -63,13 +105,22 @@ fn get_json(cp: &ControlPlane, args: &[&str]) -> Option<Value> {
     let mut a = vec!["get"];
     a.extend_from_slice(args);
     a.extend_from_slice(&["-o", "json"]);
-    cp.kubectl(&a).ok().and_then(|s| serde_json::from_str(&s).ok())
+    cp.kubectl(&a)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
 }
 
 fn condition(isvc: &Value, ty: &str) -> Option<(String, String)> {
-    isvc["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == ty).map(|c| {
-        (c["status"].as_str().unwrap_or_default().to_string(), c["reason"].as_str().unwrap_or_default().to_string())
-    })
+    isvc["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
 }
 
 fn now() -> String {
@@ -79,13 +130,32 @@ fn now() -> String {
 /// What a node agent writes for its serving pods: the status `reports` list.
 fn report(cp: &ControlPlane, ns: &str, name: &str, reports: Value) {
     let patch = json!({"status": {"reports": reports}}).to_string();
-    cp.kubectl(&["patch", "eisvc", name, "-n", ns, "--subresource=status", "--type=merge", "-p", &patch])
-        .expect("report");
+    cp.kubectl(&[
+        "patch",
+        "eisvc",
+        name,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ])
+    .expect("report");
 }
 
 fn events(cp: &ControlPlane, ns: &str, name: &str) -> Vec<(String, String, String)> {
-    let v = get_json(cp, &["events.v1.events.k8s.io", "-n", ns, "--field-selector", &format!("regarding.name={name}")])
-        .unwrap_or(Value::Null);
+    let v = get_json(
+        cp,
+        &[
+            "events.v1.events.k8s.io",
+            "-n",
+            ns,
+            "--field-selector",
+            &format!("regarding.name={name}"),
+        ],
+    )
+    .unwrap_or(Value::Null);
     v["items"]
         .as_array()
         .map(|items| {
@@ -107,10 +177,13 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
     let ns = cp.namespace("ctl-main");
     let _agent = Agent::start(cp, &ns, "agent-main", &[]);
     let sample = repo().join("manifests/samples/resnet50-eali.yaml");
-    cp.kubectl(&["apply", "-n", &ns, "-f", sample.to_str().expect("utf-8")]).expect("apply sample");
+    cp.kubectl(&["apply", "-n", &ns, "-f", sample.to_str().expect("utf-8")])
+        .expect("apply sample");
 
     // Deployment: one replica, one eali.dev/gpu, owned by the InferenceService.
-    let d = eventually(60, "Deployment resnet50", || get_json(cp, &["deployment", "resnet50", "-n", &ns]));
+    let d = eventually(60, "Deployment resnet50", || {
+        get_json(cp, &["deployment", "resnet50", "-n", &ns])
+    });
     let isvc = get_json(cp, &["eisvc", "resnet50", "-n", &ns]).expect("isvc");
     assert_eq!(d["spec"]["replicas"], 1);
     let owner = &d["metadata"]["ownerReferences"][0];
@@ -118,19 +191,42 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
     assert_eq!(owner["name"], "resnet50");
     assert_eq!(owner["uid"], isvc["metadata"]["uid"]);
     assert_eq!(owner["controller"], true);
-    assert_eq!(d["metadata"]["labels"]["eali.dev/inferenceservice"], "resnet50");
-    assert_eq!(d["metadata"]["labels"]["app.kubernetes.io/managed-by"], "eali");
+    assert_eq!(
+        d["metadata"]["labels"]["eali.dev/inferenceservice"],
+        "resnet50"
+    );
+    assert_eq!(
+        d["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "eali"
+    );
     let c = &d["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"], "eali:test");
     assert_eq!(c["resources"]["limits"]["eali.dev/gpu"], "1");
     assert_eq!(c["resources"]["requests"]["eali.dev/gpu"], "1");
     assert_eq!(c["resources"]["limits"]["memory"], "4Gi");
-    assert_eq!(d["spec"]["template"]["spec"]["nodeSelector"]["eali.dev/gpu-product"], "Tesla-V100-SXM2-16GB");
-    let spec_env = c["env"].as_array().expect("env").iter().find(|e| e["name"] == "EALI_SERVE_SPEC").expect("spec env");
-    let spec: InferenceServiceSpec = serde_json::from_str(spec_env["value"].as_str().expect("str")).expect("json");
-    assert_eq!(spec, serde_json::from_value::<InferenceServiceSpec>(isvc["spec"].clone()).expect("spec"));
+    assert_eq!(
+        d["spec"]["template"]["spec"]["nodeSelector"]["eali.dev/gpu-product"],
+        "Tesla-V100-SXM2-16GB"
+    );
+    let spec_env = c["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "EALI_SERVE_SPEC")
+        .expect("spec env");
+    let spec: InferenceServiceSpec =
+        serde_json::from_str(spec_env["value"].as_str().expect("str")).expect("json");
+    assert_eq!(
+        spec,
+        serde_json::from_value::<InferenceServiceSpec>(isvc["spec"].clone()).expect("spec")
+    );
     // Managed by server-side apply under one field manager.
-    let managers: Vec<&str> = d["metadata"]["managedFields"]
+    let full = get_json(
+        cp,
+        &["deployment", "resnet50", "-n", &ns, "--show-managed-fields"],
+    )
+    .expect("deployment");
+    let managers: Vec<&str> = full["metadata"]["managedFields"]
         .as_array()
         .expect("managedFields")
         .iter()
@@ -138,33 +234,69 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
         .collect();
     assert!(managers.contains(&"eali-controller"), "{managers:?}");
 
-    let s = eventually(30, "Service resnet50", || get_json(cp, &["service", "resnet50", "-n", &ns]));
+    let s = eventually(30, "Service resnet50", || {
+        get_json(cp, &["service", "resnet50", "-n", &ns])
+    });
     let ports: Vec<(String, i64)> = s["spec"]["ports"]
         .as_array()
         .expect("ports")
         .iter()
-        .map(|p| (p["name"].as_str().unwrap_or_default().into(), p["port"].as_i64().unwrap_or(0)))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().into(),
+                p["port"].as_i64().unwrap_or(0),
+            )
+        })
         .collect();
-    assert_eq!(ports, [("http".to_string(), 8080), ("grpc".to_string(), 8081)]);
-    assert_eq!(s["spec"]["selector"]["eali.dev/inferenceservice"], "resnet50");
-    assert_eq!(s["metadata"]["ownerReferences"][0]["uid"], isvc["metadata"]["uid"]);
+    assert_eq!(
+        ports,
+        [("http".to_string(), 8080), ("grpc".to_string(), 8081)]
+    );
+    assert_eq!(
+        s["spec"]["selector"]["eali.dev/inferenceservice"],
+        "resnet50"
+    );
+    assert_eq!(
+        s["metadata"]["ownerReferences"][0]["uid"],
+        isvc["metadata"]["uid"]
+    );
 
     // Status: finalizer, observedGeneration, endpoint, Ready False (no pods run here), SLO unknown.
     let isvc = eventually(30, "status written", || {
-        get_json(cp, &["eisvc", "resnet50", "-n", &ns]).filter(|v| v["status"]["observedGeneration"].is_i64())
+        get_json(cp, &["eisvc", "resnet50", "-n", &ns])
+            .filter(|v| v["status"]["observedGeneration"].is_i64())
     });
     assert_eq!(isvc["metadata"]["finalizers"], json!(["eali.dev/cleanup"]));
-    assert_eq!(isvc["status"]["observedGeneration"], isvc["metadata"]["generation"]);
-    assert_eq!(isvc["status"]["endpoint"], "http://resnet50.ctl-main.svc:8080");
+    assert_eq!(
+        isvc["status"]["observedGeneration"],
+        isvc["metadata"]["generation"]
+    );
+    assert_eq!(
+        isvc["status"]["endpoint"],
+        "http://resnet50.ctl-main.svc:8080"
+    );
     assert_eq!(isvc["status"]["grpcEndpoint"], "resnet50.ctl-main.svc:8081");
     assert_eq!(isvc["status"]["slo"], "p99<=50ms");
-    assert_eq!(condition(&isvc, "Ready"), Some(("False".into(), "Unavailable".into())));
-    assert_eq!(condition(&isvc, "SloMet"), Some(("Unknown".into(), "NoReports".into())));
+    assert_eq!(
+        condition(&isvc, "Ready"),
+        Some(("False".into(), "Unavailable".into()))
+    );
+    assert_eq!(
+        condition(&isvc, "SloMet"),
+        Some(("Unknown".into(), "NoReports".into()))
+    );
 
     // No kube-controller-manager runs here, so play the Deployment controller: one pod available.
     cp.kubectl(&[
-        "patch", "deployment", "resnet50", "-n", &ns, "--subresource=status", "--type=merge",
-        "-p", r#"{"status":{"replicas":1,"readyReplicas":1,"availableReplicas":1}}"#,
+        "patch",
+        "deployment",
+        "resnet50",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":1,"readyReplicas":1,"availableReplicas":1}}"#,
     ])
     .expect("deployment status");
     eventually(30, "Ready True", || {
@@ -173,9 +305,14 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
     });
 
     // A pod reports a saturated load within the SLO: figures appear, replicas go to 2.
-    report(cp, &ns, "resnet50", json!([{"pod": "resnet50-a", "node": "n1", "time": now(), "p99Ms": 41.5,
+    report(
+        cp,
+        &ns,
+        "resnet50",
+        json!([{"pod": "resnet50-a", "node": "n1", "time": now(), "p99Ms": 41.5,
         "requestsPerSecond": 180.0, "joulesPerRequest": 0.62, "energySavedRatio": 0.31, "loadRatio": 0.97,
-        "saturated": true}]));
+        "saturated": true}]),
+    );
     let isvc = eventually(30, "scale to 2", || {
         get_json(cp, &["eisvc", "resnet50", "-n", &ns]).filter(|v| v["status"]["replicas"] == 2)
     });
@@ -183,30 +320,49 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
     assert_eq!(isvc["status"]["joulesPerRequest"].as_f64(), Some(0.62));
     assert_eq!(isvc["status"]["requestsPerSecond"].as_f64(), Some(180.0));
     assert_eq!(isvc["status"]["energySavedRatio"].as_f64(), Some(0.31));
-    assert_eq!(condition(&isvc, "SloMet"), Some(("True".into(), "WithinSlo".into())));
+    assert_eq!(
+        condition(&isvc, "SloMet"),
+        Some(("True".into(), "WithinSlo".into()))
+    );
     // The reports stay: the controller's apply does not own them.
     assert_eq!(isvc["status"]["reports"].as_array().map(Vec::len), Some(1));
     eventually(30, "Deployment at 2 replicas", || {
         get_json(cp, &["deployment", "resnet50", "-n", &ns]).filter(|d| d["spec"]["replicas"] == 2)
     });
-    println!("{}", cp.kubectl(&["get", "eisvc", "-n", &ns, "-o", "wide"]).expect("get"));
+    println!(
+        "{}",
+        cp.kubectl(&["get", "eisvc", "-n", &ns, "-o", "wide"])
+            .expect("get")
+    );
 
     // Two pods, both slow and lightly loaded: SLO violated (Warning event), then scale-in.
-    report(cp, &ns, "resnet50", json!([
+    report(
+        cp,
+        &ns,
+        "resnet50",
+        json!([
         {"pod": "resnet50-a", "time": now(), "p99Ms": 72.0, "requestsPerSecond": 20.0, "joulesPerRequest": 0.9, "loadRatio": 0.2},
-        {"pod": "resnet50-b", "time": now(), "p99Ms": 55.0, "requestsPerSecond": 20.0, "joulesPerRequest": 1.1, "loadRatio": 0.2}]));
+        {"pod": "resnet50-b", "time": now(), "p99Ms": 55.0, "requestsPerSecond": 20.0, "joulesPerRequest": 1.1, "loadRatio": 0.2}]),
+    );
     let isvc = eventually(30, "SLO violated and scaled in", || {
-        get_json(cp, &["eisvc", "resnet50", "-n", &ns])
-            .filter(|v| condition(v, "SloMet").is_some_and(|c| c.0 == "False") && v["status"]["replicas"] == 1)
+        get_json(cp, &["eisvc", "resnet50", "-n", &ns]).filter(|v| {
+            condition(v, "SloMet").is_some_and(|c| c.0 == "False") && v["status"]["replicas"] == 1
+        })
     });
-    assert_eq!(condition(&isvc, "Degraded"), Some(("True".into(), "SloViolated".into())));
+    assert_eq!(
+        condition(&isvc, "Degraded"),
+        Some(("True".into(), "SloViolated".into()))
+    );
     assert_eq!(isvc["status"]["p99Ms"].as_f64(), Some(72.0));
     assert_eq!(isvc["status"]["joulesPerRequest"].as_f64(), Some(1.0));
     println!("{}", cp.kubectl(&["get", "eisvc", "-n", &ns]).expect("get"));
     let evs = eventually(30, "events", || {
         let e = events(cp, &ns, "resnet50");
         let reasons: Vec<&str> = e.iter().map(|(r, _, _)| r.as_str()).collect();
-        (reasons.contains(&"Created") && reasons.contains(&"SloViolated") && reasons.contains(&"Scaled")).then_some(e)
+        (reasons.contains(&"Created")
+            && reasons.contains(&"SloViolated")
+            && reasons.contains(&"Scaled"))
+        .then_some(e)
     });
     for (reason, instance, note) in &evs {
         println!("event {reason:<12} from {instance}: {note}");
@@ -214,9 +370,24 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
     }
 
     // Deletion: the finalizer removes Deployment and Service, then the InferenceService goes.
-    cp.kubectl(&["delete", "eisvc", "resnet50", "-n", &ns, "--wait=true", "--timeout=60s"]).expect("delete");
-    assert!(get_json(cp, &["deployment", "resnet50", "-n", &ns]).is_none(), "Deployment left behind");
-    assert!(get_json(cp, &["service", "resnet50", "-n", &ns]).is_none(), "Service left behind");
+    cp.kubectl(&[
+        "delete",
+        "eisvc",
+        "resnet50",
+        "-n",
+        &ns,
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .expect("delete");
+    assert!(
+        get_json(cp, &["deployment", "resnet50", "-n", &ns]).is_none(),
+        "Deployment left behind"
+    );
+    assert!(
+        get_json(cp, &["service", "resnet50", "-n", &ns]).is_none(),
+        "Service left behind"
+    );
 }
 
 fn lease_holder(cp: &ControlPlane, ns: &str) -> Option<String> {
@@ -227,11 +398,15 @@ fn lease_holder(cp: &ControlPlane, ns: &str) -> Option<String> {
 fn apply_isvc(cp: &ControlPlane, ns: &str, name: &str) {
     let obj = json!({"apiVersion": "eali.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": name},
         "spec": {"model": {"zoo": "resnet50"}, "slo": {"latencyMs": 50}}});
-    cp.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &obj.to_string()).expect("apply");
+    cp.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &obj.to_string())
+        .expect("apply");
 }
 
 fn reconcilers(cp: &ControlPlane, ns: &str, name: &str) -> Vec<String> {
-    let mut who: Vec<String> = events(cp, ns, name).into_iter().map(|(_, i, _)| i).collect();
+    let mut who: Vec<String> = events(cp, ns, name)
+        .into_iter()
+        .map(|(_, i, _)| i)
+        .collect();
     who.sort();
     who.dedup();
     who
@@ -243,11 +418,15 @@ fn only_the_lease_holder_reconciles_and_the_other_takes_over() {
     install_crd(cp);
     let ns = cp.namespace("ctl-lease");
     let mut one = Agent::start(cp, &ns, "agent-one", &[]);
-    eventually(30, "agent-one leads", || (lease_holder(cp, &ns).as_deref() == Some("agent-one")).then_some(()));
+    eventually(30, "agent-one leads", || {
+        (lease_holder(cp, &ns).as_deref() == Some("agent-one")).then_some(())
+    });
     let two = Agent::start(cp, &ns, "agent-two", &[]);
 
     apply_isvc(cp, &ns, "first");
-    eventually(60, "Deployment first", || get_json(cp, &["deployment", "first", "-n", &ns]));
+    eventually(60, "Deployment first", || {
+        get_json(cp, &["deployment", "first", "-n", &ns])
+    });
     // Give the follower several renew periods to (wrongly) act.
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(lease_holder(cp, &ns).as_deref(), Some("agent-one"));
@@ -256,18 +435,30 @@ fn only_the_lease_holder_reconciles_and_the_other_takes_over() {
     // Clean stop: agent-one releases the Lease and agent-two takes over without waiting it out.
     one.signal("-TERM");
     one.wait();
-    eventually(30, "agent-two leads", || (lease_holder(cp, &ns).as_deref() == Some(two.identity.as_str())).then_some(()));
+    eventually(30, "agent-two leads", || {
+        (lease_holder(cp, &ns).as_deref() == Some(two.identity.as_str())).then_some(())
+    });
     apply_isvc(cp, &ns, "second");
-    eventually(60, "Deployment second", || get_json(cp, &["deployment", "second", "-n", &ns]));
-    eventually(30, "event from agent-two", || (reconcilers(cp, &ns, "second") == ["agent-two"]).then_some(()));
+    eventually(60, "Deployment second", || {
+        get_json(cp, &["deployment", "second", "-n", &ns])
+    });
+    eventually(30, "event from agent-two", || {
+        (reconcilers(cp, &ns, "second") == ["agent-two"]).then_some(())
+    });
 
     // Crash: agent-two is killed without releasing; agent-three waits out the Lease, then leads.
     two.signal("-KILL");
     let _three = Agent::start(cp, &ns, "agent-three", &[]);
-    eventually(60, "agent-three leads", || (lease_holder(cp, &ns).as_deref() == Some("agent-three")).then_some(()));
+    eventually(60, "agent-three leads", || {
+        (lease_holder(cp, &ns).as_deref() == Some("agent-three")).then_some(())
+    });
     let lease = get_json(cp, &["lease", "eali-controller", "-n", &ns]).expect("lease");
     assert_eq!(lease["spec"]["leaseTransitions"], 2, "{lease}");
     apply_isvc(cp, &ns, "third");
-    eventually(60, "Deployment third", || get_json(cp, &["deployment", "third", "-n", &ns]));
-    eventually(30, "event from agent-three", || (reconcilers(cp, &ns, "third") == ["agent-three"]).then_some(()));
+    eventually(60, "Deployment third", || {
+        get_json(cp, &["deployment", "third", "-n", &ns])
+    });
+    eventually(30, "event from agent-three", || {
+        (reconcilers(cp, &ns, "third") == ["agent-three"]).then_some(())
+    });
 }

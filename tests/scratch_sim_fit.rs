@@ -47,10 +47,12 @@ fn grid() {
     let layers = resnet50(128).unwrap();
     let pubs = [(200.0,1.05,0.87),(150.0,1.18,0.77),(125.0,1.43,0.79),(100.0,1.89,0.85)];
     let mut best = (f64::INFINITY, vec![]);
-    for knee in (800..=1300).step_by(20) {
+    let kmax: i32 = std::env::var("KMAX").ok().and_then(|s| s.parse().ok()).unwrap_or(1300);
+    for knee in (800..=kmax).step_by(20) {
       for vmin in [0.62,0.65,0.68,0.70,0.72,0.74,0.76,0.78] {
         for d in (150..=350).step_by(10) {
           for busy in (0..=40).step_by(4) {
+            if let Ok(b) = std::env::var("BUSY") { if busy != b.parse::<i32>().unwrap() { continue; } }
             let mut s = base.spec().clone();
             s.voltage.knee_mhz = knee as f64; s.voltage.v_min = vmin; s.power.dynamic_w_at_fmax = d as f64; s.power.busy_w = busy as f64;
             let Ok(p) = GpuProfile::from_spec(s) else { continue };

@@ -63,15 +63,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(agent(args))
 }
 
 async fn agent(args: Args) -> anyhow::Result<()> {
     let namespace = env_or(args.namespace, "POD_NAMESPACE").unwrap_or_else(|| "eali-system".into());
     let identity = env_or(args.identity, "POD_NAME").unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-        format!("{}-{}", if host.is_empty() { "eali-agent" } else { &host }, std::process::id())
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        format!(
+            "{}-{}",
+            if host.is_empty() { "eali-agent" } else { &host },
+            std::process::id()
+        )
     });
     let sa = env_or(args.service_account, "EALI_SERVICE_ACCOUNT");
 
@@ -79,7 +88,12 @@ async fn agent(args: Args) -> anyhow::Result<()> {
         .await
         .context("no Kubernetes credentials (in-cluster service account or KUBECONFIG)")?;
     checks::check_crd(&client).await?;
-    checks::check_rbac(&client, &namespace, sa.as_deref().map(|s| (namespace.as_str(), s))).await?;
+    checks::check_rbac(
+        &client,
+        &namespace,
+        sa.as_deref().map(|s| (namespace.as_str(), s)),
+    )
+    .await?;
     if args.check_only {
         println!("startup checks passed: CRD installed, RBAC grants everything the agent uses");
         return Ok(());
@@ -94,7 +108,9 @@ async fn agent(args: Args) -> anyhow::Result<()> {
     };
     let ctl_cfg = ControllerConfig {
         identity: identity.clone(),
-        serve: ServeDefaults { image: args.serve_image },
+        serve: ServeDefaults {
+            image: args.serve_image,
+        },
         requeue: Duration::from_secs(args.requeue_secs.max(1)),
         report_max_age: Duration::from_secs(args.report_max_age_secs),
         scale_cooldown: Duration::from_secs(args.scale_cooldown_secs),

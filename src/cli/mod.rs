@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod agent;
 pub mod bench;
+pub mod calibrate;
 pub mod crd;
 pub mod fit;
 pub mod models;
@@ -33,6 +34,8 @@ pub enum Command {
     Agent(agent::Args),
     /// Print the InferenceService CRD generated from the Rust types.
     Crd(crd::Args),
+    /// Check the simulated GPU against published measurements (published vs simulated table).
+    Calibrate(calibrate::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -44,5 +47,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Agent(a) => agent::run(a),
         Command::Crd(a) => crd::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
     }
 }

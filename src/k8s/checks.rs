@@ -2,9 +2,11 @@
 //! Each failure says what is wrong and the command that fixes it, instead of a controller that
 //! logs 404s and 403s forever.
 
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
 
 use super::crd::{CRD_NAME, InferenceService};
 
@@ -18,16 +20,53 @@ pub struct Permission {
     pub own_namespace: bool,
 }
 
-const fn perm(group: &'static str, resource: &'static str, verbs: &'static [&'static str]) -> Permission {
-    Permission { group, resource, verbs, own_namespace: false }
+impl Permission {
+    /// `resource.group[/sub]`, as kubectl prints it, plus the namespace for namespaced grants.
+    pub fn display(&self, namespace: &str) -> String {
+        let (res, sub) = match self.resource.split_once('/') {
+            Some((r, s)) => (r, format!("/{s}")),
+            None => (self.resource, String::new()),
+        };
+        let name = if self.group.is_empty() {
+            format!("{res}{sub}")
+        } else {
+            format!("{res}.{}{sub}", self.group)
+        };
+        if self.own_namespace {
+            format!("{name} in namespace {namespace}")
+        } else {
+            name
+        }
+    }
+}
+
+const fn perm(
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+) -> Permission {
+    Permission {
+        group,
+        resource,
+        verbs,
+        own_namespace: false,
+    }
 }
 
 /// Everything the controller calls, and nothing more. The Helm chart's RBAC grants exactly this
 /// (tests compare `kubectl auth can-i --list` against it).
 pub const PERMISSIONS: &[Permission] = &[
-    perm("eali.dev", "inferenceservices", &["get", "list", "watch", "patch"]),
+    perm(
+        "eali.dev",
+        "inferenceservices",
+        &["get", "list", "watch", "patch"],
+    ),
     perm("eali.dev", "inferenceservices/status", &["get", "patch"]),
-    perm("apps", "deployments", &["get", "list", "watch", "create", "patch", "delete"]),
+    perm(
+        "apps",
+        "deployments",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
     perm("", "services", &["get", "create", "patch", "delete"]),
     perm("events.k8s.io", "events", &["create", "patch"]),
     Permission {
@@ -47,7 +86,11 @@ pub enum CheckError {
     )]
     CrdMissing,
     #[error("RBAC forbids the agent ({user}) to:\n{missing}\n  fix: {fix}")]
-    Forbidden { user: String, missing: String, fix: String },
+    Forbidden {
+        user: String,
+        missing: String,
+        fix: String,
+    },
     #[error("cannot reach the API server: {0}")]
     Api(#[from] kube::Error),
 }
@@ -67,7 +110,11 @@ pub async fn check_crd(client: &Client) -> Result<(), CheckError> {
 /// Asks the API server (SelfSubjectAccessReview) about every permission in [`PERMISSIONS`].
 /// `namespace` is where the Lease lives; `service_account` (namespace, name) only shapes the
 /// suggested fix command.
-pub async fn check_rbac(client: &Client, namespace: &str, service_account: Option<(&str, &str)>) -> Result<(), CheckError> {
+pub async fn check_rbac(
+    client: &Client,
+    namespace: &str,
+    service_account: Option<(&str, &str)>,
+) -> Result<(), CheckError> {
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let mut missing = Vec::new();
     for p in PERMISSIONS {
@@ -75,6 +122,7 @@ pub async fn check_rbac(client: &Client, namespace: &str, service_account: Optio
             Some((r, s)) => (r, Some(s.to_string())),
             None => (p.resource, None),
         };
+        let mut denied = Vec::new();
         for verb in p.verbs {
             let review = SelfSubjectAccessReview {
                 spec: SelfSubjectAccessReviewSpec {
@@ -92,10 +140,15 @@ pub async fn check_rbac(client: &Client, namespace: &str, service_account: Optio
             };
             let res = api.create(&PostParams::default(), &review).await?;
             if !res.status.is_some_and(|s| s.allowed) {
-                let scope = if p.own_namespace { format!(" in namespace {namespace}") } else { String::new() };
-                let group = if p.group.is_empty() { "core".to_string() } else { p.group.to_string() };
-                missing.push(format!("  - {verb} {} ({group}){scope}", p.resource));
+                denied.push(*verb);
             }
+        }
+        if !denied.is_empty() {
+            missing.push(format!(
+                "  - {}: {}",
+                p.display(namespace),
+                denied.join(", ")
+            ));
         }
     }
     if missing.is_empty() {
@@ -127,7 +180,10 @@ mod tests {
             assert!(seen.insert((p.group, p.resource)), "duplicate {p:?}");
             assert!(!p.verbs.is_empty());
         }
-        let lease = PERMISSIONS.iter().find(|p| p.resource == "leases").expect("leases");
+        let lease = PERMISSIONS
+            .iter()
+            .find(|p| p.resource == "leases")
+            .expect("leases");
         assert!(lease.own_namespace);
         assert!(PERMISSIONS.iter().filter(|p| p.own_namespace).count() == 1);
     }
@@ -135,6 +191,9 @@ mod tests {
     #[test]
     fn crd_message_gives_the_fix() {
         let msg = CheckError::CrdMissing.to_string();
-        assert!(msg.contains("inferenceservices.eali.dev") && msg.contains("eali crd | kubectl apply"), "{msg}");
+        assert!(
+            msg.contains("inferenceservices.eali.dev") && msg.contains("eali crd | kubectl apply"),
+            "{msg}"
+        );
     }
 }

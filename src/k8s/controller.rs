@@ -65,16 +65,33 @@ pub enum ReconcileError {
 }
 
 /// Runs the controller until `shutdown` completes.
-pub async fn run(client: Client, cfg: ControllerConfig, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    client: Client,
+    cfg: ControllerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let (isvcs, deployments): (Api<InferenceService>, Api<Deployment>) = match &cfg.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let reporter = Reporter { controller: MANAGER.into(), instance: Some(cfg.identity.clone()) };
-    let ctx = Arc::new(Ctx { recorder: Recorder::new(client.clone(), reporter), client, cfg });
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: Some(cfg.identity.clone()),
+    };
+    let ctx = Arc::new(Ctx {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        cfg,
+    });
     use futures_util::StreamExt;
     Controller::new(isvcs, watcher::Config::default())
-        .owns(deployments, watcher::Config::default().labels(objects::SERVICE_LABEL))
+        .owns(
+            deployments,
+            watcher::Config::default().labels(objects::SERVICE_LABEL),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -86,7 +103,9 @@ pub async fn run(client: Client, cfg: ControllerConfig, shutdown: impl std::futu
 }
 
 async fn reconcile(obj: Arc<InferenceService>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
-    let ns = obj.namespace().ok_or_else(|| K8sError::InvalidObject("InferenceService without namespace".into()))?;
+    let ns = obj
+        .namespace()
+        .ok_or_else(|| K8sError::InvalidObject("InferenceService without namespace".into()))?;
     let api: Api<InferenceService> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
@@ -103,8 +122,21 @@ fn error_policy(obj: Arc<InferenceService>, err: &ReconcileError, _ctx: Arc<Ctx>
     Action::requeue(Duration::from_secs(5))
 }
 
-async fn publish(ctx: &Ctx, obj: &InferenceService, type_: EventType, reason: &str, action: &str, note: String) {
-    let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+async fn publish(
+    ctx: &Ctx,
+    obj: &InferenceService,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
     if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "could not publish event");
     }
@@ -122,41 +154,79 @@ async fn apply(obj: &InferenceService, ctx: &Ctx) -> Result<Action, ReconcileErr
     let observed = status::aggregate(&fresh);
     let current = old_status
         .replicas
-        .or_else(|| existing.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas))
+        .or_else(|| {
+            existing
+                .as_ref()
+                .and_then(|d| d.spec.as_ref())
+                .and_then(|s| s.replicas)
+        })
         .map(|r| r.max(0) as u32);
     let (desired, why) = status::desired_replicas(&ScaleInput {
         min: obj.spec.replicas.min,
         max: obj.spec.replicas.max,
         current,
         fresh: &fresh,
-        last_scale: old_status.last_scale_time.as_deref().and_then(|t| t.parse().ok()),
+        last_scale: old_status
+            .last_scale_time
+            .as_deref()
+            .and_then(|t| t.parse().ok()),
         now,
         cooldown: ctx.cfg.scale_cooldown,
     });
 
     let pp = PatchParams::apply(MANAGER).force();
     let deployment = objects::deployment(obj, desired as i32, &ctx.cfg.serve)?;
-    let applied = deployments.patch(&name, &pp, &Patch::Apply(&deployment)).await?;
+    let applied = deployments
+        .patch(&name, &pp, &Patch::Apply(&deployment))
+        .await?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    services.patch(&name, &pp, &Patch::Apply(&objects::service(obj)?)).await?;
+    services
+        .patch(&name, &pp, &Patch::Apply(&objects::service(obj)?))
+        .await?;
 
     if existing.is_none() {
-        publish(ctx, obj, EventType::Normal, "Created", "CreateServing",
-            format!("created Deployment {name} ({desired} replica(s), {} each) and Service {name}", objects::GPU_RESOURCE)).await;
+        publish(
+            ctx,
+            obj,
+            EventType::Normal,
+            "Created",
+            "CreateServing",
+            format!(
+                "created Deployment {name} ({desired} replica(s), {} each) and Service {name}",
+                objects::GPU_RESOURCE
+            ),
+        )
+        .await;
     }
     if let (Some(why), Some(from)) = (&why, current) {
         let cause = match why {
             ScaleReason::Bounds => "spec.replicas changed".to_string(),
             ScaleReason::Saturated => {
-                let pods: Vec<&str> = fresh.iter().filter(|r| r.saturated).map(|r| r.pod.as_str()).collect();
+                let pods: Vec<&str> = fresh
+                    .iter()
+                    .filter(|r| r.saturated)
+                    .map(|r| r.pod.as_str())
+                    .collect();
                 format!("saturated: {}", pods.join(", "))
             }
             ScaleReason::Underused => "load fits in fewer pods".to_string(),
         };
-        publish(ctx, obj, EventType::Normal, "Scaled", "Scale", format!("scaled from {from} to {desired} replicas ({cause})")).await;
+        publish(
+            ctx,
+            obj,
+            EventType::Normal,
+            "Scaled",
+            "Scale",
+            format!("scaled from {from} to {desired} replicas ({cause})"),
+        )
+        .await;
     }
 
-    let available = applied.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+    let available = applied
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
     let conditions = status::conditions(
         &ConditionInput {
             spec: &obj.spec,
@@ -168,13 +238,25 @@ async fn apply(obj: &InferenceService, ctx: &Ctx) -> Result<Action, ReconcileErr
         },
         &old_status.conditions,
     );
-    let was_met = old_status.conditions.iter().find(|c| c.type_ == status::SLO_MET).map(|c| c.status.as_str());
+    let was_met = old_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::SLO_MET)
+        .map(|c| c.status.as_str());
     let now_met = conditions.iter().find(|c| c.type_ == status::SLO_MET);
     if let Some(c) = now_met
         && c.status == "False"
         && was_met != Some("False")
     {
-        publish(ctx, obj, EventType::Warning, "SloViolated", "Observe", c.message.clone()).await;
+        publish(
+            ctx,
+            obj,
+            EventType::Warning,
+            "SloViolated",
+            "Observe",
+            c.message.clone(),
+        )
+        .await;
     }
 
     let (endpoint, grpc) = objects::endpoints(obj).unzip();
@@ -189,8 +271,15 @@ async fn apply(obj: &InferenceService, ctx: &Ctx) -> Result<Action, ReconcileErr
         p99_ms: observed.as_ref().map(|o| round(o.p99_ms, 2)),
         requests_per_second: observed.as_ref().map(|o| round(o.requests_per_second, 2)),
         joules_per_request: observed.as_ref().map(|o| round(o.joules_per_request, 4)),
-        energy_saved_ratio: observed.as_ref().and_then(|o| o.energy_saved_ratio).map(|s| round(s, 4)),
-        last_scale_time: if why.is_some() { Some(now.to_string()) } else { old_status.last_scale_time.clone() },
+        energy_saved_ratio: observed
+            .as_ref()
+            .and_then(|o| o.energy_saved_ratio)
+            .map(|s| round(s, 4)),
+        last_scale_time: if why.is_some() {
+            Some(now.to_string())
+        } else {
+            old_status.last_scale_time.clone()
+        },
         // Reports belong to the node agents' field managers; applying without them leaves them be.
         reports: Vec::new(),
     };
@@ -212,13 +301,18 @@ fn round(x: f64, digits: i32) -> f64 {
 async fn cleanup(obj: &InferenceService, ctx: &Ctx) -> Result<Action, ReconcileError> {
     let name = obj.name_any();
     let ns = obj.namespace().unwrap_or_default();
-    let dp = DeleteParams::foreground();
+    // Background: the API server removes the object now and the garbage collector (where one runs)
+    // removes its ReplicaSets; foreground would wait for a collector that a bare API server lacks.
+    let dp = DeleteParams::background();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     // Only delete what this InferenceService owns: a same-named object someone else made stays.
     let uid = obj.uid();
     let owned = |m: &kube::api::ObjectMeta| {
-        m.owner_references.iter().flatten().any(|o| Some(&o.uid) == uid.as_ref())
+        m.owner_references
+            .iter()
+            .flatten()
+            .any(|o| Some(&o.uid) == uid.as_ref())
     };
     if let Some(d) = deployments.get_opt(&name).await?
         && owned(&d.metadata)
@@ -230,6 +324,14 @@ async fn cleanup(obj: &InferenceService, ctx: &Ctx) -> Result<Action, ReconcileE
     {
         services.delete(&name, &dp).await?;
     }
-    publish(ctx, obj, EventType::Normal, "Deleted", "DeleteServing", format!("deleted Deployment and Service {name}")).await;
+    publish(
+        ctx,
+        obj,
+        EventType::Normal,
+        "Deleted",
+        "DeleteServing",
+        format!("deleted Deployment and Service {name}"),
+    )
+    .await;
     Ok(Action::await_change())
 }

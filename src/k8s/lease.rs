@@ -56,14 +56,23 @@ impl Observed {
     pub fn of(lease: &Lease) -> Self {
         let spec = lease.spec.as_ref();
         Observed {
-            holder: spec.and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty()),
-            renew_time: spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0.to_string()),
+            holder: spec
+                .and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty()),
+            renew_time: spec
+                .and_then(|s| s.renew_time.as_ref())
+                .map(|t| t.0.to_string()),
         }
     }
 }
 
 /// Decides from the record read now, the record seen before and how long it has been unchanged.
-pub fn decide(record: Option<&Observed>, me: &str, unchanged_for: Duration, lease_duration: Duration) -> Decision {
+pub fn decide(
+    record: Option<&Observed>,
+    me: &str,
+    unchanged_for: Duration,
+    lease_duration: Duration,
+) -> Decision {
     match record {
         None => Decision::Create,
         Some(r) => match &r.holder {
@@ -84,7 +93,11 @@ pub struct Elector {
 
 impl Elector {
     pub fn new(client: Client, cfg: LeaseConfig) -> Self {
-        Elector { api: Api::namespaced(client, &cfg.namespace), cfg, last_seen: None }
+        Elector {
+            api: Api::namespaced(client, &cfg.namespace),
+            cfg,
+            last_seen: None,
+        }
     }
 
     pub fn config(&self) -> &LeaseConfig {
@@ -116,14 +129,25 @@ impl Elector {
         {
             self.last_seen = Some((o.clone(), Instant::now()));
         }
-        let decision = decide(observed.as_ref(), &self.cfg.identity, unchanged_for, self.cfg.duration);
+        let decision = decide(
+            observed.as_ref(),
+            &self.cfg.identity,
+            unchanged_for,
+            self.cfg.duration,
+        );
         let result = match (decision, current) {
             (Decision::Create, _) => {
                 let lease = Lease {
-                    metadata: ObjectMeta { name: Some(self.cfg.name.clone()), ..Default::default() },
+                    metadata: ObjectMeta {
+                        name: Some(self.cfg.name.clone()),
+                        ..Default::default()
+                    },
                     spec: Some(self.spec(0, None)),
                 };
-                self.api.create(&PostParams::default(), &lease).await.map(|_| ())
+                self.api
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
             }
             (Decision::Follow { .. }, _) => return Ok(false),
             (d, Some(mut lease)) => {
@@ -136,7 +160,10 @@ impl Elector {
                 });
                 // replace() sends the resourceVersion we read: a concurrent writer makes this a 409.
                 let name = lease.name_any();
-                self.api.replace(&name, &PostParams::default(), &lease).await.map(|_| ())
+                self.api
+                    .replace(&name, &PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
             }
             (_, None) => return Ok(false),
         };
@@ -149,7 +176,9 @@ impl Elector {
 
     /// Gives the Lease up if this process holds it, so a follower need not wait for expiry.
     pub async fn release(&mut self) -> Result<(), K8sError> {
-        let Some(mut lease) = self.api.get_opt(&self.cfg.name).await? else { return Ok(()) };
+        let Some(mut lease) = self.api.get_opt(&self.cfg.name).await? else {
+            return Ok(());
+        };
         let spec = lease.spec.get_or_insert_with(Default::default);
         if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
             return Ok(());
@@ -158,7 +187,11 @@ impl Elector {
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         let name = lease.name_any();
-        match self.api.replace(&name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
             Err(e) => Err(e.into()),
@@ -192,7 +225,8 @@ where
             Ok(false) => false,
             // A transient API error: keep leading until the lease could have expired for others.
             Err(e) => {
-                let still = running.is_some() && last_renew.elapsed() < cfg.duration.saturating_sub(cfg.renew_every);
+                let still = running.is_some()
+                    && last_renew.elapsed() < cfg.duration.saturating_sub(cfg.renew_every);
                 tracing::warn!(error = %e, still_leading = still, "lease renewal failed");
                 still
             }
@@ -238,26 +272,38 @@ mod tests {
     const D: Duration = Duration::from_secs(15);
 
     fn held_by(h: &str) -> Observed {
-        Observed { holder: Some(h.into()), renew_time: Some("2026-01-01T00:00:00Z".into()) }
+        Observed {
+            holder: Some(h.into()),
+            renew_time: Some("2026-01-01T00:00:00Z".into()),
+        }
     }
 
     #[test]
     fn decisions() {
         assert_eq!(decide(None, "a", Duration::ZERO, D), Decision::Create);
-        assert_eq!(decide(Some(&held_by("a")), "a", Duration::from_secs(100), D), Decision::Renew);
+        assert_eq!(
+            decide(Some(&held_by("a")), "a", Duration::from_secs(100), D),
+            Decision::Renew
+        );
         assert_eq!(
             decide(Some(&held_by("b")), "a", Duration::from_secs(14), D),
             Decision::Follow { holder: "b".into() }
         );
         assert_eq!(decide(Some(&held_by("b")), "a", D, D), Decision::TakeOver);
-        assert_eq!(decide(Some(&Observed::default()), "a", Duration::ZERO, D), Decision::TakeOver);
+        assert_eq!(
+            decide(Some(&Observed::default()), "a", Duration::ZERO, D),
+            Decision::TakeOver
+        );
     }
 
     #[test]
     fn empty_holder_counts_as_free() {
         let lease = Lease {
             metadata: Default::default(),
-            spec: Some(LeaseSpec { holder_identity: Some(String::new()), ..Default::default() }),
+            spec: Some(LeaseSpec {
+                holder_identity: Some(String::new()),
+                ..Default::default()
+            }),
         };
         assert_eq!(Observed::of(&lease).holder, None);
     }

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, Service, ServicePort, ServiceSpec, Toleration,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, Service, ServicePort, ServiceSpec, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -45,16 +45,24 @@ pub struct ServeDefaults {
 /// Labels on the owned objects and the pods; the selector uses only `eali.dev/inferenceservice`.
 pub fn labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_string(), "eali-serve".to_string()),
+        (
+            "app.kubernetes.io/name".to_string(),
+            "eali-serve".to_string(),
+        ),
         ("app.kubernetes.io/instance".to_string(), name.to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), "eali".to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "eali".to_string(),
+        ),
         (SERVICE_LABEL.to_string(), name.to_string()),
     ])
 }
 
 fn meta(isvc: &InferenceService) -> Result<ObjectMeta, K8sError> {
     let name = isvc.name_any();
-    let namespace = isvc.namespace().ok_or_else(|| K8sError::InvalidObject(format!("{name}: no namespace")))?;
+    let namespace = isvc
+        .namespace()
+        .ok_or_else(|| K8sError::InvalidObject(format!("{name}: no namespace")))?;
     let owner = isvc
         .controller_owner_ref(&())
         .ok_or_else(|| K8sError::InvalidObject(format!("{name}: no uid yet")))?;
@@ -68,14 +76,21 @@ fn meta(isvc: &InferenceService) -> Result<ObjectMeta, K8sError> {
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -83,23 +98,37 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 }
 
 fn port(name: &str, port: i32) -> ContainerPort {
-    ContainerPort { name: Some(name.into()), container_port: port, protocol: Some("TCP".into()), ..Default::default() }
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
 }
 
 fn http_probe(path: &str, period: i32) -> Probe {
     Probe {
-        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("http".into()), ..Default::default() }),
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
         period_seconds: Some(period),
         ..Default::default()
     }
 }
 
 /// The serving Deployment with `replicas` pods.
-pub fn deployment(isvc: &InferenceService, replicas: i32, defaults: &ServeDefaults) -> Result<Deployment, K8sError> {
+pub fn deployment(
+    isvc: &InferenceService,
+    replicas: i32,
+    defaults: &ServeDefaults,
+) -> Result<Deployment, K8sError> {
     let meta = meta(isvc)?;
     let name = isvc.name_any();
     let spec = &isvc.spec;
-    let spec_json = serde_json::to_string(spec).map_err(|e| K8sError::InvalidObject(e.to_string()))?;
+    let spec_json =
+        serde_json::to_string(spec).map_err(|e| K8sError::InvalidObject(e.to_string()))?;
 
     // An extended resource must be in limits; requests default to limits. CPU and memory are
     // set equal in both so the pod gets a predictable share next to a power-managed GPU.
@@ -132,8 +161,16 @@ pub fn deployment(isvc: &InferenceService, replicas: i32, defaults: &ServeDefaul
         image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
         args: Some(vec!["serve".into()]),
         env: Some(env),
-        ports: Some(vec![port("http", REST_PORT), port("grpc", GRPC_PORT), port("metrics", METRICS_PORT)]),
-        resources: Some(ResourceRequirements { limits: Some(limits.clone()), requests: Some(limits), ..Default::default() }),
+        ports: Some(vec![
+            port("http", REST_PORT),
+            port("grpc", GRPC_PORT),
+            port("metrics", METRICS_PORT),
+        ]),
+        resources: Some(ResourceRequirements {
+            limits: Some(limits.clone()),
+            requests: Some(limits),
+            ..Default::default()
+        }),
         readiness_probe: Some(http_probe("/v2/health/ready", 5)),
         liveness_probe: Some(http_probe("/v2/health/live", 10)),
         ..Default::default()
@@ -152,7 +189,10 @@ pub fn deployment(isvc: &InferenceService, replicas: i32, defaults: &ServeDefaul
         metadata: meta,
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
-            selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(&name)),
@@ -191,7 +231,10 @@ pub fn service(isvc: &InferenceService) -> Result<Service, K8sError> {
         metadata: meta,
         spec: Some(ServiceSpec {
             selector: Some(selector),
-            ports: Some(vec![sport("http", REST_PORT, Some("http")), sport("grpc", GRPC_PORT, Some("kubernetes.io/h2c"))]),
+            ports: Some(vec![
+                sport("http", REST_PORT, Some("http")),
+                sport("grpc", GRPC_PORT, Some("kubernetes.io/h2c")),
+            ]),
             type_: Some("ClusterIP".into()),
             ..Default::default()
         }),
@@ -203,7 +246,10 @@ pub fn service(isvc: &InferenceService) -> Result<Service, K8sError> {
 pub fn endpoints(isvc: &InferenceService) -> Option<(String, String)> {
     let ns = isvc.namespace()?;
     let host = format!("{}.{ns}.svc", isvc.name_any());
-    Some((format!("http://{host}:{REST_PORT}"), format!("{host}:{GRPC_PORT}")))
+    Some((
+        format!("http://{host}:{REST_PORT}"),
+        format!("{host}:{GRPC_PORT}"),
+    ))
 }
 
 #[cfg(test)]
@@ -225,29 +271,57 @@ mod tests {
 
     #[test]
     fn deployment_requests_one_gpu_and_is_owned() {
-        let d = deployment(&isvc(), 2, &ServeDefaults { image: "eali:test".into() }).expect("deployment");
+        let d = deployment(
+            &isvc(),
+            2,
+            &ServeDefaults {
+                image: "eali:test".into(),
+            },
+        )
+        .expect("deployment");
         let owner = &d.metadata.owner_references.as_ref().expect("owners")[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("InferenceService", "r50", "uid-1"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("InferenceService", "r50", "uid-1")
+        );
         assert_eq!(owner.controller, Some(true));
         let spec = d.spec.expect("spec");
         assert_eq!(spec.replicas, Some(2));
         let pod = spec.template.spec.expect("pod");
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("eali:test"));
-        let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref()).expect("limits");
+        let limits = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .expect("limits");
         assert_eq!(limits.get(GPU_RESOURCE), Some(&Quantity("1".into())));
         assert_eq!(limits.get("memory"), Some(&Quantity("4Gi".into())));
         let ns = pod.node_selector.expect("node selector");
-        assert_eq!(ns.get(GPU_PRODUCT_LABEL).map(String::as_str), Some("Tesla-V100"));
+        assert_eq!(
+            ns.get(GPU_PRODUCT_LABEL).map(String::as_str),
+            Some("Tesla-V100")
+        );
         assert_eq!(ns.get("zone").map(String::as_str), Some("a"));
         let env = c.env.as_ref().expect("env");
-        let spec_env = env.iter().find(|e| e.name == "EALI_SERVE_SPEC").and_then(|e| e.value.clone()).expect("spec env");
+        let spec_env = env
+            .iter()
+            .find(|e| e.name == "EALI_SERVE_SPEC")
+            .and_then(|e| e.value.clone())
+            .expect("spec env");
         let back: InferenceServiceSpec = serde_json::from_str(&spec_env).expect("json");
         assert_eq!(back, isvc().spec);
-        assert!(env.iter().any(|e| e.name == "EALI_GPU_PROFILE" && e.value.as_deref() == Some("v100-sxm2")));
+        assert!(
+            env.iter()
+                .any(|e| e.name == "EALI_GPU_PROFILE" && e.value.as_deref() == Some("v100-sxm2"))
+        );
         // The selector is a subset of the pod labels.
         let sel = spec.selector.match_labels.expect("selector");
-        let pod_labels = spec.template.metadata.and_then(|m| m.labels).expect("labels");
+        let pod_labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .expect("labels");
         assert!(sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
     }
 
@@ -255,16 +329,39 @@ mod tests {
     fn image_from_spec_wins_and_service_has_both_ports() {
         let mut i = isvc();
         i.spec.image = Some("custom:1".into());
-        let d = deployment(&i, 1, &ServeDefaults { image: "eali:test".into() }).expect("deployment");
-        let image = d.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].image.clone());
+        let d = deployment(
+            &i,
+            1,
+            &ServeDefaults {
+                image: "eali:test".into(),
+            },
+        )
+        .expect("deployment");
+        let image = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].image.clone());
         assert_eq!(image, Some(Some("custom:1".into())));
         let s = service(&i).expect("service").spec.expect("spec");
-        let ports: Vec<(String, i32)> =
-            s.ports.expect("ports").into_iter().map(|p| (p.name.unwrap_or_default(), p.port)).collect();
-        assert_eq!(ports, [("http".to_string(), REST_PORT), ("grpc".to_string(), GRPC_PORT)]);
+        let ports: Vec<(String, i32)> = s
+            .ports
+            .expect("ports")
+            .into_iter()
+            .map(|p| (p.name.unwrap_or_default(), p.port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("http".to_string(), REST_PORT),
+                ("grpc".to_string(), GRPC_PORT)
+            ]
+        );
         assert_eq!(
             endpoints(&i),
-            Some(("http://r50.ml.svc:8080".to_string(), "r50.ml.svc:8081".to_string()))
+            Some((
+                "http://r50.ml.svc:8080".to_string(),
+                "r50.ml.svc:8081".to_string()
+            ))
         );
     }
 

@@ -39,7 +39,11 @@ pub struct Observed {
 }
 
 /// Reports younger than `max_age` at `now`; a report whose time does not parse is dropped.
-pub fn fresh_reports(reports: &[ServingReport], now: Timestamp, max_age: Duration) -> Vec<&ServingReport> {
+pub fn fresh_reports(
+    reports: &[ServingReport],
+    now: Timestamp,
+    max_age: Duration,
+) -> Vec<&ServingReport> {
     reports
         .iter()
         .filter(|r| match r.time.parse::<Timestamp>() {
@@ -55,17 +59,30 @@ pub fn aggregate(fresh: &[&ServingReport]) -> Option<Observed> {
         return None;
     }
     let rps: f64 = fresh.iter().map(|r| r.requests_per_second.max(0.0)).sum();
-    let weight = |r: &ServingReport| if rps > 0.0 { r.requests_per_second.max(0.0) } else { 1.0 };
+    let weight = |r: &ServingReport| {
+        if rps > 0.0 {
+            r.requests_per_second.max(0.0)
+        } else {
+            1.0
+        }
+    };
     let total_w: f64 = fresh.iter().map(|r| weight(r)).sum();
-    let jpr = fresh.iter().map(|r| weight(r) * r.joules_per_request).sum::<f64>() / total_w;
-    let saved: Vec<(f64, f64)> =
-        fresh.iter().filter_map(|r| r.energy_saved_ratio.map(|s| (weight(r), s))).collect();
+    let jpr = fresh
+        .iter()
+        .map(|r| weight(r) * r.joules_per_request)
+        .sum::<f64>()
+        / total_w;
+    let saved: Vec<(f64, f64)> = fresh
+        .iter()
+        .filter_map(|r| r.energy_saved_ratio.map(|s| (weight(r), s)))
+        .collect();
     let saved_w: f64 = saved.iter().map(|(w, _)| w).sum();
     Some(Observed {
         p99_ms: fresh.iter().map(|r| r.p99_ms).fold(f64::MIN, f64::max),
         requests_per_second: rps,
         joules_per_request: jpr,
-        energy_saved_ratio: (saved_w > 0.0).then(|| saved.iter().map(|(w, s)| w * s).sum::<f64>() / saved_w),
+        energy_saved_ratio: (saved_w > 0.0)
+            .then(|| saved.iter().map(|(w, s)| w * s).sum::<f64>() / saved_w),
         pods: fresh.len(),
         saturated: fresh.iter().any(|r| r.saturated),
     })
@@ -98,7 +115,9 @@ pub struct ScaleInput<'a> {
 
 /// The replica count to ask for, and why it differs from the current one (None = unchanged).
 pub fn desired_replicas(inp: &ScaleInput<'_>) -> (u32, Option<ScaleReason>) {
-    let Some(current) = inp.current else { return (inp.min, None) };
+    let Some(current) = inp.current else {
+        return (inp.min, None);
+    };
     if current < inp.min {
         return (inp.min, Some(ScaleReason::Bounds));
     }
@@ -108,17 +127,33 @@ pub fn desired_replicas(inp: &ScaleInput<'_>) -> (u32, Option<ScaleReason>) {
     let cooling = inp
         .last_scale
         .is_some_and(|t| inp.now.duration_since(t).unsigned_abs() < inp.cooldown);
-    if cooling || inp.fresh.is_empty() {
+    // Only figures taken after the last change say anything about the current replica count;
+    // acting on older ones would scale again and again on the same report.
+    let after: Vec<&ServingReport> = inp
+        .fresh
+        .iter()
+        .copied()
+        .filter(|r| match (inp.last_scale, r.time.parse::<Timestamp>()) {
+            (Some(last), Ok(t)) => t > last,
+            (None, Ok(_)) => true,
+            (_, Err(_)) => false,
+        })
+        .collect();
+    if cooling || after.is_empty() {
         return (current, None);
     }
-    if inp.fresh.iter().any(|r| r.saturated) {
-        return if current < inp.max { (current + 1, Some(ScaleReason::Saturated)) } else { (current, None) };
+    if after.iter().any(|r| r.saturated) {
+        return if current < inp.max {
+            (current + 1, Some(ScaleReason::Saturated))
+        } else {
+            (current, None)
+        };
     }
     // Scale in only when every pod reported its load: a missing figure is not evidence of idleness.
-    let loads: Option<Vec<f64>> = inp.fresh.iter().map(|r| r.load_ratio).collect();
+    let loads: Option<Vec<f64>> = after.iter().map(|r| r.load_ratio).collect();
     if let Some(loads) = loads
         && current > inp.min
-        && inp.fresh.len() as u32 >= current
+        && after.len() as u32 >= current
     {
         let total: f64 = loads.iter().sum();
         if total <= SCALE_IN_HEADROOM * f64::from(current - 1) {
@@ -145,22 +180,43 @@ pub struct ConditionInput<'a> {
 pub fn conditions(inp: &ConditionInput<'_>, previous: &[Condition]) -> Vec<Condition> {
     let bound = f64::from(inp.spec.slo.latency_ms);
     let ready = if inp.available > 0 {
-        ("True", "Available", format!("{}/{} serving pods available", inp.available, inp.desired))
+        (
+            "True",
+            "Available",
+            format!("{}/{} serving pods available", inp.available, inp.desired),
+        )
     } else {
-        ("False", "Unavailable", format!("0/{} serving pods available", inp.desired))
+        (
+            "False",
+            "Unavailable",
+            format!("0/{} serving pods available", inp.desired),
+        )
     };
     let slo = match inp.observed {
-        None => ("Unknown", "NoReports", "no serving pod has reported yet".to_string()),
-        Some(o) if o.p99_ms <= bound => {
-            ("True", "WithinSlo", format!("p{} {:.1} ms <= {} ms", pct(inp.spec), o.p99_ms, bound))
-        }
-        Some(o) => ("False", "SloViolated", format!("p{} {:.1} ms > {} ms", pct(inp.spec), o.p99_ms, bound)),
+        None => (
+            "Unknown",
+            "NoReports",
+            "no serving pod has reported yet".to_string(),
+        ),
+        Some(o) if o.p99_ms <= bound => (
+            "True",
+            "WithinSlo",
+            format!("p{} {:.1} ms <= {} ms", pct(inp.spec), o.p99_ms, bound),
+        ),
+        Some(o) => (
+            "False",
+            "SloViolated",
+            format!("p{} {:.1} ms > {} ms", pct(inp.spec), o.p99_ms, bound),
+        ),
     };
     let degraded = match inp.observed {
         Some(o) if o.saturated && inp.desired >= inp.spec.replicas.max => (
             "True",
             "SaturatedAtMax",
-            format!("pods report saturation at replicas.max = {}", inp.spec.replicas.max),
+            format!(
+                "pods report saturation at replicas.max = {}",
+                inp.spec.replicas.max
+            ),
         ),
         Some(o) if o.p99_ms > bound => ("True", "SloViolated", slo.2.clone()),
         _ if inp.available > 0 && (inp.available as u32) < inp.desired => (
@@ -192,7 +248,11 @@ pub fn conditions(inp: &ConditionInput<'_>, previous: &[Condition]) -> Vec<Condi
 
 fn pct(spec: &InferenceServiceSpec) -> String {
     let p = spec.slo.percentile;
-    if p.fract() == 0.0 { format!("{p:.0}") } else { format!("{p}") }
+    if p.fract() == 0.0 {
+        format!("{p:.0}")
+    } else {
+        format!("{p}")
+    }
 }
 
 #[cfg(test)]
@@ -224,7 +284,10 @@ mod tests {
             report("c", "yesterday", 10.0, 1.0, 1.0),
         ];
         let fresh = fresh_reports(&reports, ts(NOW), Duration::from_secs(60));
-        assert_eq!(fresh.iter().map(|r| r.pod.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            fresh.iter().map(|r| r.pod.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
     }
 
     #[test]
@@ -241,7 +304,11 @@ mod tests {
         assert!(o.saturated);
         assert_eq!(aggregate(&[]), None);
         // Without traffic every pod counts the same.
-        let idle = aggregate(&[&report("x", NOW, 1.0, 0.0, 2.0), &report("y", NOW, 1.0, 0.0, 4.0)]).expect("some");
+        let idle = aggregate(&[
+            &report("x", NOW, 1.0, 0.0, 2.0),
+            &report("y", NOW, 1.0, 0.0, 4.0),
+        ])
+        .expect("some");
         assert_eq!(idle.joules_per_request, 3.0);
     }
 
@@ -262,14 +329,24 @@ mod tests {
         let mut r = report("a", NOW, 40.0, 100.0, 1.0);
         r.saturated = true;
         let f = [&r];
-        assert_eq!(desired_replicas(&input(Some(1), &f)), (2, Some(ScaleReason::Saturated)));
+        assert_eq!(
+            desired_replicas(&input(Some(1), &f)),
+            (2, Some(ScaleReason::Saturated))
+        );
         assert_eq!(desired_replicas(&input(Some(3), &f)), (3, None));
         // Cooldown holds the count.
         let mut cooling = input(Some(1), &f);
         cooling.last_scale = Some(ts("2026-03-01T11:59:45Z"));
         assert_eq!(desired_replicas(&cooling), (1, None));
         cooling.last_scale = Some(ts("2026-03-01T11:59:00Z"));
-        assert_eq!(desired_replicas(&cooling), (2, Some(ScaleReason::Saturated)));
+        assert_eq!(
+            desired_replicas(&cooling),
+            (2, Some(ScaleReason::Saturated))
+        );
+        // A report older than the last change does not count again.
+        cooling.last_scale = Some(ts("2026-03-01T12:00:00Z"));
+        cooling.now = ts("2026-03-01T12:10:00Z");
+        assert_eq!(desired_replicas(&cooling), (1, None));
     }
 
     #[test]
@@ -278,7 +355,10 @@ mod tests {
         let mut b = report("b", NOW, 10.0, 10.0, 1.0);
         a.load_ratio = Some(0.3);
         b.load_ratio = Some(0.3);
-        assert_eq!(desired_replicas(&input(Some(2), &[&a, &b])), (1, Some(ScaleReason::Underused)));
+        assert_eq!(
+            desired_replicas(&input(Some(2), &[&a, &b])),
+            (1, Some(ScaleReason::Underused))
+        );
         // 0.8 total does not fit in one pod with headroom.
         b.load_ratio = Some(0.5);
         assert_eq!(desired_replicas(&input(Some(2), &[&a, &b])), (2, None));
@@ -294,15 +374,20 @@ mod tests {
     #[test]
     fn first_reconcile_and_spec_bounds() {
         assert_eq!(desired_replicas(&input(None, &[])), (1, None));
-        assert_eq!(desired_replicas(&input(Some(5), &[])), (3, Some(ScaleReason::Bounds)));
+        assert_eq!(
+            desired_replicas(&input(Some(5), &[])),
+            (3, Some(ScaleReason::Bounds))
+        );
         let mut i = input(Some(1), &[]);
         i.min = 2;
         assert_eq!(desired_replicas(&i), (2, Some(ScaleReason::Bounds)));
     }
 
     fn spec() -> InferenceServiceSpec {
-        InferenceServiceSpec::from_yaml("model: {zoo: resnet50}\nslo: {latencyMs: 50}\nreplicas: {min: 1, max: 2}\n")
-            .expect("spec")
+        InferenceServiceSpec::from_yaml(
+            "model: {zoo: resnet50}\nslo: {latencyMs: 50}\nreplicas: {min: 1, max: 2}\n",
+        )
+        .expect("spec")
     }
 
     fn status_of<'a>(cs: &'a [Condition], ty: &str) -> (&'a str, &'a str) {
@@ -313,13 +398,22 @@ mod tests {
     #[test]
     fn conditions_follow_availability_and_reports() {
         let spec = spec();
-        let mut inp =
-            ConditionInput { spec: &spec, generation: Some(3), desired: 1, available: 0, observed: None, now: ts(NOW) };
+        let mut inp = ConditionInput {
+            spec: &spec,
+            generation: Some(3),
+            desired: 1,
+            available: 0,
+            observed: None,
+            now: ts(NOW),
+        };
         let c = conditions(&inp, &[]);
         assert_eq!(status_of(&c, READY), ("False", "Unavailable"));
         assert_eq!(status_of(&c, SLO_MET), ("Unknown", "NoReports"));
         assert_eq!(status_of(&c, DEGRADED), ("False", "AsExpected"));
-        assert!(c.iter().all(|c| c.observed_generation == Some(3) && c.last_transition_time == NOW));
+        assert!(
+            c.iter()
+                .all(|c| c.observed_generation == Some(3) && c.last_transition_time == NOW)
+        );
 
         let ok = aggregate(&[&report("a", NOW, 41.0, 10.0, 1.0)]).expect("some");
         inp.available = 1;
@@ -329,7 +423,13 @@ mod tests {
         assert_eq!(status_of(&c2, READY), ("True", "Available"));
         assert_eq!(status_of(&c2, SLO_MET), ("True", "WithinSlo"));
         // Degraded kept its status, so it keeps its transition time; the others moved.
-        let t = |cs: &[Condition], ty: &str| cs.iter().find(|c| c.type_ == ty).expect("c").last_transition_time.clone();
+        let t = |cs: &[Condition], ty: &str| {
+            cs.iter()
+                .find(|c| c.type_ == ty)
+                .expect("c")
+                .last_transition_time
+                .clone()
+        };
         assert_eq!(t(&c2, DEGRADED), NOW);
         assert_eq!(t(&c2, READY), "2026-03-01T12:05:00Z");
 
@@ -346,9 +446,15 @@ mod tests {
         inp.observed = Some(&sat);
         inp.desired = 2;
         inp.available = 2;
-        assert_eq!(status_of(&conditions(&inp, &c3), DEGRADED), ("True", "SaturatedAtMax"));
+        assert_eq!(
+            status_of(&conditions(&inp, &c3), DEGRADED),
+            ("True", "SaturatedAtMax")
+        );
         inp.observed = Some(&ok);
         inp.available = 1;
-        assert_eq!(status_of(&conditions(&inp, &c3), DEGRADED), ("True", "ReplicasUnavailable"));
+        assert_eq!(
+            status_of(&conditions(&inp, &c3), DEGRADED),
+            ("True", "ReplicasUnavailable")
+        );
     }
 }

@@ -50,17 +50,17 @@ pub fn default_candidates() -> Vec<RegressorSpec> {
     vec![
         RegressorSpec::Ridge(RidgeParams { alpha: 1.0 }),
         RegressorSpec::RandomForest(ForestParams {
-            n_trees: 60,
-            max_depth: 14,
-            min_samples_leaf: 2,
-            mtry: Some(8),
+            n_trees: 40,
+            max_depth: 12,
+            min_samples_leaf: 3,
+            mtry: Some(6),
         }),
         RegressorSpec::GradientBoosting(BoostParams {
-            n_trees: 200,
+            n_trees: 150,
             learning_rate: 0.1,
-            max_depth: 5,
+            max_depth: 4,
             min_samples_leaf: 3,
-            subsample: 0.8,
+            subsample: 0.7,
         }),
     ]
 }

@@ -6,6 +6,7 @@ pub mod baselines;
 pub mod des;
 pub mod device;
 pub mod metrics;
+pub mod oracle;
 pub mod policy;
 pub mod truth;
 pub mod workload;

@@ -55,16 +55,26 @@ pub fn control_plane() -> Option<&'static ControlPlane> {
                 if std::env::var("EALI_E2E_REQUIRE").as_deref() == Ok("1") {
                     panic!("{msg} (EALI_E2E_REQUIRE=1)");
                 }
-                eprintln!("\n{}\n!!! SKIPPING real-control-plane test: {msg}\n{}\n", "!".repeat(100), "!".repeat(100));
+                eprintln!(
+                    "\n{}\n!!! SKIPPING real-control-plane test: {msg}\n{}\n",
+                    "!".repeat(100),
+                    "!".repeat(100)
+                );
                 return None;
             }
-            Some(ControlPlane::start(bin).unwrap_or_else(|e| panic!("control plane failed to start: {e}")))
+            Some(
+                ControlPlane::start(bin)
+                    .unwrap_or_else(|e| panic!("control plane failed to start: {e}")),
+            )
         })
         .as_ref()
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
@@ -86,24 +96,79 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
 /// Writes a CA, the apiserver serving cert, an admin client cert and the service-account key pair.
 fn make_certs(dir: &Path) -> Result<(), String> {
     let key = |name: &str| -> Result<(), String> {
-        openssl(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", name])
+        openssl(
+            dir,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                name,
+            ],
+        )
     };
     key("ca.key")?;
-    openssl(dir, &["req", "-x509", "-new", "-key", "ca.key", "-days", "2", "-subj", "/CN=eali-e2e-ca", "-out", "ca.crt"])?;
-    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=eali-e2e-ca",
+            "-out",
+            "ca.crt",
+        ],
+    )?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")
         .map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").map_err(|e| e.to_string())?;
     for (name, subj, ext) in [
         ("apiserver", "/CN=kube-apiserver", "server.ext"),
         ("admin", "/O=system:masters/CN=admin", "client.ext"),
     ] {
         key(&format!("{name}.key"))?;
-        openssl(dir, &["req", "-new", "-key", &format!("{name}.key"), "-subj", subj, "-out", &format!("{name}.csr")])?;
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", &format!("{name}.crt"),
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}.key"),
+                "-subj",
+                subj,
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+                "-out",
+                &format!("{name}.crt"),
             ],
         )?;
     }
@@ -113,13 +178,16 @@ fn make_certs(dir: &Path) -> Result<(), String> {
 
 fn b64(path: &Path) -> Result<String, String> {
     // openssl's base64 wraps lines; kubeconfig wants one line.
-    let out = run(Command::new("openssl").args(["base64", "-A", "-in"]).arg(path))?;
+    let out = run(Command::new("openssl")
+        .args(["base64", "-A", "-in"])
+        .arg(path))?;
     Ok(out.trim().to_string())
 }
 
 impl ControlPlane {
     fn start(bin: PathBuf) -> Result<ControlPlane, String> {
-        let dir = std::env::temp_dir().join(format!("eali-e2e-{}-{}", std::process::id(), free_port()));
+        let dir =
+            std::env::temp_dir().join(format!("eali-e2e-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(dir.join("etcd")).map_err(|e| e.to_string())?;
         make_certs(&dir)?;
         let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
@@ -127,10 +195,16 @@ impl ControlPlane {
         let etcd = Command::new(bin.join("etcd"))
             .arg(format!("--data-dir={}", dir.join("etcd").display()))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+            ))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!(
+                "--initial-cluster=default=http://127.0.0.1:{peer_port}"
+            ))
             .arg("--unsafe-no-fsync=true")
             .stdout(Stdio::null())
             .stderr(log("etcd.log")?)
@@ -140,16 +214,31 @@ impl ControlPlane {
         let api = Command::new(bin.join("kube-apiserver"))
             .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
             .arg(format!("--cert-dir={}", dir.display()))
-            .arg(format!("--tls-cert-file={}", dir.join("apiserver.crt").display()))
-            .arg(format!("--tls-private-key-file={}", dir.join("apiserver.key").display()))
+            .arg(format!(
+                "--tls-cert-file={}",
+                dir.join("apiserver.crt").display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                dir.join("apiserver.key").display()
+            ))
             .arg(format!("--client-ca-file={}", dir.join("ca.crt").display()))
             .arg(format!("--secure-port={api_port}"))
             .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
-            .args(["--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true"])
+            .args([
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+            ])
             .arg("--authorization-mode=RBAC")
             .arg(format!("--service-account-issuer={server}/"))
-            .arg(format!("--service-account-key-file={}", dir.join("sa.pub").display()))
-            .arg(format!("--service-account-signing-key-file={}", dir.join("sa.key").display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                dir.join("sa.pub").display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                dir.join("sa.key").display()
+            ))
             // No kube-controller-manager runs, so nothing would fill in service-account tokens.
             .arg("--disable-admission-plugins=ServiceAccount")
             .stdout(Stdio::null())
@@ -233,8 +322,18 @@ impl ControlPlane {
             std::thread::sleep(Duration::from_millis(300));
         }
         let log = std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();
-        let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-        Err(format!("apiserver not ready after 120 s: {last}\n--- apiserver.log tail ---\n{tail}"))
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        Err(format!(
+            "apiserver not ready after 120 s: {last}\n--- apiserver.log tail ---\n{tail}"
+        ))
     }
 
     /// A kubectl command using the admin kubeconfig.
@@ -278,13 +377,16 @@ impl ControlPlane {
     /// A kube client from any kubeconfig file.
     pub async fn client_from(&self, path: &Path) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(path).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
         kube::Client::try_from(cfg).expect("client")
     }
 
     /// Creates a namespace (unique per test) and returns its name.
     pub fn namespace(&self, name: &str) -> String {
-        self.kubectl(&["create", "namespace", name]).unwrap_or_else(|e| panic!("namespace {name}: {e}"));
+        self.kubectl(&["create", "namespace", name])
+            .unwrap_or_else(|e| panic!("namespace {name}: {e}"));
         name.to_string()
     }
 }
@@ -298,10 +400,23 @@ pub fn pipe(cmd: &mut Command, stdin: &str) -> Result<String, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("{cmd:?}: {e}"))?;
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .map_err(|e| e.to_string())?;
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.success() { Ok(String::from_utf8_lossy(&out.stdout).into_owned()) } else { Err(text) }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(text)
+    }
 }
 
 /// Polls `f` every 200 ms until it returns Some, or panics after `secs` with `what`.

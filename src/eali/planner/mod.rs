@@ -247,6 +247,24 @@ impl Planner {
         PlanSet { best, by_batch }
     }
 
+    /// Re-scores a given decision (batch size and clock per unit) under a request: the same
+    /// prediction a fresh plan would carry, with `feasible` telling whether it still meets the
+    /// constraints. `None` if the batch size or a clock is not in the planner's grid.
+    pub fn evaluate(&self, batch: u32, clocks_mhz: &[u32], req: &PlanRequest) -> Option<Plan> {
+        let bi = self.candidates.iter().copied().find(|&bi| self.costs.batches[bi] == batch)?;
+        if clocks_mhz.len() != self.costs.num_units() {
+            return None;
+        }
+        let clocks: Vec<usize> = clocks_mhz.iter().map(|&c| self.costs.clock_index(c)).collect::<Option<_>>()?;
+        let (latency, stable, overhead) = self.budgets(bi, req);
+        let preset_gap = if req.entry == EntryClock::Preset && clocks.first() != clocks.last() { self.switch.lead_s } else { 0.0 };
+        let budget = latency.min(stable - preset_gap);
+        let inst = self.instance(bi, req, budget, overhead);
+        let feasible = inst.eval(&clocks).time <= budget;
+        let energy = inst.exact_energy(&clocks).1;
+        Some(self.to_plan(&Choice { bi, clocks, inst, energy }, req, feasible))
+    }
+
     fn budgets(&self, bi: usize, req: &PlanRequest) -> (f64, f64, f64) {
         let b = self.costs.batches[bi];
         let overhead = self.costs.batch_overhead_s[bi] * req.corrections.time;

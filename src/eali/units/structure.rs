@@ -267,22 +267,42 @@ pub(super) fn structural_units(graph: &Graph) -> Vec<Unit> {
         _ => (0, items.len()),
     };
 
+    // Pre-activation (DenseNet transitions): a BatchNorm right after a block, and what follows
+    // it up to the next anchor, opens the anchor's unit instead of trailing the block.
+    let mut pending: Vec<LayerId> = Vec::new();
     for item in &items[body_start..body_end] {
         match item {
-            Item::Region(m) => drafts.push(Draft::new(UnitKind::Block, m.clone())),
+            Item::Region(m) => {
+                if let Some(d) = drafts.last_mut() {
+                    d.all.append(&mut pending);
+                }
+                drafts.push(Draft::new(UnitKind::Block, m.clone()));
+            }
             Item::Layer(l) => {
                 let op = &graph.layers[*l].op;
-                let glue = is_anchor(op) && glues_to_previous(graph, *l, drafts.last());
+                let after_block = drafts.last().is_some_and(|d| d.kind == UnitKind::Block && d.all.last() == d.core.last());
+                if !is_anchor(op) && (!pending.is_empty() || (after_block && matches!(op, Op::BatchNorm))) {
+                    pending.push(*l);
+                    continue;
+                }
+                let glue = is_anchor(op) && pending.is_empty() && glues_to_previous(graph, *l, drafts.last());
                 match drafts.last_mut() {
                     Some(d) if glue => {
                         d.core.push(*l);
                         d.all.push(*l);
                     }
                     Some(d) if !is_anchor(op) => d.all.push(*l),
-                    _ => drafts.push(Draft::new(UnitKind::Layer, vec![*l])),
+                    _ => {
+                        let mut d = Draft::new(UnitKind::Layer, vec![*l]);
+                        d.all.splice(0..0, pending.drain(..));
+                        drafts.push(d);
+                    }
                 }
             }
         }
+    }
+    if let Some(d) = drafts.last_mut() {
+        d.all.append(&mut pending);
     }
     if body_end < items.len() {
         let head: Vec<LayerId> = items[body_end..]

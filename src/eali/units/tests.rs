@@ -107,7 +107,7 @@ fn mobilenet_depthwise_pairs_and_linear_bottlenecks() {
     let chain = structural_chain(&g).unwrap();
     assert_eq!(chain.names(), vec!["stem", "dw1", "ir", "fc"]);
     assert_eq!(chain.units[1].layer_names.len(), 6);
-    assert_eq!(chain.units[2].layer_names.len(), 8);
+    assert_eq!(chain.units[2].layer_names.len(), 9);
     assert_eq!(chain.units[3].layer_names, vec!["fc"]);
     // "gap" rides with the last conv unit in a plain net.
     assert!(chain.units[2].layer_names.iter().any(|n| n == "gap"));
@@ -253,4 +253,35 @@ fn zoo_googlenet_has_nine_inception_units() {
     assert_eq!(names.last(), Some(&"head"));
     assert_eq!(names.iter().filter(|n| n.starts_with("inception")).count(), 9);
     assert_eq!(chain.len(), 11);
+}
+
+#[test]
+fn zoo_densenet_dense_layers_and_preactivated_transitions() {
+    let g = zoo::build("densenet121").unwrap();
+    let chain = structural_chain(&g).unwrap();
+    let dense = chain.units.iter().filter(|u| u.name.contains(".denselayer")).count();
+    assert_eq!(dense, 6 + 12 + 24 + 16);
+    let transitions: Vec<&Unit> = chain.units.iter().filter(|u| u.name.contains("transition")).collect();
+    assert_eq!(transitions.len(), 3);
+    // BN and ReLU before the transition conv belong to the transition (pre-activation).
+    for t in transitions {
+        assert_eq!(t.layers.len(), 4, "{}", t.name);
+        assert!(t.layer_names[0].ends_with("norm"), "{:?}", t.layer_names);
+    }
+    assert_eq!(chain.len(), 1 + dense + 3 + 1);
+}
+
+#[test]
+fn zoo_mobilenet_v2_blocks() {
+    let g = zoo::build("mobilenet_v2").unwrap();
+    let chain = structural_chain(&g).unwrap();
+    // Blocks 3..=17 are units of their own (residual ones as fork/join regions, the others as
+    // expand + linear bottleneck), then the last 1×1 conv and the head.
+    let names = chain.names();
+    for i in 3..=18 {
+        assert!(names.contains(&format!("features.{i}").as_str()), "features.{i} in {names:?}");
+    }
+    assert_eq!(names.last(), Some(&"head"));
+    let blocks = chain.units.iter().filter(|u| u.kind == UnitKind::Block).count();
+    assert_eq!(blocks, 10, "residual inverted-residual blocks");
 }

@@ -1,0 +1,237 @@
+//! Model executors: what runs a batch, unit by unit, with a hook at each unit boundary (for
+//! clock changes, timing and energy attribution).
+//!
+//! - [`cpu::CpuExecutor`]: the reference executor; computes the network for real on the CPU
+//!   (im2col + GEMM), from seeded or safetensors weights.
+//! - [`sim::SimExecutor`]: runs the batch on the calibrated simulated GPU; its timing and energy
+//!   follow the simulator, it computes no outputs.
+//! - [`Paired`]: a simulated GPU for timing and energy with the CPU executor computing the outputs
+//!   alongside (`eali serve --compute cpu`).
+//! - [`ZeroCost`]: a zero-cost executor (no time, no outputs) for measuring the serving path's own
+//!   overhead.
+//!
+//! Clock changes go through a [`clock::ClockActuator`] (the simulated GPU in this process; NVML
+//! or the agent's control socket later).
+
+use std::ops::Range;
+
+use crate::gpu::GpuError;
+
+pub mod clock;
+pub mod cpu;
+mod kernels;
+pub mod sim;
+pub mod weights;
+
+pub use clock::{ClockActuator, ClockThread};
+pub use cpu::CpuExecutor;
+pub use sim::{DeviceClock, SimDevice, SimExecutor};
+pub use weights::{LayerWeights, Weights};
+
+/// Why an executor could not run a batch or load a model.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ExecError {
+    #[error("GPU: {0}")]
+    Gpu(#[from] GpuError),
+    #[error("weights: {0}")]
+    Weights(String),
+    #[error("input has {got} values, a batch of {batch} needs {want}")]
+    InputSize { got: usize, want: usize, batch: u32 },
+    #[error("units must cover layers 0..{layers} in order without gaps (got {units:?})")]
+    BadUnits {
+        layers: usize,
+        units: Vec<Range<usize>>,
+    },
+    #[error("batch size must be at least 1")]
+    EmptyBatch,
+    #[error("CPU executor thread panicked")]
+    ComputePanicked,
+}
+
+/// One batch to run.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRequest<'a> {
+    pub batch: u32,
+    /// `batch × C × H × W` FP32 values, row-major (NCHW); `None` when nothing computes outputs.
+    pub input: Option<&'a [f32]>,
+    /// The chain of optimization units as contiguous layer ranges covering the whole graph.
+    pub units: &'a [Range<usize>],
+}
+
+/// What happened in one unit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnitRecord {
+    pub unit: usize,
+    /// Device time (s) the unit started and ended.
+    pub start_s: f64,
+    pub end_s: f64,
+    /// Graphics clock the unit ended at (MHz; 0 where there is no GPU).
+    pub clock_mhz: u32,
+    /// Energy counter reading at the unit's end (whole mJ), where the device has one.
+    pub energy_counter_mj: Option<u64>,
+    /// Ground-truth energy of the unit (J), known only to a simulated GPU. For checking the
+    /// attribution in tests; the serving path attributes from the counter.
+    pub truth_energy_j: Option<f64>,
+}
+
+/// Result of one batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRun {
+    pub start_s: f64,
+    pub end_s: f64,
+    /// `batch × output elements` values when the executor computes outputs.
+    pub outputs: Option<Vec<f32>>,
+    pub units: Vec<UnitRecord>,
+}
+
+/// Called at every unit boundary of a batch.
+pub trait UnitHook {
+    /// Before unit `unit` starts, at device time `t_s`.
+    fn unit_start(&mut self, _unit: usize, _t_s: f64) {}
+    /// After the unit ended.
+    fn unit_end(&mut self, _record: &UnitRecord) {}
+}
+
+/// A hook that does nothing.
+pub struct NoHook;
+impl UnitHook for NoHook {}
+
+/// Runs batches of one model.
+pub trait Executor: Send {
+    /// Short name for logs and response parameters ("cpu", "sim:v100-sxm2", ...).
+    fn name(&self) -> String;
+    /// Whether [`BatchRun::outputs`] holds real results.
+    fn computes_outputs(&self) -> bool;
+    fn run_batch(
+        &mut self,
+        req: &BatchRequest<'_>,
+        hook: &mut dyn UnitHook,
+    ) -> Result<BatchRun, ExecError>;
+}
+
+/// Checks that `units` are contiguous ranges covering `0..layers` in order.
+pub fn check_units(units: &[Range<usize>], layers: usize) -> Result<(), ExecError> {
+    let mut next = 0;
+    for u in units {
+        if u.start != next || u.end <= u.start {
+            break;
+        }
+        next = u.end;
+    }
+    if next == layers && units.iter().all(|u| u.end > u.start) {
+        Ok(())
+    } else {
+        Err(ExecError::BadUnits {
+            layers,
+            units: units.to_vec(),
+        })
+    }
+}
+
+/// The simulated GPU for time and energy, with the CPU computing the outputs on another thread
+/// at the same time: the batch is done when both are.
+pub struct Paired {
+    pub device: SimExecutor,
+    pub compute: CpuExecutor,
+}
+
+impl Executor for Paired {
+    fn name(&self) -> String {
+        format!("{}+cpu", self.device.name())
+    }
+    fn computes_outputs(&self) -> bool {
+        true
+    }
+    fn run_batch(
+        &mut self,
+        req: &BatchRequest<'_>,
+        hook: &mut dyn UnitHook,
+    ) -> Result<BatchRun, ExecError> {
+        let compute = &self.compute;
+        let device = &mut self.device;
+        let (timed, outputs) = std::thread::scope(|s| {
+            let cpu = s.spawn(|| match req.input {
+                Some(x) => compute.forward(x, req.batch).map(Some),
+                None => Ok(None),
+            });
+            let timed = device.run_batch(req, hook);
+            (timed, cpu.join())
+        });
+        let mut run = timed?;
+        run.outputs = outputs.map_err(|_| ExecError::ComputePanicked)??;
+        // The response cannot leave before its outputs exist.
+        run.end_s = run.end_s.max(self.device.device().now_s());
+        Ok(run)
+    }
+}
+
+/// The zero-cost executor: every batch takes no time and produces no outputs.
+pub struct ZeroCost {
+    clock: std::time::Instant,
+}
+
+impl ZeroCost {
+    pub fn new() -> Self {
+        Self {
+            clock: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for ZeroCost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Executor for ZeroCost {
+    fn name(&self) -> String {
+        "zero-cost".into()
+    }
+    fn computes_outputs(&self) -> bool {
+        false
+    }
+    fn run_batch(
+        &mut self,
+        req: &BatchRequest<'_>,
+        hook: &mut dyn UnitHook,
+    ) -> Result<BatchRun, ExecError> {
+        let t = self.clock.elapsed().as_secs_f64();
+        let units = (0..req.units.len())
+            .map(|unit| {
+                hook.unit_start(unit, t);
+                let r = UnitRecord {
+                    unit,
+                    start_s: t,
+                    end_s: t,
+                    clock_mhz: 0,
+                    energy_counter_mj: None,
+                    truth_energy_j: None,
+                };
+                hook.unit_end(&r);
+                r
+            })
+            .collect();
+        Ok(BatchRun {
+            start_s: t,
+            end_s: t,
+            outputs: None,
+            units,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_ranges_must_tile_the_graph() {
+        assert!(check_units(&[0..2, 2..5], 5).is_ok());
+        assert!(check_units(&[0..5], 5).is_ok());
+        assert!(check_units(&[0..2, 3..5], 5).is_err());
+        assert!(check_units(&[0..2, 2..4], 5).is_err());
+        assert!(check_units(&[0..2, 2..2, 2..5], 5).is_err());
+        assert!(check_units(&[], 5).is_err());
+    }
+}

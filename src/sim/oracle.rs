@@ -1,0 +1,335 @@
+//! (e) The offline oracle: a hindsight schedule of the known arrival trace under the true costs.
+//!
+//! What it knows that no online policy can: every arrival time in advance, and the noise-free
+//! ground-truth time and energy of every unit at every batch size and clock (the simulator's
+//! physics, power cap included), plus the switch-latency distribution. What it does not know:
+//! the run's noise draws and each set-call's actual latency. It uses the same mechanisms as EALI
+//! (FIFO batches, a clock per unit, set-calls through the clock thread, the entry clock preset
+//! while idle), so it bounds what an online EALI could reach with perfect foresight.
+//!
+//! How: the EALI planner over the true unit costs yields, for every batch size, a Pareto set of
+//! (execution time, energy) plans across time budgets. A dynamic program over the trace then picks
+//! batch boundaries and one plan per batch so that every request finishes within the SLO (less a
+//! noise guard) at least total energy, idle energy between batches included; each prefix keeps a
+//! few labels trading energy against finish time.
+
+use std::ops::Range;
+
+use crate::eali::planner::{EntryClock, Plan, PlanRequest, Planner};
+
+use super::policy::{Action, BatchPlan, ClockTarget, Policy, SetCall};
+
+/// Budget levels per batch size at which plans are computed.
+const BUDGET_LEVELS: usize = 24;
+/// Labels (energy, finish time) kept per prefix of the trace.
+const LABELS: usize = 4;
+
+/// One plan option for a batch size.
+#[derive(Debug, Clone)]
+struct PlanOption {
+    exec_s: f64,
+    energy_j: f64,
+    entry: u32,
+    exit: u32,
+    plan: BatchPlan,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Label {
+    cost: f64,
+    finish: f64,
+    exit: u32,
+    /// Back-pointer: previous prefix, its label index, batch plan chosen.
+    prev: usize,
+    prev_label: usize,
+    option: usize,
+    start: f64,
+}
+
+/// A scheduled batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OracleBatch {
+    pub first: usize,
+    pub size: u32,
+    pub start_s: f64,
+    option: usize,
+}
+
+/// The oracle as a policy: it replays its precomputed schedule.
+#[derive(Debug, Clone)]
+pub struct Oracle {
+    units: Vec<Range<usize>>,
+    max_batch: u32,
+    /// Options per batch size, `options[b - 1]`.
+    options: Vec<Vec<PlanOption>>,
+    schedule: Vec<OracleBatch>,
+    next: usize,
+    plan: BatchPlan,
+    /// Predicted total energy of the schedule (J) over the trace's span.
+    predicted_energy_j: f64,
+}
+
+impl Oracle {
+    /// Plans the schedule for `arrivals` with `planner` built over the true unit costs of the
+    /// chain `units`. `slo_s` is the latency every request must meet; `guard` the fraction kept
+    /// back for noise; `idle_w(f)` the idle power of the GPU held at clock `f`; `lead_s` the
+    /// median set-call latency (call + settle).
+    pub fn plan(
+        planner: &Planner,
+        units: Vec<Range<usize>>,
+        arrivals: &[f64],
+        slo_s: f64,
+        guard: f64,
+        lead_s: f64,
+        idle_w: impl Fn(u32) -> f64,
+    ) -> Self {
+        let batches = planner.batches();
+        let max_batch = batches.last().copied().unwrap_or(1);
+        let span = arrivals.last().copied().unwrap_or(0.0) - arrivals.first().copied().unwrap_or(0.0);
+        let rate = if span > 0.0 { arrivals.len() as f64 / span } else { 1.0 };
+        let options = pareto_options(planner, &batches, max_batch, rate);
+        let l_eff = slo_s * (1.0 - guard);
+        let labels = dp(arrivals, &options, l_eff, lead_s, &idle_w);
+        let (schedule, predicted_energy_j) = backtrack(&labels, arrivals.len());
+        Self { units, max_batch, options, schedule, next: 0, plan: BatchPlan::default(), predicted_energy_j }
+    }
+
+    pub fn schedule(&self) -> &[OracleBatch] {
+        &self.schedule
+    }
+    pub fn predicted_energy_j(&self) -> f64 {
+        self.predicted_energy_j
+    }
+
+    fn option(&self, k: usize) -> &PlanOption {
+        let b = self.schedule[k];
+        &self.options[b.size as usize - 1][b.option]
+    }
+}
+
+impl Policy for Oracle {
+    fn name(&self) -> &str {
+        "oracle"
+    }
+    fn units(&self) -> &[Range<usize>] {
+        &self.units
+    }
+    fn max_batch(&self) -> u32 {
+        self.max_batch
+    }
+    fn initial_clock(&self) -> Option<ClockTarget> {
+        self.schedule.first().map(|_| ClockTarget::Locked(self.option(0).entry))
+    }
+    fn next_action(&mut self, now: f64, queue_len: usize, _oldest: f64) -> Action {
+        let Some(&b) = self.schedule.get(self.next) else {
+            // Past the schedule (cannot happen for the trace it planned): drain at once.
+            self.plan = BatchPlan::unmanaged(self.units.len());
+            return Action::Dispatch { batch: (queue_len as u32).min(self.max_batch) };
+        };
+        if queue_len >= b.size as usize && now >= b.start_s {
+            let mut plan = self.option(self.next).plan.clone();
+            if let Some(&nb) = self.schedule.get(self.next + 1) {
+                let entry = self.options[nb.size as usize - 1][nb.option].entry;
+                let exec = self.option(self.next).exec_s;
+                plan.set_calls.push(SetCall { offset_s: exec, target: ClockTarget::Locked(entry) });
+            }
+            self.plan = plan;
+            self.next += 1;
+            Action::Dispatch { batch: b.size }
+        } else {
+            // Wait for the planned start; the loop also wakes at each arrival.
+            Action::WaitUntil(b.start_s.max(now + 1e-9))
+        }
+    }
+    fn plan(&self) -> &BatchPlan {
+        &self.plan
+    }
+}
+
+/// Converts a planner plan to the simulator's batch plan (entry clock preset, not in the calls).
+fn to_batch_plan(p: &Plan) -> BatchPlan {
+    BatchPlan {
+        unit_clocks: p.unit_clocks_mhz.iter().map(|&f| Some(f)).collect(),
+        set_calls: p
+            .timeline
+            .iter()
+            .map(|c| SetCall { offset_s: c.issue_at_s, target: ClockTarget::Locked(c.clock_mhz) })
+            .collect(),
+    }
+}
+
+/// Pareto sets of plans per batch size `1..=max_batch` (sizes missing from the planner's grid
+/// borrow the next larger size's plans, whose times bound theirs).
+fn pareto_options(planner: &Planner, batches: &[u32], max_batch: u32, rate: f64) -> Vec<Vec<PlanOption>> {
+    let mut per_grid: Vec<Vec<PlanOption>> = vec![Vec::new(); batches.len()];
+    let option = |p: &Plan| PlanOption {
+        exec_s: p.exec_time_s,
+        energy_j: p.batch_energy_j,
+        entry: p.entry_clock_mhz(),
+        exit: p.exit_clock_mhz(),
+        plan: to_batch_plan(p),
+    };
+    let mut fastest = Vec::new();
+    for k in 1..=BUDGET_LEVELS {
+        let margin = 1.0 - k as f64 / BUDGET_LEVELS as f64;
+        let req = PlanRequest {
+            rate,
+            // Known arrivals: no fill-time quantile, and stability is the DP's business.
+            fill_rate: f64::MAX,
+            rate_upper: 0.0,
+            margin: margin.min(0.999),
+            entry: EntryClock::Preset,
+            corrections: Default::default(),
+        };
+        let set = planner.plan_set(&req);
+        for (j, p) in set.by_batch.iter().enumerate() {
+            if p.feasible {
+                per_grid[j].push(option(p));
+            }
+        }
+        fastest = set.by_batch;
+    }
+    // Batch sizes too slow for the SLO at any clock keep their fastest plan for the overload
+    // fallback.
+    for (opts, p) in per_grid.iter_mut().zip(&fastest) {
+        if opts.is_empty() {
+            opts.push(option(p));
+        }
+    }
+    for opts in &mut per_grid {
+        opts.sort_by(|a, b| a.exec_s.total_cmp(&b.exec_s).then(a.energy_j.total_cmp(&b.energy_j)));
+        let mut kept: Vec<PlanOption> = Vec::new();
+        for o in opts.drain(..) {
+            if kept.last().is_none_or(|k: &PlanOption| o.energy_j < k.energy_j * (1.0 - 1e-9)) {
+                kept.push(o);
+            }
+        }
+        *opts = kept;
+    }
+    (1..=max_batch)
+        .map(|b| {
+            let j = batches.partition_point(|&g| g < b);
+            per_grid.get(j).cloned().unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Forward DP over prefixes of the trace; `labels[j]` = non-dominated ways to serve the first j
+/// requests.
+fn dp(arrivals: &[f64], options: &[Vec<PlanOption>], l_eff: f64, lead_s: f64, idle_w: &impl Fn(u32) -> f64) -> Vec<Vec<Label>> {
+    let n = arrivals.len();
+    let bmax = options.len();
+    let mut labels: Vec<Vec<Label>> = vec![Vec::new(); n + 1];
+    labels[0].push(Label { cost: 0.0, finish: f64::NEG_INFINITY, exit: 0, prev: 0, prev_label: 0, option: 0, start: 0.0 });
+    for i in 0..n {
+        if labels[i].is_empty() {
+            continue;
+        }
+        let from = std::mem::take(&mut labels[i]);
+        let mut reached = false;
+        for b in 1..=bmax.min(n - i) {
+            let j = i + b;
+            let ready = arrivals[j - 1];
+            let deadline = arrivals[i] + l_eff;
+            if ready > deadline {
+                break;
+            }
+            for (li, lab) in from.iter().enumerate() {
+                for (oi, o) in options[b - 1].iter().enumerate() {
+                    // A new entry clock is preset right after the previous batch.
+                    let settle = if lab.finish.is_finite() && o.entry != lab.exit { lead_s } else { 0.0 };
+                    let start = ready.max(lab.finish + settle);
+                    if start + o.exec_s > deadline {
+                        // Options are sorted by time: later ones are slower.
+                        break;
+                    }
+                    let idle = if lab.finish.is_finite() {
+                        let gap = start - lab.finish;
+                        let pre = gap.min(settle);
+                        idle_w(lab.exit) * pre + idle_w(o.entry) * (gap - pre)
+                    } else {
+                        0.0
+                    };
+                    let cand = Label {
+                        cost: lab.cost + idle + o.energy_j,
+                        finish: start + o.exec_s,
+                        exit: o.exit,
+                        prev: i,
+                        prev_label: li,
+                        option: oi,
+                        start,
+                    };
+                    insert_label(&mut labels[j], cand);
+                    reached = true;
+                }
+            }
+        }
+        if !reached {
+            force(arrivals, options, &from, i, &mut labels);
+        }
+        labels[i] = from;
+    }
+    labels
+}
+
+/// Overload fallback when request `i` cannot meet its deadline in any way: the fastest plan for
+/// all requests already waiting when the GPU frees up (at least one), late.
+fn force(arrivals: &[f64], options: &[Vec<PlanOption>], from: &[Label], i: usize, labels: &mut [Vec<Label>]) {
+    let Some((li, lab)) = from.iter().enumerate().min_by(|a, b| a.1.finish.total_cmp(&b.1.finish)) else {
+        return;
+    };
+    let n = arrivals.len();
+    let waiting = arrivals[i..].partition_point(|&a| a <= lab.finish);
+    let mut b = waiting.clamp(1, options.len().min(n - i));
+    while b > 1 && options[b - 1].is_empty() {
+        b -= 1;
+    }
+    let Some(o) = options[b - 1].first() else {
+        return;
+    };
+    let start = arrivals[i + b - 1].max(lab.finish);
+    let cand = Label {
+        cost: lab.cost + o.energy_j,
+        finish: start + o.exec_s,
+        exit: o.exit,
+        prev: i,
+        prev_label: li,
+        option: 0,
+        start,
+    };
+    insert_label(&mut labels[i + b], cand);
+}
+
+/// Keeps labels non-dominated in (cost, finish), at most [`LABELS`] of them (cheapest first).
+fn insert_label(set: &mut Vec<Label>, c: Label) {
+    if set.iter().any(|l| l.cost <= c.cost && l.finish <= c.finish) {
+        return;
+    }
+    set.retain(|l| !(c.cost <= l.cost && c.finish <= l.finish));
+    set.push(c);
+    if set.len() > LABELS {
+        set.sort_by(|a, b| a.cost.total_cmp(&b.cost));
+        // Drop the costliest label but never the earliest-finishing one.
+        let earliest = set.iter().enumerate().min_by(|a, b| a.1.finish.total_cmp(&b.1.finish)).map(|(i, _)| i);
+        let drop = if earliest == Some(set.len() - 1) { set.len() - 2 } else { set.len() - 1 };
+        set.remove(drop);
+    }
+}
+
+fn backtrack(labels: &[Vec<Label>], n: usize) -> (Vec<OracleBatch>, f64) {
+    let Some((mut li, best)) =
+        labels[n].iter().enumerate().min_by(|a, b| a.1.cost.total_cmp(&b.1.cost)).map(|(i, l)| (i, *l))
+    else {
+        return (Vec::new(), f64::NAN);
+    };
+    let mut out = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        let l = labels[j][li];
+        out.push(OracleBatch { first: l.prev, size: (j - l.prev) as u32, start_s: l.start, option: l.option });
+        j = l.prev;
+        li = l.prev_label;
+    }
+    out.reverse();
+    (out, best.cost)
+}
