@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds a real Kubernetes control plane for the integration tests from the Go module proxy:
-# kube-apiserver, kubectl (+ kubelet when E2E_WITH_KUBELET=1), etcd and helm.
+# kube-apiserver, kubectl, kubelet (skipped with E2E_WITH_KUBELET=0), etcd and helm.
 #
 # Each tool is built from its own throw-away consumer module under e2e/tools/<tool> (go.mod and
 # go.sum are committed, so versions are pinned and checksummed); separate modules keep Go's
@@ -11,7 +11,7 @@
 #
 # Binaries are cached outside the work tree, keyed on tool version and Go version, so a fresh
 # clone on the same machine (CI) only copies them; the Go module and build caches are the
-# machine's (GOMODCACHE, GOCACHE). Output: e2e/.bin/{kube-apiserver,kubectl,etcd,helm} and
+# machine's (GOMODCACHE, GOCACHE). Output: e2e/.bin/{kube-apiserver,kubectl,kubelet,etcd,helm} and
 # e2e/.bin/VERSIONS. Usage: e2e/build-control-plane.sh [--force]
 set -euo pipefail
 
@@ -76,7 +76,7 @@ module_pins() { # dir module version -> true when go.mod requires exactly that v
 
 build_k8s() {
     local key="$cache/k8s-$K8S_VERSION-$gover" bins=(kube-apiserver kubectl)
-    [ "${E2E_WITH_KUBELET:-0}" = 1 ] && bins+=(kubelet)
+    [ "${E2E_WITH_KUBELET:-1}" = 1 ] && bins+=(kubelet)
     local missing=0
     for b in "${bins[@]}"; do [ -x "$key/$b" ] || missing=1; done
     if [ $force = 1 ] || [ $missing = 1 ]; then

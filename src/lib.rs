@@ -11,3 +11,4 @@ pub mod k8s;
 pub mod model;
 pub mod perf;
 pub mod sim;
+pub mod telemetry;

@@ -37,11 +37,13 @@ fn install_crd(cp: &ControlPlane) {
 struct Agent {
     child: Child,
     identity: String,
+    log: std::path::PathBuf,
 }
 
 impl Agent {
     fn start(cp: &ControlPlane, ns: &str, identity: &str, extra: &[&str]) -> Agent {
-        let log = std::fs::File::create(cp.dir.join(format!("agent-{identity}.log"))).expect("log");
+        let log_path = cp.dir.join(format!("agent-{identity}.log"));
+        let log = std::fs::File::create(&log_path).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_eali"))
             .args([
                 "agent",
@@ -79,6 +81,7 @@ impl Agent {
         Agent {
             child,
             identity: identity.into(),
+            log: log_path,
         }
     }
 
@@ -98,6 +101,10 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- log of eali agent {} ---\n{log}", self.identity);
+        }
     }
 }
 
@@ -303,6 +310,19 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
         get_json(cp, &["eisvc", "resnet50", "-n", &ns])
             .filter(|v| condition(v, "Ready") == Some(("True".into(), "Available".into())))
     });
+
+    // Idempotent: requeues every 2 s change nothing while nothing changes.
+    let rv = |kind: &str| {
+        get_json(cp, &[kind, "resnet50", "-n", &ns])
+            .map(|v| v["metadata"]["resourceVersion"].clone())
+    };
+    let before = (rv("deployment"), rv("service"), rv("eisvc"));
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(
+        (rv("deployment"), rv("service"), rv("eisvc")),
+        before,
+        "a no-op reconcile wrote"
+    );
 
     // A pod reports a saturated load within the SLO: figures appear, replicas go to 2.
     report(

@@ -136,6 +136,23 @@ fn chart_installs_with_least_privilege_rbac_and_agent_checks_explain_fixes() {
         );
     }
 
+    // The optional ServiceMonitor renders only when asked for.
+    let off = cp.helm(&["template", "eali", &chart()]).expect("template");
+    assert!(!off.contains("kind: ServiceMonitor"));
+    let on = cp
+        .helm(&[
+            "template",
+            "eali",
+            &chart(),
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+        ])
+        .expect("template");
+    assert!(
+        on.contains("kind: ServiceMonitor") && on.contains("port: metrics"),
+        "{on}"
+    );
+
     // Rendered manifests pass the API server's own validation (dry run, nothing stored).
     cp.kubectl(&["create", "namespace", "eali-dry"])
         .expect("ns");

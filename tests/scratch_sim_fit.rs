@@ -77,3 +77,20 @@ fn grid() {
     }
     println!("best err={:.5} knee,vmin,D,busy={:?}", best.0, best.1);
 }
+
+#[test]
+fn all() {
+    for name in ["m40","v100-pcie","v100-sxm2","t4","a100-sxm4","h100-sxm"] {
+        let p = GpuProfile::from_path(Path::new(&format!("/tmp/fit/{name}.toml"))).unwrap();
+        for batch in [1u32, 8, 32, 128] {
+            let span = SpanCost::from_layers(&p, &resnet50(batch).unwrap(), &[]);
+            let parts = *span.parts();
+            let fmax = p.max_clock_mhz();
+            let (fd, capped) = p.power_capped_clock(&parts, p.default_clock_under_load_mhz(), p.spec().power.limit_default_w);
+            let mut best = (f64::INFINITY, 0);
+            for &f in p.supported_clocks_mhz() { let e = span.energy_j(f); if e < best.0 { best = (e, f); } }
+            println!("{name:10} b={batch:3} T(fmax)={:7.2}ms img/s={:6.0} P(fmax)={:5.1}W default f={fd} capped={capped} P={:5.1} best f={} saving={:4.1}% idle@fmax={:.1}",
+                1e3*span.time_s(fmax), batch as f64/span.time_s(fd), span.power_w(fmax), span.power_w(fd), best.1, 100.0*(1.0-best.0/span.energy_j(fd)), p.idle_power_w(fmax));
+        }
+    }
+}

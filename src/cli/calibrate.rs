@@ -29,9 +29,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         other => other?,
     }
-    let failed: Vec<&str> = checks.iter().filter(|c| !c.pass).map(|c| c.name.as_str()).collect();
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| c.name.as_str())
+        .collect();
     if !failed.is_empty() {
-        anyhow::bail!("{} calibration check(s) failed: {}", failed.len(), failed.join(", "));
+        anyhow::bail!(
+            "{} calibration check(s) failed: {}",
+            failed.len(),
+            failed.join(", ")
+        );
     }
     Ok(())
 }

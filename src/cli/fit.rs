@@ -13,7 +13,13 @@ use crate::perf::profile::Profile;
 use crate::perf::profiler::ProfileConfig;
 
 /// Zoo models `--profile-zoo` profiles: plain, residual, inception, dense and depthwise nets.
-pub const ZOO_TRAINING_SET: [&str; 5] = ["alexnet", "resnet50", "googlenet", "densenet121", "mobilenet_v2"];
+pub const ZOO_TRAINING_SET: [&str; 5] = [
+    "alexnet",
+    "resnet50",
+    "googlenet",
+    "densenet121",
+    "mobilenet_v2",
+];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -137,7 +143,8 @@ fn select_gpu(profiles: Vec<Profile>, filter: Option<&str>) -> anyhow::Result<Ve
             profiles
                 .into_iter()
                 .filter(|p| {
-                    p.gpu.name.to_lowercase().contains(&f) || p.gpu.backend.to_lowercase().contains(&f)
+                    p.gpu.name.to_lowercase().contains(&f)
+                        || p.gpu.backend.to_lowercase().contains(&f)
                 })
                 .collect()
         }
@@ -198,9 +205,16 @@ pub fn render_report(r: &FitReport) -> String {
             lrmse
         );
     }
-    if r.candidates.iter().any(|c| !c.leave_one_model_out.is_empty()) {
+    if r.candidates
+        .iter()
+        .any(|c| !c.leave_one_model_out.is_empty())
+    {
         s.push('\n');
-        let _ = write!(s, "leave-one-model-out, R² / RMSE (W):\n{:<16}", "held-out model");
+        let _ = write!(
+            s,
+            "leave-one-model-out, R² / RMSE (W):\n{:<16}",
+            "held-out model"
+        );
         for c in &r.candidates {
             let _ = write!(s, " {:>20}", c.kind().name());
         }
@@ -211,7 +225,9 @@ pub fn render_report(r: &FitReport) -> String {
                 let cell = c
                     .leave_one_model_out
                     .get(i)
-                    .map_or("-".to_string(), |(_, sc)| format!("{:.4} / {:.2}", sc.r2, sc.rmse));
+                    .map_or("-".to_string(), |(_, sc)| {
+                        format!("{:.4} / {:.2}", sc.r2, sc.rmse)
+                    });
                 let _ = write!(s, " {cell:>20}");
             }
             s.push('\n');
@@ -256,9 +272,11 @@ mod tests {
             std::fs::write(dir.join(f), "{}").unwrap();
         }
         let files = profile_files(std::slice::from_ref(&dir)).unwrap();
-        let names: Vec<_> = files.iter().map(|f| f.file_name().unwrap().to_owned()).collect();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_owned())
+            .collect();
         assert_eq!(names, ["a.json", "b.json"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
-

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod crd;
 pub mod fit;
+pub mod gpu;
 pub mod models;
 pub mod plan;
 pub mod profile;
@@ -36,6 +37,8 @@ pub enum Command {
     Crd(crd::Args),
     /// Check the simulated GPU against published measurements (published vs simulated table).
     Calibrate(calibrate::Args),
+    /// The GPUs through NVML: list, read-only check, switch-latency calibration.
+    Gpu(gpu::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -48,5 +51,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(a) => agent::run(a),
         Command::Crd(a) => crd::run(a),
         Command::Calibrate(a) => calibrate::run(a),
+        Command::Gpu(a) => gpu::run(a),
     }
 }

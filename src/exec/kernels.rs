@@ -78,6 +78,7 @@ impl ConvGeom {
         self.cin_g() * self.kernel.0 * self.kernel.1
     }
     /// Weight elements: `cout × cin/groups × kh × kw`.
+    #[cfg(test)]
     pub fn weight_len(&self) -> usize {
         self.cout * self.k_g()
     }

@@ -107,6 +107,16 @@ pub trait Executor: Send {
         req: &BatchRequest<'_>,
         hook: &mut dyn UnitHook,
     ) -> Result<BatchRun, ExecError>;
+    /// Predicted execution time (s) of a batch over `units` with `clocks[i]` on unit i (`None`:
+    /// the GPU's own clock), where the executor can tell before running it.
+    fn predict_s(
+        &mut self,
+        _units: &[Range<usize>],
+        _batch: u32,
+        _clocks: &[Option<u32>],
+    ) -> Option<f64> {
+        None
+    }
 }
 
 /// Checks that `units` are contiguous ranges covering `0..layers` in order.
@@ -163,6 +173,9 @@ impl Executor for Paired {
         run.end_s = run.end_s.max(self.device.device().now_s());
         Ok(run)
     }
+    fn predict_s(&mut self, units: &[Range<usize>], batch: u32, clocks: &[Option<u32>]) -> Option<f64> {
+        self.device.predict_s(units, batch, clocks)
+    }
 }
 
 /// The zero-cost executor: every batch takes no time and produces no outputs.
@@ -218,6 +231,9 @@ impl Executor for ZeroCost {
             outputs: None,
             units,
         })
+    }
+    fn predict_s(&mut self, _: &[Range<usize>], _: u32, _: &[Option<u32>]) -> Option<f64> {
+        Some(0.0)
     }
 }
 

@@ -190,6 +190,9 @@ impl Executor for SimExecutor {
             units: records,
         })
     }
+    fn predict_s(&mut self, units: &[Range<usize>], batch: u32, clocks: &[Option<u32>]) -> Option<f64> {
+        Some(self.estimate_s(units, batch, clocks))
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod calibrate_switch;
+pub mod clockguard;
+pub mod nvml;
 pub mod sim;
 
 /// What a layer asks of the GPU, independent of which network it came from.

@@ -21,7 +21,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::K8sError;
-use super::crd::{InferenceService, InferenceServiceStatus};
+use super::crd::{InferenceService, InferenceServiceStatus, ServingReport};
 use super::objects::{self, ServeDefaults};
 use super::status::{self, ConditionInput, ScaleInput, ScaleReason};
 
@@ -146,6 +146,8 @@ async fn apply(obj: &InferenceService, ctx: &Ctx) -> Result<Action, ReconcileErr
     let name = obj.name_any();
     let ns = obj.namespace().unwrap_or_default();
     let now = Timestamp::now();
+    // Whole seconds for condition times, like metav1.Time, so they read like Kubernetes' own.
+    let now_s = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = deployments.get_opt(&name).await?;
     let old_status = obj.status.clone().unwrap_or_default();
@@ -234,7 +236,7 @@ async fn apply(obj: &InferenceService, ctx: &Ctx) -> Result<Action, ReconcileErr
             desired,
             available,
             observed: observed.as_ref(),
-            now,
+            now: now_s,
         },
         &old_status.conditions,
     );
@@ -276,7 +278,7 @@ async fn apply(obj: &InferenceService, ctx: &Ctx) -> Result<Action, ReconcileErr
             .and_then(|o| o.energy_saved_ratio)
             .map(|s| round(s, 4)),
         last_scale_time: if why.is_some() {
-            Some(now.to_string())
+            Some(scale_mark(now, &fresh).to_string())
         } else {
             old_status.last_scale_time.clone()
         },
@@ -291,6 +293,16 @@ async fn apply(obj: &InferenceService, ctx: &Ctx) -> Result<Action, ReconcileErr
     let api: Api<InferenceService> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch_status(&name, &pp, &Patch::Apply(&body)).await?;
     Ok(Action::requeue(ctx.cfg.requeue))
+}
+
+/// The time a scale decision is stamped with: only reports taken after it count for the next
+/// decision. The newest report's time wins when a node clock runs ahead of ours, so that report
+/// is not counted twice.
+fn scale_mark(now: Timestamp, fresh: &[&ServingReport]) -> Timestamp {
+    fresh
+        .iter()
+        .filter_map(|r| r.time.parse::<Timestamp>().ok())
+        .fold(now, Timestamp::max)
 }
 
 fn round(x: f64, digits: i32) -> f64 {

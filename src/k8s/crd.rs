@@ -24,6 +24,8 @@ pub const CRD_NAME: &str = "inferenceservices.eali.dev";
 
 /// Desired state of an InferenceService: which CNN to serve, under which latency SLO, with which
 /// energy policy, on which GPUs.
+// Each printcolumn(...) repeats `type_ = ...`, which clippy reads as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "eali.dev",

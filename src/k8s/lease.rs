@@ -249,7 +249,7 @@ where
             let _ = elector.release().await;
             return match res {
                 Ok(r) => r,
-                Err(e) => Err(K8sError::InvalidObject(format!("controller task: {e}"))),
+                Err(e) => Err(K8sError::Task(e.to_string())),
             };
         }
         tokio::select! {

@@ -24,4 +24,7 @@ pub enum K8sError {
     /// The object lacks something the controller needs (name, namespace, uid).
     #[error("invalid object: {0}")]
     InvalidObject(String),
+    /// The controller task ended abnormally (panicked or was cancelled).
+    #[error("controller task: {0}")]
+    Task(String),
 }

@@ -50,7 +50,13 @@ pub fn build_cost_table(
     batches: &[u32],
     clocks_mhz: &[u32],
 ) -> Result<LayerCostTable> {
-    build_cost_table_with(profile, power, batches, clocks_mhz, &OverheadModel::default())
+    build_cost_table_with(
+        profile,
+        power,
+        batches,
+        clocks_mhz,
+        &OverheadModel::default(),
+    )
 }
 
 /// Builds the predicted cost table for `batches` × `clocks_mhz` (each sorted and de-duplicated).

@@ -9,12 +9,16 @@ use crate::gpu::GpuError;
 pub enum PerfError {
     #[error("GPU backend: {0}")]
     Gpu(#[from] GpuError),
-    #[error("clock {requested_mhz} MHz not in force after {waited_s:.3} s (GPU reports {actual_mhz} MHz)")]
+    #[error(
+        "clock {requested_mhz} MHz not in force after {waited_s:.3} s (GPU reports {actual_mhz} MHz)"
+    )]
     ClockNotReached {
         requested_mhz: u32,
         actual_mhz: u32,
         waited_s: f64,
     },
+    #[error("energy counter did not advance in {waited_s} s")]
+    CounterStuck { waited_s: f64 },
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("not enough data for {what}: have {have}, need at least {need}")]

@@ -133,7 +133,13 @@ pub fn dataset(profiles: &[Profile], max_rows: usize, seed: u64) -> Result<Datas
                 .iter()
                 .position(|k| *k == r.kind)
                 .unwrap_or(0);
-            let key = (kind, r.flops.to_bits(), r.bytes.to_bits(), r.batch, r.clock_mhz);
+            let key = (
+                kind,
+                r.flops.to_bits(),
+                r.bytes.to_bits(),
+                r.batch,
+                r.clock_mhz,
+            );
             let e = acc.entry(key).or_insert((0.0, 0.0, 0, f));
             e.0 += r.time_s;
             e.1 += r.power_w;
@@ -148,7 +154,8 @@ pub fn dataset(profiles: &[Profile], max_rows: usize, seed: u64) -> Result<Datas
     }
     ds.distinct = ds.features.len();
     if ds.distinct > max_rows {
-        let mut keep = sample(&mut ChaCha8Rng::seed_from_u64(seed), ds.distinct, max_rows).into_vec();
+        let mut keep =
+            sample(&mut ChaCha8Rng::seed_from_u64(seed), ds.distinct, max_rows).into_vec();
         keep.sort_unstable();
         ds.features = keep.iter().map(|&i| ds.features[i]).collect();
         ds.power_w = keep.iter().map(|&i| ds.power_w[i]).collect();
@@ -242,7 +249,9 @@ pub fn fit_power_model(profiles: &[Profile], cfg: &FitConfig) -> Result<(PowerMo
     for spec in &cfg.candidates {
         let mut oof = vec![f64::NAN; ds.features.len()];
         for fold in &cv_folds {
-            let p = preds.next().ok_or_else(|| internal("missing CV result"))??;
+            let p = preds
+                .next()
+                .ok_or_else(|| internal("missing CV result"))??;
             for (&i, v) in fold.test.iter().zip(p) {
                 oof[i] = v;
             }
@@ -250,7 +259,9 @@ pub fn fit_power_model(profiles: &[Profile], cfg: &FitConfig) -> Result<(PowerMo
         let cv = Score::of(&ds.power_w, &oof)?;
         let mut lomo = Vec::with_capacity(lomo_folds.len());
         for (model, fold) in &lomo_folds {
-            let p = preds.next().ok_or_else(|| internal("missing held-out result"))??;
+            let p = preds
+                .next()
+                .ok_or_else(|| internal("missing held-out result"))??;
             let y: Vec<f64> = fold.test.iter().map(|&i| ds.power_w[i]).collect();
             lomo.push((model.clone(), Score::of(&y, &p)?));
         }

@@ -200,11 +200,7 @@ impl LatencyModel {
         let (t0, t1) = (t(seg), t(seg + 1));
         let slope = ((t1 - t0) / (b1 - b0)).max(0.0);
         let v = t0 + slope * (b - b0);
-        if batch < bs[0] {
-            v.max(t0 * b / b0)
-        } else {
-            v
-        }
+        if batch < bs[0] { v.max(t0 * b / b0) } else { v }
     }
 }
 
@@ -219,7 +215,10 @@ mod tests {
             .map(|&x| (x, 2e-4 + 3e-4 / x))
             .collect();
         let f = ClockFit::fit(&pts).unwrap();
-        assert!((f.a - 2e-4).abs() < 1e-12 && (f.b - 3e-4).abs() < 1e-12, "{f:?}");
+        assert!(
+            (f.a - 2e-4).abs() < 1e-12 && (f.b - 3e-4).abs() < 1e-12,
+            "{f:?}"
+        );
         assert!((f.eval(0.4) - (2e-4 + 3e-4 / 0.4)).abs() < 1e-12);
     }
 
@@ -248,7 +247,12 @@ mod tests {
         }
         // Between measured clocks on the same side of the kink, the form is exact too.
         for x in [0.5, 0.7, 0.9, 0.15] {
-            assert!((c.eval(x) - t(x)).abs() < 1e-9, "x={x}: {} vs {}", c.eval(x), t(x));
+            assert!(
+                (c.eval(x) - t(x)).abs() < 1e-9,
+                "x={x}: {} vs {}",
+                c.eval(x),
+                t(x)
+            );
         }
         // Extrapolation continues the outermost piece.
         assert!((c.eval(1.2) - t(1.2)).abs() < 1e-9);

@@ -96,6 +96,9 @@ pub struct ProfileRecord {
     pub power_w: f64,
     /// Back-to-back runs measured together.
     pub repeats: u32,
+    /// The GPU reported the software power cap right after the run: it ran below `clock_mhz`.
+    #[serde(default)]
+    pub power_capped: bool,
 }
 
 /// Board power of the idle GPU held at a clock.

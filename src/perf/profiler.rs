@@ -208,13 +208,15 @@ where
         locked: info.architecture.has_locked_clocks(),
         source: energy_source,
         cfg,
+        notes: Vec::new(),
         averaged: false,
     };
     let measured = run.grid(graph, &layers, &batches, &clocks, start_s, progress);
     let reset = run.reset_clocks();
-    let (records, idle, averaged) = measured?;
+    let (records, idle) = measured?;
     reset?;
-    if averaged {
+    notes.append(&mut run.notes);
+    if run.averaged {
         notes.push(
             "power readings are 1 s averages: each sampled run was extended by 1 s of warm-up \
              before sampling"
@@ -247,7 +249,7 @@ where
     })
 }
 
-type Measured = (Vec<ProfileRecord>, Vec<IdlePoint>, bool);
+type Measured = (Vec<ProfileRecord>, Vec<IdlePoint>);
 
 struct Run<'a, G: ?Sized> {
     gpu: &'a mut G,
@@ -255,6 +257,8 @@ struct Run<'a, G: ?Sized> {
     locked: bool,
     source: EnergySource,
     cfg: &'a ProfileConfig,
+    /// Caveats found while measuring.
+    notes: Vec<String>,
     /// Whether power readings turned out to be 1 s averages.
     averaged: bool,
 }
@@ -269,11 +273,14 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
         start_s: f64,
         progress: &mut dyn FnMut(&Progress<'_>),
     ) -> Result<Measured> {
-        let active: Vec<usize> = (0..layers.len()).filter(|&i| !layers[i].is_noop()).collect();
+        let active: Vec<usize> = (0..layers.len())
+            .filter(|&i| !layers[i].is_noop())
+            .collect();
         let total = clocks.len() * batches.len() * active.len();
         let mut done = 0;
         let mut records = Vec::with_capacity(total);
         let mut idle = Vec::with_capacity(clocks.len());
+        let mut capped = 0;
         // Clock outermost: one clock change per clock, not per measurement.
         for &clock in clocks {
             self.set_clock(clock)?;
@@ -286,7 +293,8 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
                 for &batch in batches {
                     let work = graph.layer_work(id, batch);
                     let info = &layers[id];
-                    let (time_s, energy_j, repeats) = self.measure(&work, idle_w)?;
+                    let (time_s, energy_j, repeats, power_capped) = self.measure(&work, idle_w)?;
+                    capped += usize::from(power_capped);
                     records.push(ProfileRecord {
                         layer: id,
                         name: info.name.clone(),
@@ -301,6 +309,7 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
                         energy_j,
                         power_w: energy_j / time_s,
                         repeats,
+                        power_capped,
                     });
                     done += 1;
                     progress(&Progress {
@@ -314,7 +323,13 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
                 }
             }
         }
-        Ok((records, idle, self.averaged))
+        if capped > 0 {
+            self.notes.push(format!(
+                "{capped} of {total} measurements hit the power cap and ran below the requested \
+                 clock (marked power_capped)"
+            ));
+        }
+        Ok((records, idle))
     }
 
     /// Locks the graphics clock and waits until the GPU reports it in force.
@@ -347,11 +362,17 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
         }
     }
 
+    /// Resets the clocks and waits until the reset is in force, so the caller gets the GPU back
+    /// unlocked.
     fn reset_clocks(&mut self) -> Result<()> {
-        if self.locked {
-            self.gpu.reset_locked_clocks()?;
+        let change = if self.locked {
+            self.gpu.reset_locked_clocks()?
         } else {
-            self.gpu.reset_application_clocks()?;
+            self.gpu.reset_application_clocks()?
+        };
+        let wait = change.effective_at_s - self.gpu.now_s();
+        if wait > 0.0 {
+            self.gpu.idle(wait)?;
         }
         Ok(())
     }
@@ -368,9 +389,9 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
                 return Ok((e, now));
             }
             if now - start > TICK_TIMEOUT_S {
-                return Err(PerfError::InvalidInput(format!(
-                    "energy counter did not advance in {TICK_TIMEOUT_S} s"
-                )));
+                return Err(PerfError::CounterStuck {
+                    waited_s: TICK_TIMEOUT_S,
+                });
             }
         }
     }
@@ -397,8 +418,9 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
         }
     }
 
-    /// Time per run, energy per run and repeats of one (layer, batch) at the current clock.
-    fn measure(&mut self, work: &LayerWork, idle_w: f64) -> Result<(f64, f64, u32)> {
+    /// Time per run, energy per run, repeats, and whether the power cap bound, of one
+    /// (layer, batch) at the current clock.
+    fn measure(&mut self, work: &LayerWork, idle_w: f64) -> Result<(f64, f64, u32, bool)> {
         // A short warm-up run gives the per-run time from which the repeat count follows.
         const WARMUP: u32 = 3;
         let warm = self.gpu.run_layer(work, WARMUP)? / f64::from(WARMUP);
@@ -413,6 +435,7 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
             EnergySource::Counter => {
                 let (e0, _) = self.next_tick()?;
                 let elapsed = self.gpu.run_layer(work, repeats)?;
+                let capped = self.gpu.throttle_reasons()?.sw_power_cap;
                 let run_end = self.gpu.now_s();
                 let (e1, t1) = self.next_tick()?;
                 // The closing reading also holds the idle energy from the end of the run to the
@@ -420,14 +443,19 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
                 let tail_s = (t1 - run_end - 0.5 * POLL_S).max(0.0);
                 let energy = counter_delta_j(e0, e1)? - idle_w * tail_s;
                 let r = f64::from(repeats);
-                Ok((elapsed / r, energy.max(0.0) / r, repeats))
+                Ok((elapsed / r, energy.max(0.0) / r, repeats, capped))
             }
             EnergySource::PowerSampling => self.measure_sampled(work, warm, repeats),
         }
     }
 
     /// Runs the layer in chunks of about one sampling interval and reads power after each.
-    fn measure_sampled(&mut self, work: &LayerWork, warm: f64, repeats: u32) -> Result<(f64, f64, u32)> {
+    fn measure_sampled(
+        &mut self,
+        work: &LayerWork,
+        warm: f64,
+        repeats: u32,
+    ) -> Result<(f64, f64, u32, bool)> {
         let chunk = ((SAMPLE_S / warm).ceil() as u32).clamp(1, repeats);
         let semantics = self.gpu.power()?.semantics;
         if semantics == PowerSemantics::Averaged1s {
@@ -439,15 +467,17 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
             }
         }
         let (mut elapsed, mut runs, mut sum_w, mut samples) = (0.0, 0u32, 0.0, 0u32);
+        let mut capped = false;
         while runs < repeats {
             let n = chunk.min(repeats - runs);
             elapsed += self.gpu.run_layer(work, n)?;
             runs += n;
             sum_w += self.gpu.power()?.watts;
             samples += 1;
+            capped |= self.gpu.throttle_reasons()?.sw_power_cap;
         }
         let t = elapsed / f64::from(runs);
-        Ok((t, sum_w / f64::from(samples) * t, runs))
+        Ok((t, sum_w / f64::from(samples) * t, runs, capped))
     }
 }
 

@@ -249,7 +249,9 @@ fn fit_ridge(x: &[Vec<f64>], y: &[f64], p: RidgeParams) -> Result<LinearFit> {
         .with_normalize(false)
         .with_solver(RidgeRegressionSolverName::Cholesky);
     let fitted = RidgeRegression::fit(&matrix(&z)?, &yc, params).map_err(fit_err("ridge"))?;
-    let coef: Vec<f64> = (0..width).map(|j| *fitted.coefficients().get((j, 0))).collect();
+    let coef: Vec<f64> = (0..width)
+        .map(|j| *fitted.coefficients().get((j, 0)))
+        .collect();
     Ok(LinearFit {
         mean,
         scale,
@@ -273,7 +275,8 @@ fn fit_forest(x: &[Vec<f64>], y: &[f64], p: ForestParams, seed: u64) -> Result<B
 }
 
 fn fit_boost(x: &[Vec<f64>], y: &[f64], p: BoostParams, seed: u64) -> Result<Boosted> {
-    if !(p.subsample > 0.0 && p.subsample <= 1.0) || !(p.learning_rate > 0.0) {
+    let valid = p.subsample > 0.0 && p.subsample <= 1.0 && p.learning_rate > 0.0;
+    if !valid {
         return Err(PerfError::InvalidInput(format!(
             "boosting needs 0 < subsample ≤ 1 and learning_rate > 0, got {} and {}",
             p.subsample, p.learning_rate
@@ -346,7 +349,9 @@ mod tests {
         assert!((slopes[0] - 2.0).abs() < 1e-6, "{slopes:?}");
         assert!((slopes[1] + 0.5).abs() < 1e-6, "{slopes:?}");
         assert_eq!(slopes[2], 0.0);
-        let p = Fitted::Ridge(l.clone()).predict(&[vec![1.0, 4.0, 1.0]]).unwrap();
+        let p = Fitted::Ridge(l.clone())
+            .predict(&[vec![1.0, 4.0, 1.0]])
+            .unwrap();
         assert!((p[0] - 3.0).abs() < 1e-6, "{p:?}");
     }
 
@@ -400,7 +405,13 @@ mod tests {
     fn bad_inputs_are_errors() {
         let spec = RegressorSpec::Ridge(RidgeParams { alpha: 1.0 });
         assert!(spec.fit(&[vec![1.0], vec![2.0]], &[1.0], 0).is_err());
-        assert!(spec.fit(&[vec![1.0], vec![f64::NAN]], &[1.0, 2.0], 0).is_err());
-        assert!(spec.fit(&[vec![1.0, 2.0], vec![2.0]], &[1.0, 2.0], 0).is_err());
+        assert!(
+            spec.fit(&[vec![1.0], vec![f64::NAN]], &[1.0, 2.0], 0)
+                .is_err()
+        );
+        assert!(
+            spec.fit(&[vec![1.0, 2.0], vec![2.0]], &[1.0, 2.0], 0)
+                .is_err()
+        );
     }
 }

@@ -56,7 +56,11 @@ pub fn r2(observed: &[f64], predicted: &[f64]) -> f64 {
         .map(|(y, p)| (y - p).powi(2))
         .sum();
     if ss_tot == 0.0 {
-        return if ss_res == 0.0 { 1.0 } else { f64::NEG_INFINITY };
+        return if ss_res == 0.0 {
+            1.0
+        } else {
+            f64::NEG_INFINITY
+        };
     }
     1.0 - ss_res / ss_tot
 }

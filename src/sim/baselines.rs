@@ -103,7 +103,7 @@ impl Policy for TritonMaxClock {
     fn plan(&self) -> &BatchPlan {
         &self.plan
     }
-    fn on_batch_done(&mut self, done: &BatchDone) {
+    fn on_batch_done(&mut self, done: &BatchDone<'_>) {
         // Overloaded when full batches leave a full batch behind.
         self.saturated = done.batch == self.cfg.max_batch && done.queue_len >= done.batch as usize;
     }
@@ -170,7 +170,7 @@ impl Policy for ClipperAimd {
     fn plan(&self) -> &BatchPlan {
         &self.plan
     }
-    fn on_batch_done(&mut self, done: &BatchDone) {
+    fn on_batch_done(&mut self, done: &BatchDone<'_>) {
         let exec = done.end_s - done.start_s;
         if exec > self.target_s {
             self.cap = (self.cap * Self::BACKOFF).max(1.0);

@@ -121,6 +121,7 @@ pub fn run<D: Device, P: Policy + ?Sized>(
     let t0 = device.now_s();
     let e0 = device.energy_mj()?;
     let mut latency = vec![f64::NAN; n];
+    let mut batch_lat: Vec<f64> = Vec::with_capacity(policy.max_batch() as usize);
     let mut queue: VecDeque<u32> = VecDeque::with_capacity(cfg.queue_capacity.min(n).max(1));
     let mut timeline = cfg.record_timeline.then(|| Timeline { units, ..Timeline::default() });
     let mut clock = ClockThread { free_at: t0, last: None, issued: 0, skipped: 0 };
@@ -145,6 +146,10 @@ pub fn run<D: Device, P: Policy + ?Sized>(
         let Some(&oldest) = queue.front() else {
             if next == n {
                 break;
+            }
+            if let Some(target) = policy.idle_clock(t) {
+                let log = timeline.as_mut().map(|t| &mut t.set_calls);
+                clock.issue(device, t, target, log)?;
             }
             device.idle_until(arrivals[next])?;
             t = device.now_s().max(arrivals[next]);
@@ -193,9 +198,12 @@ pub fn run<D: Device, P: Policy + ?Sized>(
                 if let Some(b) = timeline.as_mut().and_then(|tl| tl.batches.last_mut()) {
                     b.end_s = end;
                 }
+                batch_lat.clear();
                 for _ in 0..batch {
                     if let Some(i) = queue.pop_front() {
-                        latency[i as usize] = end - arrivals[i as usize];
+                        let l = end - arrivals[i as usize];
+                        latency[i as usize] = l;
+                        batch_lat.push(l);
                     }
                 }
                 batches += 1;
@@ -208,6 +216,7 @@ pub fn run<D: Device, P: Policy + ?Sized>(
                     oldest_arrival_s: arrivals[oldest as usize],
                     energy_j: (device.energy_mj()?.saturating_sub(e_start)) as f64 / 1000.0,
                     queue_len: queue.len(),
+                    latencies_s: &batch_lat,
                 };
                 policy.on_batch_done(&done);
             }
@@ -219,6 +228,10 @@ pub fn run<D: Device, P: Policy + ?Sized>(
                         now_s: t,
                         until_s: until,
                     });
+                }
+                if let Some(target) = policy.idle_clock(t) {
+                    let log = timeline.as_mut().map(|t| &mut t.set_calls);
+                    clock.issue(device, t, target, log)?;
                 }
                 device.idle_until(wake)?;
                 t = wake;

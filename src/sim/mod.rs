@@ -3,10 +3,13 @@
 //! harness with its reports and plots. Virtual time throughout; deterministic under a seed.
 
 pub mod baselines;
+pub mod bench;
 pub mod des;
 pub mod device;
+pub mod eali_policy;
 pub mod metrics;
 pub mod oracle;
+pub mod plot;
 pub mod policy;
 pub mod truth;
 pub mod workload;
@@ -21,3 +24,5 @@ pub use device::{Device, SpanTable};
 pub use metrics::{RunResult, Timeline};
 pub use policy::{Action, BatchDone, BatchPlan, ClockTarget, Policy, SetCall};
 pub use workload::{Workload, WorkloadError, WorkloadKind};
+#[cfg(test)]
+mod probe_tests;

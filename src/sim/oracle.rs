@@ -22,7 +22,7 @@ use super::policy::{Action, BatchPlan, ClockTarget, Policy, SetCall};
 /// Budget levels per batch size at which plans are computed.
 const BUDGET_LEVELS: usize = 24;
 /// Labels (energy, finish time) kept per prefix of the trace.
-const LABELS: usize = 4;
+const LABELS: usize = 6;
 
 /// One plan option for a batch size.
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ struct Label {
     cost: f64,
     finish: f64,
     exit: u32,
+    /// Idle power at the exit clock (W): what waiting longer after `finish` costs.
+    idle_w: f64,
     /// Back-pointer: previous prefix, its label index, batch plan chosen.
     prev: usize,
     prev_label: usize,
@@ -96,6 +98,14 @@ impl Oracle {
 
     pub fn schedule(&self) -> &[OracleBatch] {
         &self.schedule
+    }
+    /// (batch size, [(exec s, energy J, entry MHz)]) of the plan options, for inspection.
+    pub fn options(&self) -> Vec<(u32, Vec<(f64, f64, u32)>)> {
+        self.options
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (i as u32 + 1, o.iter().map(|x| (x.exec_s, x.energy_j, x.entry)).collect()))
+            .collect()
     }
     pub fn predicted_energy_j(&self) -> f64 {
         self.predicted_energy_j
@@ -220,7 +230,16 @@ fn dp(arrivals: &[f64], options: &[Vec<PlanOption>], l_eff: f64, lead_s: f64, id
     let n = arrivals.len();
     let bmax = options.len();
     let mut labels: Vec<Vec<Label>> = vec![Vec::new(); n + 1];
-    labels[0].push(Label { cost: 0.0, finish: f64::NEG_INFINITY, exit: 0, prev: 0, prev_label: 0, option: 0, start: 0.0 });
+    labels[0].push(Label {
+        cost: 0.0,
+        finish: f64::NEG_INFINITY,
+        exit: 0,
+        idle_w: 0.0,
+        prev: 0,
+        prev_label: 0,
+        option: 0,
+        start: 0.0,
+    });
     for i in 0..n {
         if labels[i].is_empty() {
             continue;
@@ -240,8 +259,7 @@ fn dp(arrivals: &[f64], options: &[Vec<PlanOption>], l_eff: f64, lead_s: f64, id
                     let settle = if lab.finish.is_finite() && o.entry != lab.exit { lead_s } else { 0.0 };
                     let start = ready.max(lab.finish + settle);
                     if start + o.exec_s > deadline {
-                        // Options are sorted by time: later ones are slower.
-                        break;
+                        continue;
                     }
                     let idle = if lab.finish.is_finite() {
                         let gap = start - lab.finish;
@@ -254,6 +272,7 @@ fn dp(arrivals: &[f64], options: &[Vec<PlanOption>], l_eff: f64, lead_s: f64, id
                         cost: lab.cost + idle + o.energy_j,
                         finish: start + o.exec_s,
                         exit: o.exit,
+                        idle_w: idle_w(o.exit),
                         prev: i,
                         prev_label: li,
                         option: oi,
@@ -265,7 +284,7 @@ fn dp(arrivals: &[f64], options: &[Vec<PlanOption>], l_eff: f64, lead_s: f64, id
             }
         }
         if !reached {
-            force(arrivals, options, &from, i, &mut labels);
+            force(arrivals, options, &from, i, &mut labels, idle_w);
         }
         labels[i] = from;
     }
@@ -274,7 +293,14 @@ fn dp(arrivals: &[f64], options: &[Vec<PlanOption>], l_eff: f64, lead_s: f64, id
 
 /// Overload fallback when request `i` cannot meet its deadline in any way: the fastest plan for
 /// all requests already waiting when the GPU frees up (at least one), late.
-fn force(arrivals: &[f64], options: &[Vec<PlanOption>], from: &[Label], i: usize, labels: &mut [Vec<Label>]) {
+fn force(
+    arrivals: &[f64],
+    options: &[Vec<PlanOption>],
+    from: &[Label],
+    i: usize,
+    labels: &mut [Vec<Label>],
+    idle_w: &impl Fn(u32) -> f64,
+) {
     let Some((li, lab)) = from.iter().enumerate().min_by(|a, b| a.1.finish.total_cmp(&b.1.finish)) else {
         return;
     };
@@ -292,6 +318,7 @@ fn force(arrivals: &[f64], options: &[Vec<PlanOption>], from: &[Label], i: usize
         cost: lab.cost + o.energy_j,
         finish: start + o.exec_s,
         exit: o.exit,
+        idle_w: idle_w(o.exit),
         prev: i,
         prev_label: li,
         option: 0,
@@ -300,25 +327,46 @@ fn force(arrivals: &[f64], options: &[Vec<PlanOption>], from: &[Label], i: usize
     insert_label(&mut labels[i + b], cand);
 }
 
-/// Keeps labels non-dominated in (cost, finish), at most [`LABELS`] of them (cheapest first).
+/// Cost of a label if the GPU then idles until `t` (≥ its finish).
+fn cost_at(l: &Label, t: f64) -> f64 {
+    if l.finish.is_finite() { l.cost + l.idle_w * (t - l.finish).max(0.0) } else { l.cost }
+}
+
+/// Keeps labels that no other label beats: one dominates another if it finishes no later and
+/// costs no more once it has idled until the other's finish. At most [`LABELS`] are kept.
 fn insert_label(set: &mut Vec<Label>, c: Label) {
-    if set.iter().any(|l| l.cost <= c.cost && l.finish <= c.finish) {
+    if set.iter().any(|l| l.finish <= c.finish && cost_at(l, c.finish) <= c.cost) {
         return;
     }
-    set.retain(|l| !(c.cost <= l.cost && c.finish <= l.finish));
+    set.retain(|l| !(c.finish <= l.finish && cost_at(&c, l.finish) <= l.cost));
     set.push(c);
     if set.len() > LABELS {
-        set.sort_by(|a, b| a.cost.total_cmp(&b.cost));
-        // Drop the costliest label but never the earliest-finishing one.
-        let earliest = set.iter().enumerate().min_by(|a, b| a.1.finish.total_cmp(&b.1.finish)).map(|(i, _)| i);
-        let drop = if earliest == Some(set.len() - 1) { set.len() - 2 } else { set.len() - 1 };
-        set.remove(drop);
+        // Non-dominated labels cost less the later they finish: keep an even spread over the
+        // finish times (the earliest and the cheapest always), so the DP keeps options for both
+        // a GPU that is free early and one that batched more.
+        set.sort_by(|a, b| a.finish.total_cmp(&b.finish));
+        let n = set.len();
+        let keep: Vec<usize> = (0..LABELS).map(|k| k * (n - 1) / (LABELS - 1)).collect();
+        let mut k = 0;
+        let mut i = 0;
+        set.retain(|_| {
+            let kept = keep.get(k) == Some(&i);
+            while keep.get(k) == Some(&i) {
+                k += 1;
+            }
+            i += 1;
+            kept
+        });
     }
 }
 
 fn backtrack(labels: &[Vec<Label>], n: usize) -> (Vec<OracleBatch>, f64) {
-    let Some((mut li, best)) =
-        labels[n].iter().enumerate().min_by(|a, b| a.1.cost.total_cmp(&b.1.cost)).map(|(i, l)| (i, *l))
+    let horizon = labels[n].iter().map(|l| l.finish).fold(f64::NEG_INFINITY, f64::max);
+    let Some((mut li, best)) = labels[n]
+        .iter()
+        .enumerate()
+        .min_by(|a, b| cost_at(a.1, horizon).total_cmp(&cost_at(b.1, horizon)))
+        .map(|(i, l)| (i, *l))
     else {
         return (Vec::new(), f64::NAN);
     };
@@ -332,4 +380,27 @@ fn backtrack(labels: &[Vec<Label>], n: usize) -> (Vec<OracleBatch>, f64) {
     }
     out.reverse();
     (out, best.cost)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opt(exec_s: f64, energy_j: f64, f: u32) -> PlanOption {
+        PlanOption { exec_s, energy_j, entry: f, exit: f, plan: BatchPlan::single(1, f) }
+    }
+
+    #[test]
+    fn dp_prefers_the_cheaper_steady_batch() {
+        let arrivals: Vec<f64> = (0..64).map(|i| i as f64 * 0.004545).collect();
+        let mut options: Vec<Vec<PlanOption>> = vec![Vec::new(); 16];
+        options[3] = vec![opt(0.0122, 4.0 * 0.268, 712)];
+        options[7] = vec![opt(0.0201, 8.0 * 0.235, 712)];
+        let labels = dp(&arrivals, &options, 0.094, 0.025, &|_| 34.1);
+        let (sched, cost) = backtrack(&labels, 64);
+        let sizes: Vec<u32> = sched.iter().map(|b| b.size).collect();
+        // All batches of 8: 8 × 1.88 J busy + 7 gaps of 16.26 ms at 34.1 W.
+        assert!((cost - (8.0 * 1.88 + 7.0 * 0.01626 * 34.1)).abs() < 0.01, "{cost}");
+        assert!(sizes.iter().filter(|&&s| s == 8).count() >= 6, "{sizes:?}");
+    }
 }

@@ -58,7 +58,7 @@ pub enum Action {
 
 /// What the event loop reports after a batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BatchDone {
+pub struct BatchDone<'a> {
     pub start_s: f64,
     pub end_s: f64,
     pub batch: u32,
@@ -69,6 +69,8 @@ pub struct BatchDone {
     pub energy_j: f64,
     /// Requests still queued after the batch.
     pub queue_len: usize,
+    /// Latency of each request of the batch (arrival to batch end, s), oldest first.
+    pub latencies_s: &'a [f64],
 }
 
 /// A scheduling policy driven by the event loop (or a serving runtime).
@@ -85,11 +87,17 @@ pub trait Policy {
         None
     }
     fn on_arrival(&mut self, _t: f64) {}
+    /// Clock to hold while the GPU idles from `now` (after an [`Action::WaitUntil`], or with an
+    /// empty queue); a set-call is issued when it is not the clock last asked for. E.g. the next
+    /// batch's first clock, preset.
+    fn idle_clock(&mut self, _now: f64) -> Option<ClockTarget> {
+        None
+    }
     /// Decide at `now` with `queue_len ≥ 1` requests waiting, the oldest since `oldest_arrival`.
     fn next_action(&mut self, now: f64, queue_len: usize, oldest_arrival: f64) -> Action;
     /// The clock plan of the last [`Action::Dispatch`].
     fn plan(&self) -> &BatchPlan;
-    fn on_batch_done(&mut self, _done: &BatchDone) {}
+    fn on_batch_done(&mut self, _done: &BatchDone<'_>) {}
     /// True while the policy cannot meet the SLO at the observed load (a scale-out signal).
     fn saturated(&self) -> bool {
         false

@@ -45,8 +45,11 @@ impl FaultSpec {
     pub fn parse(item: &str) -> Result<Self, String> {
         let (rest, at_s) = match item.split_once('@') {
             Some((r, t)) => {
-                let t: f64 = t.trim().parse().map_err(|_| format!("bad fault time in `{item}`"))?;
-                if !(t >= 0.0) {
+                let t: f64 = t
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad fault time in `{item}`"))?;
+                if t.is_nan() || t < 0.0 {
                     return Err(format!("fault time must be ≥ 0 in `{item}`"));
                 }
                 (r, t)
@@ -55,7 +58,10 @@ impl FaultSpec {
         };
         let (kind, gpu) = match rest.split_once('/') {
             Some((k, g)) => {
-                let g: u32 = g.trim().parse().map_err(|_| format!("bad GPU index in `{item}`"))?;
+                let g: u32 = g
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad GPU index in `{item}`"))?;
                 (k.trim(), Some(g))
             }
             None => (rest.trim(), None),
@@ -67,7 +73,9 @@ impl FaultSpec {
             "stuck" => FaultKind::CounterStuck,
             "nodriver" => FaultKind::DriverNotLoaded,
             k if k.starts_with("xid") => {
-                let code: u64 = k[3..].parse().map_err(|_| format!("bad XID code in `{item}`"))?;
+                let code: u64 = k[3..]
+                    .parse()
+                    .map_err(|_| format!("bad XID code in `{item}`"))?;
                 FaultKind::Xid(code)
             }
             other => return Err(format!("unknown fault `{other}` in `{item}`")),
@@ -105,17 +113,28 @@ impl Config {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
-        let last = names.last().cloned().ok_or("EALI_NVML_PROFILE lists no profile")?;
+        let last = names
+            .last()
+            .cloned()
+            .ok_or("EALI_NVML_PROFILE lists no profile")?;
         let count = match get("EALI_NVML_GPUS") {
-            Some(n) => n.trim().parse::<usize>().map_err(|_| format!("bad EALI_NVML_GPUS `{n}`"))?,
+            Some(n) => n
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| format!("bad EALI_NVML_GPUS `{n}`"))?,
             None => names.len(),
         };
         if count > 64 {
             return Err(format!("EALI_NVML_GPUS={count}: at most 64 GPUs"));
         }
-        let profiles = (0..count).map(|i| names.get(i).cloned().unwrap_or_else(|| last.clone())).collect();
+        let profiles = (0..count)
+            .map(|i| names.get(i).cloned().unwrap_or_else(|| last.clone()))
+            .collect();
         let seed = match get("EALI_NVML_SEED") {
-            Some(s) => s.trim().parse().map_err(|_| format!("bad EALI_NVML_SEED `{s}`"))?,
+            Some(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad EALI_NVML_SEED `{s}`"))?,
             None => 1,
         };
         let faults = match get("EALI_NVML_FAULTS") {
@@ -146,16 +165,34 @@ mod tests {
     use super::*;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config, String> {
-        Config::parse(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+        Config::parse(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
     }
 
     #[test]
     fn faults_parse_with_gpu_and_time() {
         let f = FaultSpec::parse("xid79/1@0.5").unwrap();
-        assert_eq!(f, FaultSpec { kind: FaultKind::Xid(79), gpu: Some(1), at_s: 0.5 });
+        assert_eq!(
+            f,
+            FaultSpec {
+                kind: FaultKind::Xid(79),
+                gpu: Some(1),
+                at_s: 0.5
+            }
+        );
         assert!(f.applies_to(1) && !f.applies_to(0));
         let f = FaultSpec::parse("noperm").unwrap();
-        assert_eq!(f, FaultSpec { kind: FaultKind::NoPermission, gpu: None, at_s: 0.0 });
+        assert_eq!(
+            f,
+            FaultSpec {
+                kind: FaultKind::NoPermission,
+                gpu: None,
+                at_s: 0.0
+            }
+        );
         assert!(FaultSpec::parse("melt").is_err());
         assert!(FaultSpec::parse("xidZ").is_err());
         assert!(FaultSpec::parse("lost@-1").is_err());

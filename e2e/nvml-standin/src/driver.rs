@@ -77,7 +77,10 @@ impl Slot {
             energy_base_mj: 0,
         };
         // A state file written for other GPUs (another seed or profile) does not apply.
-        let settings = saved.filter(|s| s.uuid == fresh.uuid).cloned().unwrap_or(fresh);
+        let settings = saved
+            .filter(|s| s.uuid == fresh.uuid)
+            .cloned()
+            .unwrap_or(fresh);
         if let Some((lo, hi)) = settings.locked {
             let _ = sim.set_locked_clocks(lo, hi);
         }
@@ -88,9 +91,19 @@ impl Slot {
         sim.advance_to(sim.now() + RESTORE_SETTLE_S);
         let offset_s = sim.now();
         // A compute-bound block of a few milliseconds, the grain of the synthetic load.
-        let work = LayerWork { kind: WorkKind::Conv, flops: 2.0e10, bytes: 2.0e8, batch: 32 };
+        let work = LayerWork {
+            kind: WorkKind::Conv,
+            flops: 2.0e10,
+            bytes: 2.0e8,
+            batch: 32,
+        };
         let idle_w = sim.power().map_or(0.0, |p| p.watts);
-        let pending_faults = cfg.faults.iter().filter(|f| f.applies_to(index)).cloned().collect();
+        let pending_faults = cfg
+            .faults
+            .iter()
+            .filter(|f| f.applies_to(index))
+            .cloned()
+            .collect();
         Self {
             index,
             last_energy_mj: settings.energy_base_mj,
@@ -111,7 +124,10 @@ impl Slot {
 
     /// Brings the GPU to wall time `wall_s`: due faults, the load, health events.
     fn sync(&mut self, wall_s: f64) {
-        let (due, later): (Vec<_>, Vec<_>) = self.pending_faults.drain(..).partition(|f| f.at_s <= wall_s);
+        let (due, later): (Vec<_>, Vec<_>) = self
+            .pending_faults
+            .drain(..)
+            .partition(|f| f.at_s <= wall_s);
         self.pending_faults = later;
         for f in due {
             self.inject(f.kind);
@@ -125,7 +141,11 @@ impl Slot {
                     // NVML has no "lost" event: calls start failing with GPU_IS_LOST.
                     HealthEvent::Lost { .. } => continue,
                 };
-                self.events.push(Event { gpu: self.index, event_type: u64::from(event_type), data });
+                self.events.push(Event {
+                    gpu: self.index,
+                    event_type: u64::from(event_type),
+                    data,
+                });
             }
         }
         if !self.lost {
@@ -168,7 +188,10 @@ impl Slot {
                 self.sample();
                 continue;
             }
-            let one = self.sim.profile().layer_time_s(&self.work, self.sim.effective_clock_mhz());
+            let one = self
+                .sim
+                .profile()
+                .layer_time_s(&self.work, self.sim.effective_clock_mhz());
             // Enough repetitions for the busy share of the next ≤ 50 ms, in one O(1) call.
             let reps = (((t - now).min(0.05) * u) / one.max(1e-6)).floor().max(1.0) as u32;
             match self.sim.run_layer(&self.work, reps) {
@@ -189,7 +212,12 @@ impl Slot {
         while self.samples.len() > 64 {
             self.samples.pop_front();
         }
-        let reference = self.samples.iter().rev().find(|&&(t, _)| now - t >= INSTANT_WINDOW_S).or(self.samples.front());
+        let reference = self
+            .samples
+            .iter()
+            .rev()
+            .find(|&&(t, _)| now - t >= INSTANT_WINDOW_S)
+            .or(self.samples.front());
         if let Some(&(t0, e0)) = reference
             && now > t0
         {
@@ -209,7 +237,10 @@ impl Slot {
         if !self.lost {
             let _ = self.energy_mj();
         }
-        GpuSettings { energy_base_mj: self.last_energy_mj, ..self.settings.clone() }
+        GpuSettings {
+            energy_base_mj: self.last_energy_mj,
+            ..self.settings.clone()
+        }
     }
 }
 
@@ -249,7 +280,11 @@ pub fn init() -> Code {
             return nvmlReturn_enum_NVML_ERROR_UNKNOWN;
         }
     };
-    if cfg.faults.iter().any(|f| f.kind == FaultKind::DriverNotLoaded) {
+    if cfg
+        .faults
+        .iter()
+        .any(|f| f.kind == FaultKind::DriverNotLoaded)
+    {
         return nvmlReturn_enum_NVML_ERROR_DRIVER_NOT_LOADED;
     }
     match Driver::start(cfg) {
@@ -291,7 +326,9 @@ pub fn handle_of(index: u32) -> nvmlDevice_t {
 }
 
 fn index_of(device: nvmlDevice_t) -> Result<usize, Code> {
-    (device.addr()).checked_sub(1).ok_or(nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)
+    (device.addr())
+        .checked_sub(1)
+        .ok_or(nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)
 }
 
 pub fn set_handle_of(id: usize) -> nvmlEventSet_t {
@@ -300,7 +337,11 @@ pub fn set_handle_of(id: usize) -> nvmlEventSet_t {
 
 impl Driver {
     fn start(cfg: Config) -> Result<Self, String> {
-        let state = cfg.state_path.as_deref().map(PersistedState::load).transpose()?;
+        let state = cfg
+            .state_path
+            .as_deref()
+            .map(PersistedState::load)
+            .transpose()?;
         let mut gpus = Vec::with_capacity(cfg.profiles.len());
         for (i, name) in cfg.profiles.iter().enumerate() {
             let profile = GpuProfile::load(name).map_err(|e| e.to_string())?;
@@ -345,7 +386,11 @@ impl Driver {
         // Events go to every set registered for them at the time they happen.
         for ev in slot.events.drain(..) {
             for set in self.sets.iter_mut().flatten() {
-                if set.regs.iter().any(|&(g, mask)| g == ev.gpu && mask & ev.event_type != 0) {
+                if set
+                    .regs
+                    .iter()
+                    .any(|&(g, mask)| g == ev.gpu && mask & ev.event_type != 0)
+                {
                     set.queue.push_back(ev);
                 }
             }
@@ -354,9 +399,16 @@ impl Driver {
 
     /// Re-reads the load file when it changed.
     fn refresh_load(&mut self) {
-        let Some(path) = self.cfg.load_path.as_deref() else { return };
-        let Ok(meta) = std::fs::metadata(path) else { return };
-        let seen = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        let Some(path) = self.cfg.load_path.as_deref() else {
+            return;
+        };
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let seen = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
         if self.load_seen == Some(seen) {
             return;
         }
@@ -380,7 +432,9 @@ impl Driver {
 
     /// Writes the driver state (no-op without a state file).
     pub fn save(&mut self) {
-        let (Some(path), Some(state)) = (self.cfg.state_path.clone(), self.state.as_mut()) else { return };
+        let (Some(path), Some(state)) = (self.cfg.state_path.clone(), self.state.as_mut()) else {
+            return;
+        };
         state.gpus = self.gpus.iter_mut().map(Slot::persisted).collect();
         if let Err(e) = state.save(&path) {
             eprintln!("nvml-standin: {e}");
@@ -394,19 +448,30 @@ impl Driver {
     }
 
     pub fn create_set(&mut self) -> usize {
-        self.sets.push(Some(EventSetState { regs: Vec::new(), queue: VecDeque::new() }));
+        self.sets.push(Some(EventSetState {
+            regs: Vec::new(),
+            queue: VecDeque::new(),
+        }));
         self.sets.len() - 1
     }
 
     fn set_mut(&mut self, set: nvmlEventSet_t) -> Result<&mut EventSetState, Code> {
-        let id = set.addr().checked_sub(1).ok_or(nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
+        let id = set
+            .addr()
+            .checked_sub(1)
+            .ok_or(nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
         self.sets
             .get_mut(id)
             .and_then(Option::as_mut)
             .ok_or(nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)
     }
 
-    pub fn register(&mut self, device: nvmlDevice_t, mask: u64, set: nvmlEventSet_t) -> Result<(), Code> {
+    pub fn register(
+        &mut self,
+        device: nvmlDevice_t,
+        mask: u64,
+        set: nvmlEventSet_t,
+    ) -> Result<(), Code> {
         let gpu = self.slot(device)?;
         if gpu.lost {
             return Err(nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST);
@@ -436,7 +501,10 @@ impl Driver {
     }
 
     pub fn free_set(&mut self, set: nvmlEventSet_t) -> Result<(), Code> {
-        let id = set.addr().checked_sub(1).ok_or(nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
+        let id = set
+            .addr()
+            .checked_sub(1)
+            .ok_or(nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT)?;
         match self.sets.get_mut(id) {
             Some(s @ Some(_)) => {
                 *s = None;
@@ -453,7 +521,13 @@ fn read_loads(path: &Path) -> Vec<f64> {
         .unwrap_or_default()
         .split(',')
         .filter_map(|s| s.trim().parse::<f64>().ok())
-        .map(|u| if u.is_finite() { u.clamp(0.0, 1.0) } else { 0.0 })
+        .map(|u| {
+            if u.is_finite() {
+                u.clamp(0.0, 1.0)
+            } else {
+                0.0
+            }
+        })
         .collect()
 }
 

@@ -18,6 +18,9 @@
 //! XID and ECC events through event sets. Unlisted NVML functions are simply absent, which
 //! `nvml-wrapper` reports as a missing symbol when one is called.
 
+// NVML names its constants in C style; matching on them is the point of this crate.
+#![allow(non_upper_case_globals)]
+
 pub mod config;
 mod driver;
 mod exports;

@@ -2,7 +2,8 @@
 //! locks, application clocks, power limits and the energy counter survive the process that set
 //! them (that is what makes a crashed agent dangerous). Kept in a JSON file named by
 //! `EALI_NVML_STATE`, rewritten atomically (temp file + rename) after every change, so a process
-//! killed at any moment leaves either the old or the new state. One process at a time is meant
+//! killed at any moment leaves either the old or the new state (a power cut may lose the last
+//! change: there is no fsync). One process at a time is meant
 //! to use a state file (a test starts, kills and restarts processes in turn).
 //!
 //! The file also carries an operation log (who changed what, when), which the crash-recovery
@@ -57,7 +58,10 @@ impl PersistedState {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| format!("stand-in state {} does not parse: {e}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(format!("cannot read stand-in state {}: {e}", path.display())),
+            Err(e) => Err(format!(
+                "cannot read stand-in state {}: {e}",
+                path.display()
+            )),
         }
     }
 
@@ -65,8 +69,9 @@ impl PersistedState {
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
+            // No fsync: the rename is atomic against a killed process (the case tested), and an
+            // fsync would add milliseconds to every simulated set-clock call.
             f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
             std::fs::rename(&tmp, path)
         };
         write().map_err(|e| format!("cannot write stand-in state {}: {e}", path.display()))
@@ -76,7 +81,12 @@ impl PersistedState {
         let unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        self.log.push(LogEntry { pid: std::process::id(), unix_ms, gpu, op });
+        self.log.push(LogEntry {
+            pid: std::process::id(),
+            unix_ms,
+            gpu,
+            op,
+        });
         if self.log.len() > LOG_CAP {
             let excess = self.log.len() - LOG_CAP;
             self.log.drain(..excess);
@@ -93,7 +103,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nvml-standin-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("state.json");
-        assert_eq!(PersistedState::load(&path).unwrap(), PersistedState::default());
+        assert_eq!(
+            PersistedState::load(&path).unwrap(),
+            PersistedState::default()
+        );
         let mut s = PersistedState::default();
         s.gpus.push(GpuSettings {
             uuid: "GPU-x".into(),

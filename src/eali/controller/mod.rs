@@ -152,6 +152,8 @@ pub struct Controller {
     switch: SwitchCost,
     stats: ControllerStats,
     last_margin_update: Option<MarginUpdate>,
+    /// Rate bucket of the estimate at the last re-plan.
+    planned_bucket: usize,
 }
 
 impl Controller {
@@ -177,7 +179,9 @@ impl Controller {
         let rate = RateEstimator::new(config.rate, start_s);
         let margin = MarginController::new(config.margin, config.planner.slo_s, config.planner.percentile);
         let current = table.lookup(rate.estimate(), margin.margin());
+        let planned_bucket = table.bucket(rate.estimate());
         Ok(Self {
+            planned_bucket,
             corrector: Corrector::new(config.correction_weight),
             next_tick: start_s + config.control_period_s,
             clock: ClockBelief { at: None, pending: None },
@@ -198,6 +202,9 @@ impl Controller {
         self.rate.on_arrival(t);
         if self.rate.detect_change(t).is_some() {
             self.stats.rate_changes += 1;
+            self.replan();
+        } else if self.table.bucket(self.rate.estimate()) != self.planned_bucket {
+            // After a change the estimate moves with every arrival: follow it across buckets.
             self.replan();
         }
     }
@@ -325,6 +332,7 @@ impl Controller {
     fn replan(&mut self) {
         self.stats.replans += 1;
         let (rate, upper, margin) = (self.rate.estimate(), self.rate.upper(), self.margin.margin());
+        self.planned_bucket = self.table.bucket(rate);
         let req = PlanRequest {
             rate,
             fill_rate: rate,

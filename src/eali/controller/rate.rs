@@ -1,7 +1,9 @@
 //! Arrival-rate estimation: a sliding-window count smoothed by an EWMA at each control tick,
 //! an upper confidence bound λ̂⁺ = λ̂ + z·√(λ̂/W), and change detection by comparing a short
-//! recent window against the estimate (ratio beyond a factor *and* beyond a Poisson noise band),
-//! which resets the estimate at once.
+//! recent window against the estimate (ratio beyond a factor *and* beyond a Poisson noise band).
+//! On a change the most likely change point inside the short window is located, older arrivals
+//! are forgotten, and until a full window has passed the estimate is the growing-window rate
+//! since the change point, updated on every arrival.
 
 use std::collections::VecDeque;
 
@@ -34,7 +36,7 @@ impl Default for RateConfig {
             ewma_weight: 0.5,
             z: 2.0,
             change_ratio: 1.3,
-            change_sigmas: 3.0,
+            change_sigmas: 4.0,
             initial_rate: 1.0,
         }
     }
@@ -49,14 +51,25 @@ pub struct RateEstimator {
     since: f64,
     estimate: f64,
     seeded: bool,
+    /// Within one window after a detected change: the estimate follows the growing window.
+    fresh: bool,
 }
 
 /// Lowest rate the estimator reports (req/s), so that b/λ stays finite.
 const MIN_RATE: f64 = 1e-3;
+/// Arrivals the growing window needs before it replaces the estimate.
+const FRESH_MIN: usize = 8;
 
 impl RateEstimator {
     pub fn new(cfg: RateConfig, now: f64) -> Self {
-        Self { cfg, arrivals: VecDeque::new(), since: now, estimate: cfg.initial_rate.max(MIN_RATE), seeded: false }
+        Self {
+            cfg,
+            arrivals: VecDeque::new(),
+            since: now,
+            estimate: cfg.initial_rate.max(MIN_RATE),
+            seeded: false,
+            fresh: false,
+        }
     }
 
     pub fn config(&self) -> &RateConfig {
@@ -66,6 +79,13 @@ impl RateEstimator {
     pub fn on_arrival(&mut self, t: f64) {
         self.arrivals.push_back(t);
         self.evict(t);
+        if self.fresh {
+            if t - self.since >= self.cfg.window_s {
+                self.fresh = false;
+            } else if self.arrivals.len() >= FRESH_MIN {
+                self.estimate = (self.arrivals.len() as f64 / (t - self.since)).max(MIN_RATE);
+            }
+        }
     }
 
     fn evict(&mut self, now: f64) {
@@ -85,6 +105,14 @@ impl RateEstimator {
     /// Control tick: fold the window rate into the EWMA.
     pub fn tick(&mut self, now: f64) {
         let r = self.window_rate(now);
+        if self.fresh && now - self.since < self.cfg.window_s {
+            // The growing window since the change point is already the estimate.
+            if self.arrivals.len() >= FRESH_MIN {
+                self.estimate = r.max(MIN_RATE);
+            }
+            return;
+        }
+        self.fresh = false;
         self.estimate = if self.seeded {
             (1.0 - self.cfg.ewma_weight) * self.estimate + self.cfg.ewma_weight * r
         } else {
@@ -121,12 +149,33 @@ impl RateEstimator {
         if !(ratio_hit && noise_hit) {
             return None;
         }
-        let rate = (observed / w).max(MIN_RATE);
-        let keep = self.arrivals.partition_point(|&a| a <= from);
-        self.arrivals.drain(..keep);
-        self.since = from;
-        self.estimate = rate;
+        // Most likely change point: the arrival after which a fresh Poisson rate explains the
+        // rest of the short window best, with the old estimate before it.
+        let first = self.arrivals.partition_point(|&a| a <= from);
+        let (mut best, mut cut) = (f64::NEG_INFINITY, first);
+        for j in first..self.arrivals.len().saturating_sub(1) {
+            let span = now - self.arrivals[j];
+            let after = (self.arrivals.len() - j) as f64;
+            if span <= 0.0 {
+                break;
+            }
+            let before = (j - first) as f64;
+            let ll = after * (after / span).ln() - after + before * self.estimate.ln()
+                - self.estimate * (self.arrivals[j] - from);
+            if ll > best {
+                best = ll;
+                cut = j;
+            }
+        }
+        let after = (self.arrivals.len() - cut) as f64;
+        let span = (now - self.arrivals[cut]).max(1e-9);
+        let rate = (after / span).max(MIN_RATE);
+        self.arrivals.drain(..cut);
+        // One mean gap before the first arrival of the new regime, so count/span is unbiased.
+        self.since = self.arrivals.front().map_or(now, |&a| a - 1.0 / rate);
+        self.estimate = if after >= FRESH_MIN as f64 { rate } else { (observed / w).max(MIN_RATE) };
         self.seeded = true;
+        self.fresh = true;
         Some(rate)
     }
 }
@@ -187,12 +236,14 @@ mod tests {
                 next_tick += 1.0;
             }
             r.on_arrival(t);
-            if t > 5.0 && detected_at.is_none() && r.detect_change(t).is_some() {
+            // The controller checks on every arrival; a change may fire again while the short
+            // window still mixes the old and new rates.
+            if t > 5.0 && r.detect_change(t).is_some() && detected_at.is_none() {
                 detected_at = Some(t);
             }
         }
         let at = detected_at.expect("step detected");
         assert!(at < 5.0 + 0.25, "detected at {at}");
-        assert!((r.estimate() - 400.0).abs() < 60.0, "{}", r.estimate());
+        assert!((r.estimate() - 400.0).abs() < 80.0, "{}", r.estimate());
     }
 }

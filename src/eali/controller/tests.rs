@@ -72,7 +72,10 @@ fn run(ctl: &mut Controller, arrivals: &[f64], slow: f64, hungry: f64) -> Trace 
             let (t, reqs, plan, n) = busy.take().unwrap();
             let lat: Vec<f64> = reqs.iter().map(|a| t - a).collect();
             trace.done.extend(lat.iter().map(|l| (t, *l)));
-            let report = BatchReport::new(&plan, n, t, plan.exec_time_s * slow, plan.batch_energy_j * hungry, lat);
+            // The GPU deviates from the raw model, not from the α-corrected prediction.
+            let (obs_t, obs_e) =
+                (plan.exec_time_s / plan.corrections.time * slow, plan.batch_energy_j / plan.corrections.energy * hungry);
+            let report = BatchReport::new(&plan, n, t, obs_t, obs_e, lat);
             ctl.on_batch_done(&report);
         } else if now == next_arrival {
             ctl.on_arrival(now);
@@ -87,7 +90,7 @@ fn run(ctl: &mut Controller, arrivals: &[f64], slow: f64, hungry: f64) -> Trace 
                 Action::Dispatch { batch, plan } => {
                     let reqs: Vec<f64> = queue.drain(..batch as usize).collect();
                     trace.batches.push((now, batch, plan.batch, plan.energy_per_request_j));
-                    busy = Some((now + plan.exec_time_s * slow, reqs, plan, batch));
+                    busy = Some((now + plan.exec_time_s / plan.corrections.time * slow, reqs, plan, batch));
                     wake = f64::INFINITY;
                 }
                 Action::WaitUntil { until, .. } => {
@@ -123,9 +126,11 @@ fn reacts_to_a_rate_step() {
         v.iter().map(|&b| f64::from(b)).sum::<f64>() / v.len().max(1) as f64
     };
     assert!(batch_at(7.0, 12.0) > batch_at(2.0, 6.0), "{} vs {}", batch_at(7.0, 12.0), batch_at(2.0, 6.0));
-    // Reacted quickly: within half a second of the step the plan is the high-rate one.
-    let first_big = trace.batches.iter().find(|b| b.0 >= 6.0 && f64::from(b.2) >= batch_at(7.0, 12.0)).map(|b| b.0);
-    assert!(first_big.is_some_and(|t| t < 6.5), "{first_big:?}");
+    // Reacted quickly: a larger batch within a quarter second of the step (the short window),
+    // well before the next control tick.
+    let before = trace.batches.iter().filter(|b| b.0 < 6.0).map(|b| b.2).next_back().unwrap();
+    let first_larger = trace.batches.iter().find(|b| b.0 >= 6.0 && b.2 > before).map(|b| b.0);
+    assert!(first_larger.is_some_and(|t| t < 6.25), "{first_larger:?}");
     // With an exact model the SLO holds.
     let mut lat: Vec<f64> = trace.done.iter().map(|d| d.1).collect();
     assert!(p99(&mut lat) <= slo, "p99 {}", p99(&mut lat));
@@ -136,7 +141,11 @@ fn reacts_to_a_rate_step() {
 fn partial_batches_wait_until_the_deadline() {
     let (chain, uc) = costs();
     let slo = 0.2;
-    let mut ctl = Controller::new(ControllerConfig::new(slo), &chain, uc, switch(), 0.0).unwrap();
+    let cap = Planner::new(uc.clone(), SwitchCost::from_latency(&switch()), PlannerConfig::new(slo)).unwrap().max_clock_capacity();
+    // Start from a known moderate rate so that the best plan batches several requests.
+    let mut cfg = ControllerConfig::new(slo);
+    cfg.rate.initial_rate = cap * 0.2;
+    let mut ctl = Controller::new(cfg, &chain, uc, switch(), 0.0).unwrap();
     ctl.on_arrival(0.5);
     let best = ctl.current_plan().clone();
     assert!(best.batch > 1, "{best:?}");

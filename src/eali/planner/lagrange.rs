@@ -99,7 +99,10 @@ fn viterbi(inst: &Instance, mu: f64, time_only: bool, sc: &mut Scratch) -> f64 {
 }
 
 /// Bisection on μ, then a greedy single-unit improvement pass on the best feasible plan.
-pub(crate) fn solve(inst: &Instance, sc: &mut Scratch) -> FastResult {
+///
+/// `cutoff`: an objective the caller already has from elsewhere; when even the unconstrained
+/// optimum cannot beat it, the search stops at once (no plan, the bound says why).
+pub(crate) fn solve(inst: &Instance, sc: &mut Scratch, cutoff: f64) -> FastResult {
     let budget = inst.budget;
     let none = FastResult { plan: None, lower_bound: INF };
     if !(budget >= 0.0) {
@@ -112,6 +115,9 @@ pub(crate) fn solve(inst: &Instance, sc: &mut Scratch) -> FastResult {
     }
     let ev0 = inst.eval(&sc.clocks);
     let mut lower = v0 + inst.j_const;
+    if lower >= cutoff {
+        return FastResult { plan: None, lower_bound: lower };
+    }
     if ev0.time <= budget {
         return FastResult { plan: Some((sc.clocks.clone(), ev0.j)), lower_bound: lower };
     }

@@ -24,6 +24,7 @@ pub(crate) mod dp;
 pub(crate) mod instance;
 pub(crate) mod lagrange;
 mod plan;
+mod search;
 #[cfg(test)]
 mod tests;
 
@@ -144,7 +145,8 @@ pub struct Planner {
 struct Choice {
     bi: usize,
     clocks: Vec<usize>,
-    inst: Instance,
+    /// Budget the plan was checked against (selects the instance to report from).
+    budget: f64,
     energy: f64,
 }
 
@@ -202,51 +204,6 @@ impl Planner {
             .fold(0.0, f64::max)
     }
 
-    /// The best plan for a request (over all candidate batch sizes).
-    pub fn plan(&self, req: &PlanRequest) -> Plan {
-        let mut sc = lagrange::Scratch::default();
-        let mut best: Option<Choice> = None;
-        for &bi in &self.candidates {
-            let bound = best.as_ref().map(|c| c.energy / f64::from(self.costs.batches[c.bi]));
-            if let Some(c) = self.solve_batch(bi, req, &mut sc, bound) {
-                let per = c.energy / f64::from(self.costs.batches[bi]);
-                if bound.is_none_or(|b| per < b * (1.0 - 1e-9)) {
-                    best = Some(c);
-                }
-            }
-        }
-        match best {
-            Some(c) => self.to_plan(&c, req, true),
-            None => self.saturated_plan(req),
-        }
-    }
-
-    /// The best plan plus the best plan for every candidate batch size (the fastest plan, marked
-    /// infeasible, where none fits): what the dispatch rule needs for partial batches.
-    pub fn plan_set(&self, req: &PlanRequest) -> PlanSet {
-        let mut sc = lagrange::Scratch::default();
-        let mut by_batch = Vec::with_capacity(self.candidates.len());
-        let mut best: Option<(usize, f64)> = None;
-        for (j, &bi) in self.candidates.iter().enumerate() {
-            let plan = match self.solve_batch(bi, req, &mut sc, None) {
-                Some(c) => {
-                    let per = c.energy / f64::from(self.costs.batches[bi]);
-                    if best.is_none_or(|(_, b)| per < b * (1.0 - 1e-9)) {
-                        best = Some((j, per));
-                    }
-                    self.to_plan(&c, req, true)
-                }
-                None => self.fastest_plan(bi, req),
-            };
-            by_batch.push(plan);
-        }
-        let best = match best {
-            Some((j, _)) => by_batch[j].clone(),
-            None => self.saturated_plan(req),
-        };
-        PlanSet { best, by_batch }
-    }
-
     /// Re-scores a given decision (batch size and clock per unit) under a request: the same
     /// prediction a fresh plan would carry, with `feasible` telling whether it still meets the
     /// constraints. `None` if the batch size or a clock is not in the planner's grid.
@@ -262,10 +219,10 @@ impl Planner {
         let inst = self.instance(bi, req, budget, overhead);
         let feasible = inst.eval(&clocks).time <= budget;
         let energy = inst.exact_energy(&clocks).1;
-        Some(self.to_plan(&Choice { bi, clocks, inst, energy }, req, feasible))
+        Some(self.to_plan(&Choice { bi, clocks, budget, energy }, req, feasible))
     }
 
-    fn budgets(&self, bi: usize, req: &PlanRequest) -> (f64, f64, f64) {
+    pub(super) fn budgets(&self, bi: usize, req: &PlanRequest) -> (f64, f64, f64) {
         let b = self.costs.batches[bi];
         let overhead = self.costs.batch_overhead_s[bi] * req.corrections.time;
         let latency = (1.0 - req.margin) * self.config.slo_s - self.fill.wait_s(b, req.fill_rate) - overhead;
@@ -273,7 +230,7 @@ impl Planner {
         (latency, stable, overhead)
     }
 
-    fn entry(&self, req: &PlanRequest) -> Entry {
+    pub(super) fn entry(&self, req: &PlanRequest) -> Entry {
         match req.entry {
             EntryClock::Preset => Entry::Preset,
             EntryClock::At(mhz) => self.costs.clock_index(mhz).map_or(Entry::Unknown, Entry::Fixed),
@@ -281,7 +238,7 @@ impl Planner {
     }
 
     /// Prepared instance for batch index `bi` with a budget for Σt + Σs.
-    fn instance(&self, bi: usize, req: &PlanRequest, budget: f64, overhead: f64) -> Instance {
+    pub(super) fn instance(&self, bi: usize, req: &PlanRequest, budget: f64, overhead: f64) -> Instance {
         let (n, nf) = (self.costs.num_units(), self.costs.clocks_mhz.len());
         let (at, ae) = (req.corrections.time, req.corrections.energy);
         let s = self.switch.reserve_s;
@@ -320,97 +277,6 @@ impl Planner {
         }
         inst
     }
-
-    /// Best plan for one batch size, or `None` if nothing fits. `bound`: best energy per request
-    /// found so far, to skip the DP where it cannot help.
-    fn solve_batch(&self, bi: usize, req: &PlanRequest, sc: &mut lagrange::Scratch, bound: Option<f64>) -> Option<Choice> {
-        let (latency, stable, overhead) = self.budgets(bi, req);
-        let budget_uniform = latency.min(stable);
-        if !(budget_uniform >= 0.0) {
-            return None;
-        }
-        let preset_gap = if req.entry == EntryClock::Preset { self.switch.lead_s } else { 0.0 };
-        let budget_any = latency.min(stable - preset_gap);
-        let b = f64::from(self.costs.batches[bi]);
-
-        let mut best: Option<Choice> = None;
-        let mut consider = |clocks: Vec<usize>, inst: &Instance| {
-            let (_, energy) = inst.exact_energy(&clocks);
-            if best.as_ref().is_none_or(|c| energy < c.energy) {
-                best = Some(Choice { bi, clocks, inst: inst.clone(), energy });
-            }
-        };
-
-        // Single-clock plans with the full budget (per-batch DVFS is exactly this set).
-        let uniform = self.instance(bi, req, budget_uniform, overhead);
-        if let Some(clocks) = best_uniform(&uniform) {
-            consider(clocks, &uniform);
-        }
-        if budget_any >= 0.0 && uniform.n > 1 {
-            let mut inst = self.instance(bi, req, budget_any, overhead);
-            inst.prune();
-            let fast = lagrange::solve(&inst, sc);
-            let mut plan = fast.plan;
-            let gap_wide = match &plan {
-                Some((_, j)) => *j - fast.lower_bound > self.config.gap_tolerance * j.abs(),
-                None => false,
-            };
-            let promising = bound.is_none_or(|bd| fast.lower_bound / b < bd);
-            if self.config.solver == Solver::Exact || (gap_wide && promising) {
-                if let Some((clocks, j)) = dp::solve(&inst, self.config.dp_steps) {
-                    if plan.as_ref().is_none_or(|(_, pj)| j < *pj) {
-                        plan = Some((clocks, j));
-                    }
-                }
-            }
-            if let Some((clocks, _)) = plan {
-                consider(clocks, &inst);
-            }
-        }
-        best
-    }
-
-    /// Max clocks everywhere for batch index `bi`, marked infeasible.
-    fn fastest_plan(&self, bi: usize, req: &PlanRequest) -> Plan {
-        let (latency, stable, overhead) = self.budgets(bi, req);
-        let inst = self.instance(bi, req, latency.min(stable), overhead);
-        let clocks = vec![self.costs.max_clock_index(); inst.n];
-        let energy = inst.exact_energy(&clocks).1;
-        let mut p = self.to_plan(&Choice { bi, clocks, inst, energy }, req, false);
-        p.feasible = false;
-        p
-    }
-
-    /// Overload: max clocks on every unit, the largest batch that is stable at max clocks (or the
-    /// largest batch when none is).
-    fn saturated_plan(&self, req: &PlanRequest) -> Plan {
-        let fm = self.costs.max_clock_index();
-        let stable_bi = self.candidates.iter().rev().copied().find(|&bi| {
-            let (_, stable, _) = self.budgets(bi, req);
-            self.costs.total_time_s(bi, fm) * req.corrections.time <= stable
-        });
-        let bi = stable_bi.or(self.candidates.last().copied()).unwrap_or(0);
-        let mut p = self.fastest_plan(bi, req);
-        p.saturated = true;
-        p
-    }
-}
-
-/// Best single-clock plan of an instance within its budget (by exact energy).
-fn best_uniform(inst: &Instance) -> Option<Vec<usize>> {
-    let mut best: Option<(Vec<usize>, f64)> = None;
-    for k in 0..inst.nf {
-        let clocks = vec![k; inst.n];
-        let ev = inst.eval(&clocks);
-        if !(ev.time <= inst.budget) {
-            continue;
-        }
-        let (_, e) = inst.exact_energy(&clocks);
-        if best.as_ref().is_none_or(|(_, be)| e < *be) {
-            best = Some((clocks, e));
-        }
-    }
-    best.map(|(c, _)| c)
 }
 
 /// Keeps at most `max` clocks, evenly spread over the table's, always including f_max.

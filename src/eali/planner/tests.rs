@@ -104,7 +104,7 @@ proptest! {
             .filter(|ev| ev.time <= raw.budget)
             .map(|ev| ev.j)
             .fold(f64::INFINITY, f64::min);
-        let fast = lagrange::solve(&inst, &mut lagrange::Scratch::default());
+        let fast = lagrange::solve(&inst, &mut lagrange::Scratch::default(), f64::INFINITY);
         match fast.plan {
             Some((plan, j)) => {
                 let ev = raw.eval(&plan);

@@ -171,6 +171,21 @@ impl UnitCostTable {
         self.time_s.iter().map(|u| u[bi][fi]).sum()
     }
 
+    /// The same table with only the clocks in `keep_mhz` (e.g. just f_max for a max-clock
+    /// baseline). Clocks not in the table are ignored.
+    pub fn restrict_clocks(&self, keep_mhz: &[u32]) -> Self {
+        let keep: Vec<usize> = (0..self.clocks_mhz.len()).filter(|&k| keep_mhz.contains(&self.clocks_mhz[k])).collect();
+        let pick = |row: &Vec<f64>| keep.iter().map(|&k| row[k]).collect::<Vec<f64>>();
+        let cube = |c: &Vec<Vec<Vec<f64>>>| c.iter().map(|u| u.iter().map(pick).collect()).collect();
+        Self {
+            clocks_mhz: keep.iter().map(|&k| self.clocks_mhz[k]).collect(),
+            idle_power_w: pick(&self.idle_power_w),
+            time_s: cube(&self.time_s),
+            energy_j: cube(&self.energy_j),
+            ..self.clone()
+        }
+    }
+
     /// Joins units `i` and `i + 1` (costs add).
     pub fn merge_adjacent(&mut self, i: usize, name: String) {
         if i + 1 >= self.units.len() {

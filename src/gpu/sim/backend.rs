@@ -83,10 +83,16 @@ impl GpuBackend for SimGpu {
         Ok(self.blocking_cmd(ClockCmd::ResetLock, f))
     }
 
-    fn set_application_clocks(&mut self, memory_mhz: u32, graphics_mhz: u32) -> Result<ClockChange> {
+    fn set_application_clocks(
+        &mut self,
+        memory_mhz: u32,
+        graphics_mhz: u32,
+    ) -> Result<ClockChange> {
         self.check_setter("set application clocks")?;
         // NVML accepts only (memory, graphics) pairs from the supported list.
-        if memory_mhz != self.profile.memory_clock_mhz() || !self.profile.is_supported_clock(graphics_mhz) {
+        if memory_mhz != self.profile.memory_clock_mhz()
+            || !self.profile.is_supported_clock(graphics_mhz)
+        {
             return Err(GpuError::InvalidArgument(format!(
                 "application clocks ({memory_mhz}, {graphics_mhz}) MHz are not a supported pair"
             )));
@@ -162,7 +168,9 @@ impl GpuBackend for SimGpu {
     fn temperature_c(&self) -> Result<u32> {
         self.check_alive()?;
         let t = &self.profile.spec().thermal;
-        Ok((t.ambient_c + t.c_per_w * self.meter.thermal_w()).round().max(0.0) as u32)
+        Ok((t.ambient_c + t.c_per_w * self.meter.thermal_w())
+            .round()
+            .max(0.0) as u32)
     }
 
     fn poll_health_events(&mut self) -> Result<Vec<HealthEvent>> {

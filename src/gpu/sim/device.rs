@@ -89,7 +89,8 @@ impl SimGpu {
     pub fn new(profile: GpuProfile, index: u32, seed: u64) -> Self {
         let spec = profile.spec();
         // Identity comes from its own stream so it does not shift the physics noise.
-        let mut id_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x1d_u64.wrapping_mul(u64::from(index) + 1));
+        let mut id_rng =
+            ChaCha8Rng::seed_from_u64(seed ^ 0x1d_u64.wrapping_mul(u64::from(index) + 1));
         let uuid = format!(
             "GPU-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
             id_rng.random::<u32>(),
@@ -116,10 +117,15 @@ impl SimGpu {
         );
         let sw = &spec.switch;
         let call_ln = lognormal_params(sw.call_median_ms * 1e-3, sw.call_p99_ms * 1e-3);
-        let settle_ln = lognormal_params(sw.settle_extra_median_ms * 1e-3, sw.settle_extra_p99_ms * 1e-3);
+        let settle_ln = lognormal_params(
+            sw.settle_extra_median_ms * 1e-3,
+            sw.settle_extra_p99_ms * 1e-3,
+        );
         let settle_floor_s = sw.settle_floor_ms * 1e-3;
         let power_limit_w = spec.power.limit_default_w;
-        let rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(u64::from(index).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        let rng = ChaCha8Rng::seed_from_u64(
+            seed.wrapping_add(u64::from(index).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        );
         Self {
             info,
             rng,
@@ -222,7 +228,12 @@ impl SimGpu {
 
     /// Queues a clock command issued at device time `issued_s`; returns when it blocks the
     /// caller until and when it takes effect.
-    pub(crate) fn schedule_cmd(&mut self, issued_s: f64, cmd: ClockCmd, applied_mhz: u32) -> ClockChange {
+    pub(crate) fn schedule_cmd(
+        &mut self,
+        issued_s: f64,
+        cmd: ClockCmd,
+        applied_mhz: u32,
+    ) -> ClockChange {
         let (call, settle) = self.draw_switch();
         let at_s = issued_s + call + settle;
         let i = self.pending.partition_point(|p| p.at_s <= at_s);
@@ -236,7 +247,12 @@ impl SimGpu {
 
     /// `nvmlDeviceSetGpuLockedClocks` issued at device time `t_s` by another thread: does not
     /// advance this GPU's time; the lock is in force at the returned `effective_at_s`.
-    pub fn schedule_locked_clocks_at(&mut self, t_s: f64, min_mhz: u32, max_mhz: u32) -> Result<ClockChange> {
+    pub fn schedule_locked_clocks_at(
+        &mut self,
+        t_s: f64,
+        min_mhz: u32,
+        max_mhz: u32,
+    ) -> Result<ClockChange> {
         let (min, max) = self.check_lock(min_mhz, max_mhz)?;
         Ok(self.schedule_cmd(t_s, ClockCmd::Lock(min, max), max))
     }
@@ -261,7 +277,10 @@ impl SimGpu {
                 "locked clock range {min_mhz}..{max_mhz} MHz is reversed"
             )));
         }
-        Ok((self.profile.floor_clock_mhz(min_mhz), self.profile.floor_clock_mhz(max_mhz)))
+        Ok((
+            self.profile.floor_clock_mhz(min_mhz),
+            self.profile.floor_clock_mhz(max_mhz),
+        ))
     }
 
     pub(crate) fn not_supported(&self, what: &'static str) -> GpuError {
@@ -278,7 +297,11 @@ impl SimGpu {
     }
 
     pub(crate) fn check_alive(&self) -> Result<()> {
-        if self.faults.lost { Err(self.lost_error()) } else { Ok(()) }
+        if self.faults.lost {
+            Err(self.lost_error())
+        } else {
+            Ok(())
+        }
     }
 
     pub(crate) fn check_setter(&self, what: &'static str) -> Result<()> {
@@ -353,7 +376,9 @@ impl SimGpu {
         if t <= 0.0 || e <= self.power_limit_w * t {
             return (f_req, false, t, e);
         }
-        let (f, capped) = self.profile.power_capped_clock(parts, f_req, self.power_limit_w);
+        let (f, capped) = self
+            .profile
+            .power_capped_clock(parts, f_req, self.power_limit_w);
         let (t, e) = curve.time_energy(parts, curve.x(f64::from(f)));
         (f, capped, t, e)
     }
@@ -362,7 +387,10 @@ impl SimGpu {
     pub(crate) fn run_parts(&mut self, parts: &WorkParts, noise_scale: f64) -> Result<SpanRun> {
         self.check_alive()?;
         self.apply_due();
-        let (time_sd, power_sd) = (self.profile.spec().noise.time_sd, self.profile.spec().noise.power_sd);
+        let (time_sd, power_sd) = (
+            self.profile.spec().noise.time_sd,
+            self.profile.spec().noise.power_sd,
+        );
         let nt = self.noise(time_sd * noise_scale);
         let np = self.noise(power_sd * noise_scale);
         let start_s = self.now_s;
@@ -418,7 +446,11 @@ impl SimGpu {
     /// Runs a precomputed span from now: O(1) in the number of layers (a clock change landing
     /// inside the span splits it by the fraction of work done).
     pub fn run_span(&mut self, span: &SpanCost) -> Result<SpanRun> {
-        debug_assert_eq!(span.profile_name(), self.profile.name(), "span built for another profile");
+        debug_assert_eq!(
+            span.profile_name(),
+            self.profile.name(),
+            "span built for another profile"
+        );
         self.run_parts(span.parts(), 1.0)
     }
 

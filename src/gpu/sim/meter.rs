@@ -52,7 +52,12 @@ impl Ring {
 
 impl EnergyMeter {
     /// `average_window_s`: Some(1.0) for parts whose power reading is a 1 s average.
-    pub(crate) fn new(period_s: f64, average_window_s: Option<f64>, initial_w: f64, tau_s: f64) -> Self {
+    pub(crate) fn new(
+        period_s: f64,
+        average_window_s: Option<f64>,
+        initial_w: f64,
+        tau_s: f64,
+    ) -> Self {
         let ring = average_window_s.map(|w| Ring::new((w / period_s).round() as usize + 1));
         Self {
             truth_j: 0.0,

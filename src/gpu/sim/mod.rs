@@ -16,3 +16,6 @@ pub use device::{Fault, SimGpu};
 pub use physics::{KindParams, Physics, PowerCurve, WorkParts};
 pub use profile::{DefaultClock, GpuProfile, ProfileError, ProfileSpec};
 pub use span::{SpanCost, SpanRun};
+
+#[cfg(test)]
+mod tests;

@@ -141,9 +141,9 @@ impl PowerCurve {
         let v2 = self.v_ratio(x).powi(2);
         let mf = (self.issue_floor_x / x).max(1.0);
         let t = p.fixed_s + p.mem_s * mf + p.comp_s / x;
-        let p_static =
-            self.base_w + self.leakage_w * v2 + self.clock_tree_w * v2 * x + self.busy_w;
-        let e = p_static * t + self.dynamic_w * v2 * (p.dyn_comp_s + x * mf * p.dyn_mem_s) + p.mem_j;
+        let p_static = self.base_w + self.leakage_w * v2 + self.clock_tree_w * v2 * x + self.busy_w;
+        let e =
+            p_static * t + self.dynamic_w * v2 * (p.dyn_comp_s + x * mf * p.dyn_mem_s) + p.mem_j;
         (t, e)
     }
 }
@@ -270,7 +270,11 @@ impl Physics {
         let comp_ideal = flops / (self.peak_flops * k.compute_eff);
         let mem_ideal = bytes / (self.bandwidth_bps * k.memory_eff);
         let ideal = comp_ideal.max(mem_ideal);
-        let stretch = if ideal > 0.0 { (ideal + k.fill_half_s) / ideal } else { 1.0 };
+        let stretch = if ideal > 0.0 {
+            (ideal + k.fill_half_s) / ideal
+        } else {
+            1.0
+        };
         let (comp_s, dyn_comp_s) = (comp_ideal * stretch, comp_ideal * k.compute_activity);
         let (mem_s, dyn_mem_s) = (mem_ideal * stretch, mem_ideal * k.memory_activity);
         WorkParts {
@@ -303,7 +307,9 @@ impl Physics {
 
     /// Board energy of one execution of the layer at `f_mhz` (J).
     pub fn layer_energy_j(&self, w: &LayerWork, f_mhz: f64) -> f64 {
-        self.curve.time_energy(&self.parts(w), self.curve.x(f_mhz)).1
+        self.curve
+            .time_energy(&self.parts(w), self.curve.x(f_mhz))
+            .1
     }
 
     /// Power of an idle GPU whose clock is held (locked) at `f_mhz` (W).

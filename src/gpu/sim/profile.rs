@@ -16,11 +16,23 @@ use crate::gpu::{Architecture, LayerWork, PowerSemantics, WorkKind};
 /// Built-in profiles, embedded at compile time: (canonical name, TOML text).
 const BUILTIN: &[(&str, &str)] = &[
     ("m40", include_str!("../../../profiles/gpus/m40.toml")),
-    ("v100-sxm2", include_str!("../../../profiles/gpus/v100-sxm2.toml")),
-    ("v100-pcie", include_str!("../../../profiles/gpus/v100-pcie.toml")),
+    (
+        "v100-sxm2",
+        include_str!("../../../profiles/gpus/v100-sxm2.toml"),
+    ),
+    (
+        "v100-pcie",
+        include_str!("../../../profiles/gpus/v100-pcie.toml"),
+    ),
     ("t4", include_str!("../../../profiles/gpus/t4.toml")),
-    ("a100-sxm4", include_str!("../../../profiles/gpus/a100-sxm4.toml")),
-    ("h100-sxm", include_str!("../../../profiles/gpus/h100-sxm.toml")),
+    (
+        "a100-sxm4",
+        include_str!("../../../profiles/gpus/a100-sxm4.toml"),
+    ),
+    (
+        "h100-sxm",
+        include_str!("../../../profiles/gpus/h100-sxm.toml"),
+    ),
 ];
 
 /// Short names accepted by [`GpuProfile::builtin`] besides the canonical ones.
@@ -33,7 +45,9 @@ const ALIASES: &[(&str, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("unknown GPU profile `{0}` (built-in: m40, v100-sxm2, v100-pcie, t4, a100-sxm4, h100-sxm)")]
+    #[error(
+        "unknown GPU profile `{0}` (built-in: m40, v100-sxm2, v100-pcie, t4, a100-sxm4, h100-sxm)"
+    )]
     Unknown(String),
     #[error("cannot read GPU profile {path}: {source}")]
     Io {
@@ -364,7 +378,10 @@ fn clock_list(c: &ClockSpec) -> Result<Vec<u32>, String> {
 fn validate(s: &ProfileSpec, clocks: &[u32]) -> Result<(), String> {
     let c = &s.clocks;
     if clocks[0] != c.max_mhz {
-        return Err(format!("highest clock {} is not max_mhz {}", clocks[0], c.max_mhz));
+        return Err(format!(
+            "highest clock {} is not max_mhz {}",
+            clocks[0], c.max_mhz
+        ));
     }
     if c.min_mhz > c.max_mhz {
         return Err("clocks.min_mhz above max_mhz".into());
@@ -439,7 +456,12 @@ impl GpuProfile {
     /// power limit: the highest supported clock at or below the request whose power fits, and
     /// whether the cap bound (the `sw_power_cap` throttle reason). When even the lowest clock
     /// does not fit, the lowest clock (capped).
-    pub fn power_capped_clock(&self, parts: &WorkParts, f_req_mhz: u32, limit_w: f64) -> (u32, bool) {
+    pub fn power_capped_clock(
+        &self,
+        parts: &WorkParts,
+        f_req_mhz: u32,
+        limit_w: f64,
+    ) -> (u32, bool) {
         let curve = &self.physics.curve;
         let power = |f: u32| {
             let (t, e) = curve.time_energy(parts, curve.x(f64::from(f)));

@@ -83,17 +83,22 @@ impl SpanCost {
 
     /// Noise-free time at any clock (s), no power cap.
     pub fn time_s(&self, f_mhz: u32) -> f64 {
-        self.curve.time_s(&self.parts, self.curve.x(f64::from(f_mhz)))
+        self.curve
+            .time_s(&self.parts, self.curve.x(f64::from(f_mhz)))
     }
 
     /// Noise-free board energy at any clock (J), no power cap.
     pub fn energy_j(&self, f_mhz: u32) -> f64 {
-        self.curve.time_energy(&self.parts, self.curve.x(f64::from(f_mhz))).1
+        self.curve
+            .time_energy(&self.parts, self.curve.x(f64::from(f_mhz)))
+            .1
     }
 
     /// Average board power at any clock (W), no power cap.
     pub fn power_w(&self, f_mhz: u32) -> f64 {
-        let (t, e) = self.curve.time_energy(&self.parts, self.curve.x(f64::from(f_mhz)));
+        let (t, e) = self
+            .curve
+            .time_energy(&self.parts, self.curve.x(f64::from(f_mhz)));
         if t > 0.0 { e / t } else { 0.0 }
     }
 }

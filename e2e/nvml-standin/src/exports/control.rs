@@ -36,7 +36,11 @@ fn clock_op(
 }
 
 /// Runs a blocking setter: the driver work under the lock, then the call latency outside it.
-fn blocking(device: nvmlDevice_t, f: impl FnOnce(&mut Driver, usize) -> Result<f64, Code>) -> nvmlReturn_t {
+fn blocking(
+    device: nvmlDevice_t,
+    f: impl FnOnce(&mut Driver, usize) -> Result<f64, Code>,
+) -> nvmlReturn_t {
+    let t0 = std::time::Instant::now();
     let mut block_s = 0.0;
     let mut realtime = true;
     let code = on_driver(device, |d, i| {
@@ -44,15 +48,24 @@ fn blocking(device: nvmlDevice_t, f: impl FnOnce(&mut Driver, usize) -> Result<f
         block_s = f(d, i)?;
         Ok(())
     });
-    if realtime && block_s > 0.0 {
-        std::thread::sleep(Duration::from_secs_f64(block_s));
+    // The call as a whole lasts the simulated latency, the driver's own work included.
+    let left = block_s - t0.elapsed().as_secs_f64();
+    if realtime && left > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(left));
     }
     code
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn nvmlDeviceSetGpuLockedClocks(device: nvmlDevice_t, min_mhz: c_uint, max_mhz: c_uint) -> nvmlReturn_t {
-    let symbolic = (min_mhz >= LIMIT_ID_RANGE_START, max_mhz >= LIMIT_ID_RANGE_START);
+pub extern "C" fn nvmlDeviceSetGpuLockedClocks(
+    device: nvmlDevice_t,
+    min_mhz: c_uint,
+    max_mhz: c_uint,
+) -> nvmlReturn_t {
+    let symbolic = (
+        min_mhz >= LIMIT_ID_RANGE_START,
+        max_mhz >= LIMIT_ID_RANGE_START,
+    );
     match symbolic {
         // Mixing a number and a symbol is refused, as by NVML.
         (true, false) | (false, true) => INVALID,
@@ -70,9 +83,13 @@ pub extern "C" fn nvmlDeviceSetGpuLockedClocks(device: nvmlDevice_t, min_mhz: c_
     }
 }
 
+/// Locked-clock calls are issued "from another thread" of the simulated GPU, so a synthetic load
+/// keeps running through the call (a blocking call on the simulated GPU would idle it); the
+/// caller still blocks for the call latency.
 fn lock(d: &mut Driver, i: usize, lo: u32, hi: u32) -> Result<f64, Code> {
     clock_op(d, i, format!("lock {lo}-{hi}"), |g| {
-        let change = g.sim.set_locked_clocks(lo, hi)?;
+        let now = g.sim.now();
+        let change = g.sim.schedule_locked_clocks_at(now, lo, hi)?;
         g.settings.locked = Some((lo, hi));
         Ok(change)
     })
@@ -82,7 +99,8 @@ fn lock(d: &mut Driver, i: usize, lo: u32, hi: u32) -> Result<f64, Code> {
 pub extern "C" fn nvmlDeviceResetGpuLockedClocks(device: nvmlDevice_t) -> nvmlReturn_t {
     blocking(device, |d, i| {
         clock_op(d, i, "reset-lock".into(), |g| {
-            let change = g.sim.reset_locked_clocks()?;
+            let now = g.sim.now();
+            let change = g.sim.schedule_reset_locked_clocks_at(now)?;
             g.settings.locked = None;
             Ok(change)
         })
@@ -90,7 +108,11 @@ pub extern "C" fn nvmlDeviceResetGpuLockedClocks(device: nvmlDevice_t) -> nvmlRe
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn nvmlDeviceSetApplicationsClocks(device: nvmlDevice_t, mem_mhz: c_uint, gr_mhz: c_uint) -> nvmlReturn_t {
+pub extern "C" fn nvmlDeviceSetApplicationsClocks(
+    device: nvmlDevice_t,
+    mem_mhz: c_uint,
+    gr_mhz: c_uint,
+) -> nvmlReturn_t {
     blocking(device, |d, i| {
         clock_op(d, i, format!("app {mem_mhz},{gr_mhz}"), |g| {
             let change = g.sim.set_application_clocks(mem_mhz, gr_mhz)?;
@@ -131,7 +153,11 @@ fn check_setter(d: &Driver, i: usize, min_arch: Architecture) -> Result<(), Code
 /// Memory locked clocks (Ampere and newer). The memory clock of the simulated GPU is fixed, so
 /// the setting is kept but changes no physics.
 #[unsafe(no_mangle)]
-pub extern "C" fn nvmlDeviceSetMemoryLockedClocks(device: nvmlDevice_t, min_mhz: c_uint, max_mhz: c_uint) -> nvmlReturn_t {
+pub extern "C" fn nvmlDeviceSetMemoryLockedClocks(
+    device: nvmlDevice_t,
+    min_mhz: c_uint,
+    max_mhz: c_uint,
+) -> nvmlReturn_t {
     on_driver(device, |d, i| {
         let op = format!("mem-lock {min_mhz}-{max_mhz}");
         if let Err(code) = check_setter(d, i, Architecture::Ampere) {
@@ -162,7 +188,10 @@ pub extern "C" fn nvmlDeviceResetMemoryLockedClocks(device: nvmlDevice_t) -> nvm
 
 /// Auto boost can be switched on Maxwell and older only; newer parts answer NOT_SUPPORTED.
 #[unsafe(no_mangle)]
-pub extern "C" fn nvmlDeviceSetAutoBoostedClocksEnabled(device: nvmlDevice_t, enabled: nvmlEnableState_t) -> nvmlReturn_t {
+pub extern "C" fn nvmlDeviceSetAutoBoostedClocksEnabled(
+    device: nvmlDevice_t,
+    enabled: nvmlEnableState_t,
+) -> nvmlReturn_t {
     on_driver(device, |d, i| {
         let on = enabled == nvmlEnableState_enum_NVML_FEATURE_ENABLED;
         let op = format!("auto-boost {}", if on { "on" } else { "off" });
@@ -180,7 +209,10 @@ pub extern "C" fn nvmlDeviceSetAutoBoostedClocksEnabled(device: nvmlDevice_t, en
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn nvmlDeviceSetPowerManagementLimit(device: nvmlDevice_t, limit_mw: c_uint) -> nvmlReturn_t {
+pub extern "C" fn nvmlDeviceSetPowerManagementLimit(
+    device: nvmlDevice_t,
+    limit_mw: c_uint,
+) -> nvmlReturn_t {
     on_driver(device, |d, i| {
         let w = f64::from(limit_mw) / 1e3;
         let op = format!("power-limit {w}");

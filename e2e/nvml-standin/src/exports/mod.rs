@@ -12,6 +12,7 @@ use eali::gpu::GpuError;
 
 mod control;
 mod events;
+mod power;
 mod query;
 mod system;
 
@@ -28,7 +29,10 @@ pub(crate) fn call(f: impl FnOnce() -> Result<(), Code>) -> nvmlReturn_t {
 }
 
 /// Runs `f` on the GPU behind `device`, brought up to now; a lost GPU answers GPU_IS_LOST.
-pub(crate) fn on_gpu(device: nvmlDevice_t, f: impl FnOnce(&mut Slot) -> Result<(), Code>) -> nvmlReturn_t {
+pub(crate) fn on_gpu(
+    device: nvmlDevice_t,
+    f: impl FnOnce(&mut Slot) -> Result<(), Code>,
+) -> nvmlReturn_t {
     call(|| {
         with_driver(|d| {
             let slot = d.slot(device)?;
@@ -41,7 +45,10 @@ pub(crate) fn on_gpu(device: nvmlDevice_t, f: impl FnOnce(&mut Slot) -> Result<(
 }
 
 /// Like [`on_gpu`] with the whole driver at hand (for setters that persist state).
-pub(crate) fn on_driver(device: nvmlDevice_t, f: impl FnOnce(&mut Driver, usize) -> Result<(), Code>) -> nvmlReturn_t {
+pub(crate) fn on_driver(
+    device: nvmlDevice_t,
+    f: impl FnOnce(&mut Driver, usize) -> Result<(), Code>,
+) -> nvmlReturn_t {
     call(|| {
         with_driver(|d| {
             let slot = d.slot(device)?;

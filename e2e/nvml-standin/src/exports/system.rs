@@ -2,6 +2,8 @@
 
 use std::ffi::{c_char, c_int, c_uint};
 
+use eali::gpu::GpuBackend;
+
 use nvml_wrapper_sys::bindings::*;
 
 use super::{INVALID, call, in_str, on_gpu, out, out_str};
@@ -55,7 +57,10 @@ pub extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
 /// # Safety
 /// `version` is valid for `length` bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
+    version: *mut c_char,
+    length: c_uint,
+) -> nvmlReturn_t {
     call(|| {
         let v = with_driver(|d| Ok(d.cfg.driver_version.clone()))?;
         // SAFETY: caller contract.
@@ -66,7 +71,10 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length
 /// # Safety
 /// `version` is valid for `length` bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(
+    version: *mut c_char,
+    length: c_uint,
+) -> nvmlReturn_t {
     call(|| {
         let v = with_driver(|d| Ok(format!("12.{}", d.cfg.driver_version)))?;
         // SAFETY: caller contract.
@@ -109,7 +117,10 @@ pub unsafe extern "C" fn nvmlDeviceGetCount(count: *mut c_uint) -> nvmlReturn_t 
 /// # Safety
 /// `device` is valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
+    index: c_uint,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
     call(|| {
         with_driver(|d| {
             if index as usize >= d.gpus.len() {
@@ -124,7 +135,10 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *m
 /// # Safety
 /// `uuid` is a C string; `device` is valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
+    uuid: *const c_char,
+    device: *mut nvmlDevice_t,
+) -> nvmlReturn_t {
     call(|| {
         // SAFETY: caller contract.
         let want = unsafe { in_str(uuid) }?;
@@ -169,7 +183,10 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
 /// # Safety
 /// `index` is valid for a write.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetIndex(
+    device: nvmlDevice_t,
+    index: *mut c_uint,
+) -> nvmlReturn_t {
     // SAFETY: caller contract.
     on_gpu(device, |g| unsafe { out(index, g.index) })
 }

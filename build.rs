@@ -1,0 +1,15 @@
+//! Compiles the gRPC protocol definitions under `proto/` with a protobuf compiler written in Rust
+//! (`protox`), so a build needs no `protoc` on the machine.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/grpc_predict_v2.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! REST codec of the Open Inference Protocol: infer requests in JSON, with tensor data as nested
+//! or flat arrays or in the binary tensor data extension (a JSON header of
+//! `Inference-Header-Content-Length` bytes followed by the raw tensors of the inputs that carry a
+//! `binary_data_size` parameter), and responses in the same two forms.
+
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::{
+    Datatype, InferInput, InferRequest, InferResponse, OipError, Param, Params,
+    RequestedOutput, TensorData, decode_raw, element_count,
+};
+
+/// Header naming the length of the JSON part of a binary-extension body.
+pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+#[derive(Deserialize)]
+struct JsonRequest<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(borrow)]
+    inputs: Vec<JsonInput<'a>>,
+    #[serde(default)]
+    outputs: Option<Vec<JsonOutput>>,
+}
+
+#[derive(Deserialize)]
+struct JsonInput<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct JsonOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
+
+fn params(map: Option<Map<String, Value>>, what: &str) -> Result<Params, OipError> {
+    let mut out = Params::new();
+    for (k, v) in map.unwrap_or_default() {
+        let p = match v {
+            Value::Bool(b) => Param::Bool(b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Param::Int(i),
+                None => Param::Double(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => Param::Str(s),
+            _ => {
+                return Err(OipError::bad_request(format!(
+                    "{what} parameter '{k}' must be a boolean, number or string"
+                )));
+            }
+        };
+        out.insert(k, p);
+    }
+    Ok(out)
+}
+
+/// Decodes a REST infer request body. `header_len` is the `Inference-Header-Content-Length`
+/// header, present when the body uses the binary tensor data extension.
+pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferRequest, OipError> {
+    let (json, mut binary) = match header_len {
+        Some(n) if n > body.len() => {
+            return Err(OipError::bad_request(format!(
+                "Inference-Header-Content-Length is {n} but the body has {} bytes",
+                body.len()
+            )));
+        }
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    let req: JsonRequest<'_> = serde_json::from_slice(json)
+        .map_err(|e| OipError::bad_request(format!("malformed infer request JSON: {e}")))?;
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for i in req.inputs {
+        let datatype = Datatype::parse(&i.datatype)
+            .map_err(|e| OipError::bad_request(format!("input '{}': {e}", i.name)))?;
+        let parameters = params(i.parameters, "input")?;
+        let binary_size = match parameters.get("binary_data_size") {
+            None => None,
+            Some(p) => Some(p.as_int().and_then(|v| usize::try_from(v).ok()).ok_or_else(|| {
+                OipError::bad_request(format!(
+                    "input '{}': binary_data_size must be a non-negative integer",
+                    i.name
+                ))
+            })?),
+        };
+        let data = match (binary_size, i.data) {
+            (Some(_), Some(_)) => {
+                return Err(OipError::bad_request(format!(
+                    "input '{}' has both JSON data and binary_data_size",
+                    i.name
+                )));
+            }
+            (Some(size), None) => {
+                if size > binary.len() {
+                    return Err(OipError::bad_request(format!(
+                        "input '{}': binary_data_size {size} exceeds the {} binary bytes left",
+                        i.name,
+                        binary.len()
+                    )));
+                }
+                let (mine, rest) = binary.split_at(size);
+                binary = rest;
+                decode_raw(&i.name, datatype, &i.shape, mine)?
+            }
+            (None, Some(raw)) => decode_json_data(&i.name, datatype, &i.shape, raw)?,
+            (None, None) => {
+                return Err(OipError::bad_request(format!("input '{}' has no data", i.name)));
+            }
+        };
+        inputs.push(InferInput {
+            name: i.name,
+            datatype,
+            shape: i.shape,
+            parameters,
+            data,
+        });
+    }
+    if !binary.is_empty() {
+        return Err(OipError::bad_request(format!(
+            "{} bytes of binary data are not claimed by any input's binary_data_size",
+            binary.len()
+        )));
+    }
+    let outputs = req
+        .outputs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| {
+            Ok(RequestedOutput {
+                parameters: params(o.parameters, "output")?,
+                name: o.name,
+            })
+        })
+        .collect::<Result<Vec<_>, OipError>>()?;
+    Ok(InferRequest {
+        id: req.id,
+        parameters: params(req.parameters, "request")?,
+        inputs,
+        outputs,
+    })
+}
+
+/// JSON tensor data: FP32 is decoded (nested or flat), other datatypes are counted.
+fn decode_json_data(
+    name: &str,
+    datatype: Datatype,
+    shape: &[i64],
+    raw: &RawValue,
+) -> Result<TensorData, OipError> {
+    let n = element_count(shape)?;
+    let bad = |e: serde_json::Error| OipError::bad_request(format!("input '{name}': data: {e}"));
+    let (count, data) = if datatype == Datatype::Fp32 {
+        let mut values = Vec::with_capacity(n.min(1 << 24));
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        Flatten { out: &mut values }.deserialize(&mut de).map_err(bad)?;
+        (values.len(), TensorData::Fp32(values))
+    } else {
+        let mut count = 0usize;
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        Count { n: &mut count }.deserialize(&mut de).map_err(bad)?;
+        (count, TensorData::Other)
+    };
+    if count != n {
+        return Err(OipError::bad_request(format!(
+            "input '{name}': {count} values for shape {shape:?}, expected {n}"
+        )));
+    }
+    Ok(data)
+}
+
+/// Appends the numbers of a nested JSON array (or a single number) to `out`.
+struct Flatten<'a> {
+    out: &'a mut Vec<f32>,
+}
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number or a (nested) array of numbers")
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.out.push(v as f32);
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.out.push(v as f32);
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.out.push(v as f32);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Flatten { out: self.out })?.is_some() {}
+        Ok(())
+    }
+}
+
+/// Counts the scalars of a nested JSON array (booleans, numbers, strings).
+struct Count<'a> {
+    n: &'a mut usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Count<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Count<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a scalar or a (nested) array of scalars")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        *self.n += 1;
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        *self.n += 1;
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        *self.n += 1;
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        *self.n += 1;
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        *self.n += 1;
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Count { n: self.n })?.is_some() {}
+        Ok(())
+    }
+}
+
+fn param_json(p: &Param) -> Value {
+    match p {
+        Param::Bool(b) => Value::Bool(*b),
+        Param::Int(i) => Value::from(*i),
+        Param::Double(d) => Value::from(*d),
+        Param::Str(s) => Value::String(s.clone()),
+    }
+}
+
+#[derive(Serialize)]
+struct JsonResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    parameters: Map<String, Value>,
+    outputs: Vec<JsonOutputTensor<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonOutputTensor<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    parameters: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a [f32]>,
+}
+
+/// Whether output `name` goes in binary form: its own `binary_data` parameter, else the
+/// request's `binary_data_output`.
+pub fn wants_binary(req: &InferRequest, name: &str) -> bool {
+    let own = req
+        .outputs
+        .iter()
+        .find(|o| o.name == name)
+        .and_then(|o| o.parameters.get("binary_data"))
+        .and_then(Param::as_bool);
+    own.or_else(|| req.parameters.get("binary_data_output").and_then(Param::as_bool))
+        .unwrap_or(false)
+}
+
+/// Encodes a response. Outputs for which `binary(name)` holds are appended as raw little-endian
+/// bytes after the JSON, which then carries `binary_data_size`; the returned length is the
+/// JSON part's (the `Inference-Header-Content-Length` header), `None` when nothing is binary.
+pub fn encode_response(
+    resp: &InferResponse,
+    binary: &dyn Fn(&str) -> bool,
+) -> (Vec<u8>, Option<usize>) {
+    let mut raw = Vec::new();
+    let outputs = resp
+        .outputs
+        .iter()
+        .map(|o| {
+            let mut parameters = Map::new();
+            let data = if binary(&o.name) {
+                parameters.insert("binary_data_size".into(), Value::from(o.data.len() * 4));
+                raw.extend(o.data.iter().flat_map(|v| v.to_le_bytes()));
+                None
+            } else {
+                Some(o.data.as_slice())
+            };
+            JsonOutputTensor {
+                name: &o.name,
+                datatype: Datatype::Fp32.as_str(),
+                shape: &o.shape,
+                parameters,
+                data,
+            }
+        })
+        .collect();
+    let body = JsonResponse {
+        model_name: &resp.model_name,
+        model_version: &resp.model_version,
+        id: resp.id.as_deref(),
+        parameters: resp
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), param_json(v)))
+            .collect(),
+        outputs,
+    };
+    // Serialising plain strings, numbers and maps cannot fail.
+    let mut out = serde_json::to_vec(&body).unwrap_or_default();
+    if raw.is_empty() {
+        (out, None)
+    } else {
+        let n = out.len();
+        out.extend(raw);
+        (out, Some(n))
+    }
+}
+
+/// `{"error": "..."}`.
+pub fn error_body(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default()
+}
+
+#[cfg(test)]
+#[path = "json_tests.rs"]
+mod tests;

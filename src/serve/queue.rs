@@ -1,0 +1,260 @@
+//! The bounded request queue of one model, shared by the protocol handlers (which submit) and the
+//! model's worker thread (which takes batches). One queue entry is one sample: a request with a
+//! batch dimension N becomes N jobs whose results are collected back into one response.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::oip::OipError;
+
+/// What the worker reports for one finished sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleDone {
+    /// The sample's output values, when the executor computes outputs.
+    pub output: Option<Vec<f32>>,
+    /// Size of the batch the sample ran in.
+    pub batch: u32,
+}
+
+/// The result of a whole request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestDone {
+    /// `N × output` values, when computed.
+    pub outputs: Option<Vec<f32>>,
+    /// Largest batch any of the request's samples ran in.
+    pub batch: u32,
+}
+
+struct Collect {
+    outputs: Vec<Option<Vec<f32>>>,
+    computed: bool,
+    remaining: usize,
+    batch: u32,
+    tx: Option<oneshot::Sender<Result<RequestDone, OipError>>>,
+}
+
+/// Where one sample's result goes.
+pub struct Slot {
+    collect: Arc<Mutex<Collect>>,
+    index: usize,
+}
+
+impl Slot {
+    /// `n` slots feeding one receiver.
+    pub fn for_request(n: usize) -> (Vec<Slot>, oneshot::Receiver<Result<RequestDone, OipError>>) {
+        let (tx, rx) = oneshot::channel();
+        let collect = Arc::new(Mutex::new(Collect {
+            outputs: vec![None; n],
+            computed: true,
+            remaining: n,
+            batch: 0,
+            tx: Some(tx),
+        }));
+        let slots = (0..n)
+            .map(|index| Slot {
+                collect: collect.clone(),
+                index,
+            })
+            .collect();
+        (slots, rx)
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Collect) -> R) -> R {
+        let mut c = self.collect.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut c)
+    }
+
+    /// Delivers the sample's result; the request completes with its last sample.
+    pub fn complete(self, done: SampleDone) {
+        let index = self.index;
+        self.with(|c| {
+            c.batch = c.batch.max(done.batch);
+            match done.output {
+                Some(o) => c.outputs[index] = Some(o),
+                None => c.computed = false,
+            }
+            c.remaining = c.remaining.saturating_sub(1);
+            if c.remaining == 0
+                && let Some(tx) = c.tx.take()
+            {
+                let outputs = c
+                    .computed
+                    .then(|| c.outputs.iter_mut().flat_map(|o| o.take().unwrap_or_default()).collect());
+                let _ = tx.send(Ok(RequestDone {
+                    outputs,
+                    batch: c.batch,
+                }));
+            }
+        });
+    }
+
+    /// Fails the whole request (the first failure of any of its samples wins).
+    pub fn fail(self, err: OipError) {
+        self.with(|c| {
+            if let Some(tx) = c.tx.take() {
+                let _ = tx.send(Err(err));
+            }
+        });
+    }
+}
+
+/// One queued sample.
+pub struct Job {
+    /// Device time of arrival (s).
+    pub arrival_s: f64,
+    /// Device time after which an answer is late (s).
+    pub deadline_s: f64,
+    /// The sample's values (empty when nothing computes outputs).
+    pub input: Vec<f32>,
+    pub slot: Slot,
+}
+
+/// Why a submission was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue holds `queued` samples and cannot take the request's.
+    Full { queued: usize },
+    /// The server is shutting down.
+    Draining,
+}
+
+/// Queue state under the lock.
+pub struct State {
+    pub jobs: VecDeque<Job>,
+    /// Jobs at the back not yet reported to the policy as arrivals.
+    pub unreported: usize,
+    pub draining: bool,
+}
+
+/// A bounded FIFO of samples with a condition variable the worker waits on.
+pub struct Queue {
+    state: Mutex<State>,
+    cv: Condvar,
+    capacity: usize,
+}
+
+impl Queue {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                jobs: VecDeque::new(),
+                unreported: 0,
+                draining: false,
+            }),
+            cv: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent, so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a submission or `timeout`, whichever comes first.
+    pub fn wait<'a>(&self, guard: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
+        match self.cv.wait_timeout(guard, timeout) {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        }
+    }
+
+    /// Adds all of a request's samples, or none.
+    pub fn submit(&self, jobs: Vec<Job>) -> Result<(), SubmitError> {
+        let mut s = self.lock();
+        if s.draining {
+            return Err(SubmitError::Draining);
+        }
+        if s.jobs.len() + jobs.len() > self.capacity {
+            return Err(SubmitError::Full {
+                queued: s.jobs.len(),
+            });
+        }
+        s.unreported += jobs.len();
+        s.jobs.extend(jobs);
+        drop(s);
+        self.cv.notify_one();
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Refuses new submissions from now on; queued jobs still run.
+    pub fn drain(&self) {
+        self.lock().draining = true;
+        self.cv.notify_all();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.lock().draining
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs(n: usize) -> (Vec<Job>, oneshot::Receiver<Result<RequestDone, OipError>>) {
+        let (slots, rx) = Slot::for_request(n);
+        let jobs = slots
+            .into_iter()
+            .map(|slot| Job {
+                arrival_s: 0.0,
+                deadline_s: 1.0,
+                input: Vec::new(),
+                slot,
+            })
+            .collect();
+        (jobs, rx)
+    }
+
+    #[test]
+    fn all_or_nothing_submission_and_drain() {
+        let q = Queue::new(3);
+        let (a, _ra) = jobs(2);
+        q.submit(a).unwrap();
+        let (b, _rb) = jobs(2);
+        assert_eq!(q.submit(b), Err(SubmitError::Full { queued: 2 }));
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.lock().unreported, 2);
+        q.drain();
+        let (c, _rc) = jobs(1);
+        assert_eq!(q.submit(c), Err(SubmitError::Draining));
+        assert!(q.is_draining());
+    }
+
+    #[test]
+    fn samples_are_collected_in_order_and_failures_win() {
+        let (js, mut rx) = jobs(2);
+        let mut it = js.into_iter();
+        let (first, second) = (it.next().unwrap(), it.next().unwrap());
+        second.slot.complete(SampleDone { output: Some(vec![2.0]), batch: 4 });
+        assert!(rx.try_recv().is_err());
+        first.slot.complete(SampleDone { output: Some(vec![1.0]), batch: 2 });
+        let done = rx.try_recv().unwrap().unwrap();
+        assert_eq!(done, RequestDone { outputs: Some(vec![1.0, 2.0]), batch: 4 });
+
+        let (js, mut rx) = jobs(2);
+        let mut it = js.into_iter();
+        it.next().unwrap().slot.fail(OipError::internal("boom"));
+        it.next().unwrap().slot.complete(SampleDone { output: None, batch: 1 });
+        assert_eq!(rx.try_recv().unwrap().unwrap_err().message, "boom");
+
+        let (js, mut rx) = jobs(1);
+        js.into_iter().next().unwrap().slot.complete(SampleDone { output: None, batch: 1 });
+        assert_eq!(rx.try_recv().unwrap().unwrap().outputs, None);
+    }
+}

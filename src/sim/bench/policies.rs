@@ -1,0 +1,149 @@
+//! The policies of the suite, built for one case from its testbed, and the run of one case.
+
+use serde::{Deserialize, Serialize};
+
+use crate::eali::controller::{Controller, ControllerConfig};
+use crate::eali::planner::{Planner, PlannerConfig};
+use crate::eali::switch::SwitchCost;
+use crate::gpu::sim::SimGpu;
+
+use super::super::baselines::{ClipperAimd, TritonConfig, TritonMaxClock};
+use super::super::des::{SimConfig, run};
+use super::super::eali_policy::ControllerPolicy;
+use super::super::device::SpanTable;
+use super::super::oracle::Oracle;
+use super::super::policy::Policy;
+use super::super::workload::Workload;
+use super::testbed::{Testbed, unit_ranges};
+use super::{BenchError, Case, CaseResult};
+
+/// The policies compared, in table order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyId {
+    /// (a) clocks locked at f_max, Triton dynamic batching.
+    MaxClock,
+    /// (b) Clipper AIMD batch size at f_max.
+    Clipper,
+    /// (c) no lock (default/boost clock under load, P-state idle), Triton dynamic batching.
+    DefaultClock,
+    /// (d) one clock per batch chosen with the batch size (EAIS-like).
+    PerBatchDvfs,
+    /// EALI: a clock per optimization unit.
+    Eali,
+    /// (e) offline oracle with the arrival trace and the true costs.
+    Oracle,
+}
+
+impl PolicyId {
+    pub fn all() -> [PolicyId; 6] {
+        use PolicyId::*;
+        [MaxClock, Clipper, DefaultClock, PerBatchDvfs, Eali, Oracle]
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyId::MaxClock => "max-clock",
+            PolicyId::Clipper => "clipper",
+            PolicyId::DefaultClock => "default-clock",
+            PolicyId::PerBatchDvfs => "per-batch-dvfs",
+            PolicyId::Eali => "eali",
+            PolicyId::Oracle => "oracle",
+        }
+    }
+    /// Short column heading.
+    pub fn short(self) -> &'static str {
+        match self {
+            PolicyId::MaxClock => "(a)max",
+            PolicyId::Clipper => "(b)clip",
+            PolicyId::DefaultClock => "(c)dflt",
+            PolicyId::PerBatchDvfs => "(d)batch",
+            PolicyId::Eali => "eali",
+            PolicyId::Oracle => "(e)orcl",
+        }
+    }
+    pub fn parse(s: &str) -> Option<PolicyId> {
+        PolicyId::all().into_iter().find(|p| p.name() == s || p.short() == s)
+    }
+}
+
+/// Fraction of the SLO the oracle keeps back for run-to-run noise it cannot foresee (3σ of the
+/// profiles' ≈2 % time noise).
+pub const ORACLE_GUARD: f64 = 0.06;
+
+/// Builds policy `id` for a case. `arrivals` is only read by the oracle.
+pub fn build(
+    id: PolicyId,
+    bed: &Testbed,
+    slo_s: f64,
+    arrivals: &[f64],
+) -> Result<Box<dyn Policy>, BenchError> {
+    let layers = bed.graph.layers.len();
+    let f_max = bed.profile.max_clock_mhz();
+    let setup = |e: crate::eali::EaliError| BenchError::Setup(format!("{}: {e}", id.name()));
+    Ok(match id {
+        PolicyId::MaxClock => Box::new(TritonMaxClock::max_clock(layers, f_max, bed.triton(slo_s))),
+        PolicyId::Clipper => Box::new(ClipperAimd::new(layers, f_max, bed.max_batch, slo_s)),
+        PolicyId::DefaultClock => Box::new(TritonMaxClock::default_clocks(
+            layers,
+            TritonConfig::for_slo(&bed.exec_default_s, slo_s),
+        )),
+        PolicyId::PerBatchDvfs | PolicyId::Eali => {
+            let (chain, costs) = if id == PolicyId::Eali { &bed.eali_chain } else { &bed.single_chain };
+            let mut cfg = ControllerConfig::new(slo_s);
+            cfg.planner.max_batch = bed.max_batch;
+            // Start as if fully loaded until arrivals say otherwise: the default initial estimate
+            // (1 req/s) plans the slowest clock and overloads the GPU for the first ~0.3 s.
+            cfg.rate.initial_rate = bed.capacity(slo_s);
+            let ctl = Controller::new(cfg, chain, costs.clone(), bed.switch, 0.0).map_err(setup)?;
+            Box::new(ControllerPolicy::new(id.name(), ctl, unit_ranges(chain)?))
+        }
+        PolicyId::Oracle => {
+            let (chain, costs) = &bed.oracle_chain;
+            let mut cfg = PlannerConfig::new(slo_s);
+            cfg.max_batch = bed.max_batch;
+            let planner = Planner::new(costs.clone(), SwitchCost::from_latency(&bed.switch), cfg).map_err(setup)?;
+            let profile = &bed.profile;
+            Box::new(Oracle::plan(
+                &planner,
+                unit_ranges(chain)?,
+                arrivals,
+                slo_s,
+                ORACLE_GUARD,
+                bed.switch.total_median_s,
+                |f| profile.idle_power_w(f),
+            ))
+        }
+    })
+}
+
+/// Runs every policy of a case on the same arrivals and the same GPU seed. `keep_timeline`
+/// names the policy whose timeline is kept.
+pub fn run_case(
+    bed: &Testbed,
+    case: &Case,
+    policies: &[PolicyId],
+    duration_s: f64,
+    seed: u64,
+    keep_timeline: Option<PolicyId>,
+) -> Result<CaseResult, BenchError> {
+    let slo_s = case.slo_ms / 1000.0;
+    let capacity = bed.capacity(slo_s);
+    let rate = case.load * capacity;
+    let arrivals = Workload::new(case.workload.clone(), rate, duration_s).generate(seed)?;
+    let mut runs = Vec::with_capacity(policies.len());
+    for &id in policies {
+        let mut policy = build(id, bed, slo_s, &arrivals)?;
+        let mut gpu = SimGpu::new(bed.profile.clone(), 0, seed);
+        let spans = SpanTable::build(&gpu, policy.units(), policy.max_batch(), |l, b| {
+            bed.graph.layer_work(l, b)
+        });
+        let mut cfg = SimConfig::new(slo_s);
+        cfg.duration_s = Some(duration_s);
+        cfg.record_timeline = keep_timeline == Some(id);
+        let r = run(&mut gpu, &spans, policy.as_mut(), &arrivals, &cfg).map_err(|source| {
+            BenchError::Run { case: case.label(), policy: id.name().to_string(), source }
+        })?;
+        runs.push((id, r));
+    }
+    Ok(CaseResult { case: case.clone(), capacity, rate, runs })
+}
