@@ -10,5 +10,6 @@ pub mod gpu;
 pub mod k8s;
 pub mod model;
 pub mod perf;
+pub mod serve;
 pub mod sim;
 pub mod telemetry;

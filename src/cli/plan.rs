@@ -18,7 +18,6 @@ use crate::eali::costs::LayerCostTable;
 use crate::eali::switch::{SwitchCost, SwitchLatency, measure_latency};
 use crate::eali::units::{self, UnitChain, UnitConfig, UnitCostTable};
 use crate::eali::{Plan, PlanRequest, Planner, PlannerConfig, Solver};
-use crate::gpu::GpuBackend as _;
 use crate::model::{Graph, zoo};
 use crate::perf::cost_table::build_cost_table;
 use crate::perf::fit::{FitConfig, fit_power_model};

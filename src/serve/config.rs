@@ -9,6 +9,16 @@ use kube::ResourceExt;
 use super::ServeError;
 use crate::k8s::crd::{GROUP, InferenceService, InferenceServiceSpec, VERSION};
 
+/// `apiVersion` and `kind` of a document.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeHead {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+}
+
 /// The models one server runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
@@ -18,16 +28,19 @@ pub struct ServeConfig {
 impl ServeConfig {
     /// Reads every YAML document of a file; each must be an InferenceService.
     pub fn from_yaml(text: &str) -> Result<Self, ServeError> {
+        let want = format!("{GROUP}/{VERSION}");
+        let heads: Vec<TypeHead> = serde_saphyr::from_multiple(text)
+            .map_err(|e| ServeError::Config(format!("not YAML objects: {e}")))?;
+        if let Some(h) = heads.iter().find(|h| h.api_version != want || h.kind != "InferenceService") {
+            return Err(ServeError::Config(format!(
+                "documents must be {want} InferenceService objects, found {} {}",
+                h.api_version, h.kind
+            )));
+        }
         let docs: Vec<InferenceService> = serde_saphyr::from_multiple(text)
             .map_err(|e| ServeError::Config(format!("not InferenceService YAML: {e}")))?;
-        let want = format!("{GROUP}/{VERSION}");
         let mut names = std::collections::HashSet::new();
         for d in &docs {
-            if d.types.as_ref().is_some_and(|t| t.api_version != want || t.kind != "InferenceService") {
-                return Err(ServeError::Config(format!(
-                    "documents must be {want} InferenceService objects"
-                )));
-            }
             let name = d.name_any();
             if name.is_empty() {
                 return Err(ServeError::Config("an InferenceService has no metadata.name".into()));

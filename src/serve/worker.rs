@@ -444,6 +444,7 @@ impl Worker {
             }
         };
         let out_len = self.info.output_len();
+        let latencies: Vec<f64> = jobs.iter().map(|j| run.end_s - j.arrival_s).collect();
         for (i, j) in jobs.into_iter().enumerate() {
             if run.end_s > j.deadline_s {
                 j.slot.fail(deadline_error());
@@ -476,6 +477,7 @@ impl Worker {
             oldest_arrival_s: oldest,
             energy_j,
             queue_len: self.queue.len(),
+            latencies_s: &latencies,
         };
         self.policy.on_batch_done(&done);
         self.metrics

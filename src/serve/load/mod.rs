@@ -1,0 +1,433 @@
+//! `eali load`: an open-loop load generator for any Open Inference Protocol v2 endpoint, REST or
+//! gRPC. Arrival times come from the simulator's workloads (Poisson, bursty, step, diurnal, trace
+//! replay); each request is sent at its scheduled time whether or not earlier ones have
+//! returned, and its latency counts from that scheduled time (no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::oip::grpc::pb;
+use crate::sim::metrics::{percentile, slo_attainment};
+use crate::sim::workload::{Workload, WorkloadError};
+
+/// Which protocol to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Rest,
+    Grpc,
+}
+
+/// Why a load run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("workload: {0}")]
+    Workload(#[from] WorkloadError),
+    #[error("cannot read model metadata from {url}: {reason}")]
+    Metadata { url: String, reason: String },
+    #[error("invalid endpoint {0}")]
+    Endpoint(String),
+}
+
+/// One load run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8000` (REST) or `http://127.0.0.1:8001` (gRPC).
+    pub url: String,
+    pub protocol: Protocol,
+    pub model: String,
+    pub workload: Workload,
+    pub seed: u64,
+    /// SLO to judge attainment against (ms).
+    pub slo_ms: f64,
+    /// REST: send the input with the binary tensor data extension (else JSON).
+    pub binary: bool,
+    /// Give up on a request after this long (s).
+    pub timeout_s: f64,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub protocol: Protocol,
+    pub model: String,
+    pub workload: String,
+    pub offered_rps: f64,
+    pub duration_s: f64,
+    pub sent: usize,
+    pub ok: usize,
+    /// Failed requests by status (HTTP code, gRPC code name, or `timeout` / `transport`).
+    pub errors: BTreeMap<String, usize>,
+    /// Successful responses per second over the run.
+    pub throughput_rps: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    pub slo_ms: f64,
+    /// Fraction of 10 s windows (by send time) whose p99, failures counted as infinite, met the
+    /// SLO.
+    pub slo_attainment: f64,
+    /// Fraction of requests answered successfully within the SLO.
+    pub within_slo: f64,
+}
+
+/// Per-request outcome: latency (s) or an error label.
+type Outcome = Result<f64, String>;
+
+/// An input of the model's shape, filled with seeded noise.
+struct Input {
+    dims: Vec<i64>,
+    values: Vec<f32>,
+}
+
+/// Runs the load and reports.
+pub async fn run(cfg: &LoadConfig) -> Result<LoadReport, LoadError> {
+    let arrivals = cfg.workload.generate(cfg.seed)?;
+    let sender = Sender::connect(cfg).await?;
+    let input = sender.input(cfg).await?;
+    let body = Arc::new(sender.body(cfg, &input));
+    let start = Instant::now() + Duration::from_millis(50);
+    let timeout = Duration::from_secs_f64(cfg.timeout_s);
+    let mut tasks = Vec::with_capacity(arrivals.len());
+    for &a in &arrivals {
+        let at = start + Duration::from_secs_f64(a);
+        let (s, b) = (sender.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            match tokio::time::timeout(timeout, s.send(&b)).await {
+                Ok(Ok(())) => Ok(at.elapsed().as_secs_f64()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("timeout".to_string()),
+            }
+        }));
+    }
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        outcomes.push(t.await.unwrap_or_else(|_| Err("panic".into())));
+    }
+    let wall = start.elapsed().as_secs_f64();
+    Ok(report(cfg, &arrivals, &outcomes, wall))
+}
+
+fn report(cfg: &LoadConfig, arrivals: &[f64], outcomes: &[Outcome], wall_s: f64) -> LoadReport {
+    let slo_s = cfg.slo_ms / 1e3;
+    let mut errors = BTreeMap::new();
+    let mut ok = Vec::new();
+    let mut per_request = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        match o {
+            Ok(l) => {
+                ok.push(*l);
+                per_request.push(*l);
+            }
+            Err(e) => {
+                *errors.entry(e.clone()).or_insert(0) += 1;
+                per_request.push(f64::INFINITY);
+            }
+        }
+    }
+    let mean = ok.iter().sum::<f64>() / ok.len().max(1) as f64;
+    let within = ok.iter().filter(|&&l| l <= slo_s).count();
+    let (p50, p90, p99) = (
+        percentile(&mut ok, 0.5),
+        percentile(&mut ok, 0.9),
+        percentile(&mut ok, 0.99),
+    );
+    let (attainment, _) = slo_attainment(arrivals, &per_request, 10.0, slo_s, &mut Vec::new());
+    let duration = cfg.workload.duration_s;
+    LoadReport {
+        protocol: cfg.protocol,
+        model: cfg.model.clone(),
+        workload: cfg.workload.kind.name(),
+        offered_rps: arrivals.len() as f64 / duration.max(1e-9),
+        duration_s: wall_s,
+        sent: outcomes.len(),
+        ok: ok.len(),
+        errors,
+        throughput_rps: ok.len() as f64 / wall_s.max(1e-9),
+        p50_ms: p50 * 1e3,
+        p90_ms: p90 * 1e3,
+        p99_ms: p99 * 1e3,
+        mean_ms: mean * 1e3,
+        slo_ms: cfg.slo_ms,
+        slo_attainment: attainment,
+        within_slo: if outcomes.is_empty() {
+            f64::NAN
+        } else {
+            within as f64 / outcomes.len() as f64
+        },
+    }
+}
+
+impl LoadReport {
+    /// A short human-readable summary.
+    pub fn text(&self) -> String {
+        let errors = if self.errors.is_empty() {
+            "none".to_string()
+        } else {
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "{} {} {}: offered {:.1} req/s for {:.1} s, {} sent, {} ok ({:.1} req/s)\n\
+             latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  mean {:.2}\n\
+             SLO {} ms: {:.1} % within, {:.1} % of 10 s windows met p99\n\
+             errors: {errors}",
+            self.model,
+            match self.protocol {
+                Protocol::Rest => "REST",
+                Protocol::Grpc => "gRPC",
+            },
+            self.workload,
+            self.offered_rps,
+            self.duration_s,
+            self.sent,
+            self.ok,
+            self.throughput_rps,
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+            self.mean_ms,
+            self.slo_ms,
+            100.0 * self.within_slo,
+            100.0 * self.slo_attainment,
+        )
+    }
+}
+
+/// A request body ready to send many times.
+enum Body {
+    Rest {
+        bytes: Bytes,
+        header_len: Option<usize>,
+    },
+    Grpc(pb::ModelInferRequest),
+}
+
+#[derive(Clone)]
+enum Sender {
+    Rest {
+        client: Client<HttpConnector, Full<Bytes>>,
+        infer: hyper::Uri,
+        base: String,
+        model: String,
+    },
+    Grpc {
+        client: pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>,
+        model: String,
+    },
+}
+
+impl Sender {
+    async fn connect(cfg: &LoadConfig) -> Result<Self, LoadError> {
+        let base = cfg.url.trim_end_matches('/').to_string();
+        match cfg.protocol {
+            Protocol::Rest => {
+                let mut conn = HttpConnector::new();
+                conn.set_nodelay(true);
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(4096)
+                    .build(conn);
+                let infer = format!("{base}/v2/models/{}/infer", cfg.model)
+                    .parse()
+                    .map_err(|_| LoadError::Endpoint(base.clone()))?;
+                Ok(Sender::Rest {
+                    client,
+                    infer,
+                    base,
+                    model: cfg.model.clone(),
+                })
+            }
+            Protocol::Grpc => {
+                let endpoint = tonic::transport::Endpoint::from_shared(base.clone())
+                    .map_err(|_| LoadError::Endpoint(base.clone()))?
+                    .tcp_nodelay(true);
+                let channel = endpoint.connect().await.map_err(|e| LoadError::Metadata {
+                    url: base.clone(),
+                    reason: e.to_string(),
+                })?;
+                let client = pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel)
+                    .max_decoding_message_size(256 << 20)
+                    .max_encoding_message_size(256 << 20);
+                Ok(Sender::Grpc {
+                    client,
+                    model: cfg.model.clone(),
+                })
+            }
+        }
+    }
+
+    /// Reads the model's input shape and makes one seeded input of it.
+    async fn input(&self, cfg: &LoadConfig) -> Result<Input, LoadError> {
+        let fail = |reason: String| LoadError::Metadata {
+            url: cfg.url.clone(),
+            reason,
+        };
+        let dims: Vec<i64> = match self {
+            Sender::Rest { client, base, model, .. } => {
+                let uri: hyper::Uri = format!("{base}/v2/models/{model}")
+                    .parse()
+                    .map_err(|_| fail("bad URL".into()))?;
+                let resp = client.get(uri).await.map_err(|e| fail(e.to_string()))?;
+                let status = resp.status();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    .to_bytes();
+                if !status.is_success() {
+                    return Err(fail(format!("{status}: {}", String::from_utf8_lossy(&body))));
+                }
+                let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))?;
+                v["inputs"][0]["shape"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
+                    .ok_or_else(|| fail("metadata has no input shape".into()))?
+            }
+            Sender::Grpc { client, model } => {
+                let r = client
+                    .clone()
+                    .model_metadata(pb::ModelMetadataRequest {
+                        name: model.clone(),
+                        version: String::new(),
+                    })
+                    .await
+                    .map_err(|e| fail(e.message().to_string()))?
+                    .into_inner();
+                r.inputs
+                    .first()
+                    .map(|t| t.shape.clone())
+                    .ok_or_else(|| fail("metadata has no input".into()))?
+            }
+        };
+        // One sample: the batch dimension (-1) becomes 1.
+        let dims: Vec<i64> = dims.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+        let n: i64 = dims.iter().product();
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x1a9e);
+        let values = (0..n.max(0)).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Ok(Input { dims, values })
+    }
+
+    fn body(&self, cfg: &LoadConfig, input: &Input) -> Body {
+        match self {
+            Sender::Rest { .. } if cfg.binary => {
+                let header = serde_json::json!({
+                    "inputs": [{"name": "input", "shape": input.dims, "datatype": "FP32",
+                                "parameters": {"binary_data_size": input.values.len() * 4}}],
+                    "parameters": {"binary_data_output": true},
+                })
+                .to_string();
+                let mut bytes = header.as_bytes().to_vec();
+                bytes.extend(input.values.iter().flat_map(|v| v.to_le_bytes()));
+                Body::Rest {
+                    bytes: bytes.into(),
+                    header_len: Some(header.len()),
+                }
+            }
+            Sender::Rest { .. } => {
+                let body = serde_json::json!({
+                    "inputs": [{"name": "input", "shape": input.dims, "datatype": "FP32", "data": input.values}],
+                });
+                Body::Rest {
+                    bytes: body.to_string().into(),
+                    header_len: None,
+                }
+            }
+            Sender::Grpc { model, .. } => Body::Grpc(pb::ModelInferRequest {
+                model_name: model.clone(),
+                inputs: vec![pb::model_infer_request::InferInputTensor {
+                    name: "input".into(),
+                    datatype: "FP32".into(),
+                    shape: input.dims.clone(),
+                    parameters: Default::default(),
+                    contents: None,
+                }],
+                raw_input_contents: vec![input.values.iter().flat_map(|v| v.to_le_bytes()).collect()],
+                ..Default::default()
+            }),
+        }
+    }
+
+    async fn send(&self, body: &Body) -> Result<(), String> {
+        match (self, body) {
+            (Sender::Rest { client, infer, .. }, Body::Rest { bytes, header_len }) => {
+                let mut req = hyper::Request::post(infer.clone())
+                    .header(hyper::header::CONTENT_TYPE, "application/json");
+                if let Some(n) = header_len {
+                    req = req.header("Inference-Header-Content-Length", *n);
+                }
+                let req = req
+                    .body(Full::new(bytes.clone()))
+                    .map_err(|e| format!("request: {e}"))?;
+                let resp = client.request(req).await.map_err(|_| "transport".to_string())?;
+                let status = resp.status();
+                // Read the whole response: the latency includes receiving it.
+                resp.into_body()
+                    .collect()
+                    .await
+                    .map_err(|_| "transport".to_string())?;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(status.as_u16().to_string())
+                }
+            }
+            (Sender::Grpc { client, .. }, Body::Grpc(req)) => client
+                .clone()
+                .model_infer(req.clone())
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{:?}", s.code())),
+            _ => Err("protocol mismatch".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::workload::WorkloadKind;
+
+    #[test]
+    fn report_counts_failures_as_infinite_latency() {
+        let cfg = LoadConfig {
+            url: "http://x".into(),
+            protocol: Protocol::Rest,
+            model: "m".into(),
+            workload: Workload::new(WorkloadKind::Poisson, 10.0, 1.0),
+            seed: 1,
+            slo_ms: 50.0,
+            binary: true,
+            timeout_s: 1.0,
+        };
+        let arrivals: Vec<f64> = (0..100).map(|i| f64::from(i) * 0.01).collect();
+        let mut outcomes: Vec<Outcome> = (0..98).map(|i| Ok(0.001 * f64::from(i % 10 + 1))).collect();
+        outcomes.push(Err("429".into()));
+        outcomes.push(Err("429".into()));
+        let r = report(&cfg, &arrivals, &outcomes, 2.0);
+        assert_eq!((r.sent, r.ok), (100, 98));
+        assert_eq!(r.errors.get("429"), Some(&2));
+        assert_eq!(r.throughput_rps, 49.0);
+        assert_eq!(r.p50_ms, 5.0);
+        // Two failures of 100 put the window's p99 at infinity.
+        assert_eq!(r.slo_attainment, 0.0);
+        assert!((r.within_slo - 0.98).abs() < 1e-12);
+        assert!(r.text().contains("429: 2"));
+    }
+}
