@@ -2,7 +2,12 @@
 //! (`protox`), so a build needs no `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/grpc_predict_v2.proto"];
+    let protos = [
+        "proto/grpc_predict_v2.proto",
+        "proto/deviceplugin/v1beta1/api.proto",
+        "proto/podresources/v1/api.proto",
+        "proto/control/v1/control.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

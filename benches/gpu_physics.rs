@@ -60,7 +60,7 @@ fn run_span(c: &mut Criterion) {
         let mut i = 0u32;
         b.iter(|| {
             i += 1;
-            let f = if i % 2 == 0 { 1530 } else { 1057 };
+            let f = if i.is_multiple_of(2) { 1530 } else { 1057 };
             let t = gpu.now();
             gpu.schedule_locked_clocks_at(t - 0.02, f, f).expect("lock");
             gpu.run_span(black_box(&span)).expect("run")

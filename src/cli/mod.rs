@@ -6,11 +6,14 @@ pub mod agent;
 pub mod bench;
 pub mod calibrate;
 pub mod crd;
+pub mod demo;
 pub mod fit;
 pub mod gpu;
+pub mod load;
 pub mod models;
 pub mod plan;
 pub mod profile;
+pub mod serve;
 
 #[derive(Debug, Parser)]
 #[command(name = "eali", version, about = "Energy-aware layer-level scheduling for CNN inference on GPUs")]
@@ -39,6 +42,13 @@ pub enum Command {
     Calibrate(calibrate::Args),
     /// The GPUs through NVML: list, read-only check, switch-latency calibration.
     Gpu(gpu::Args),
+    /// Serve models over the Open Inference Protocol v2 (REST + gRPC) with the EALI loop.
+    Serve(serve::Args),
+    /// Open-loop load generator for any Open Inference Protocol v2 endpoint (REST or gRPC).
+    Load(load::Args),
+    /// One-minute tour: ResNet-50 on a simulated V100 under rising and falling load, EALI vs
+    /// max clocks side by side, with per-layer energy.
+    Demo(demo::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -52,5 +62,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Crd(a) => crd::run(a),
         Command::Calibrate(a) => calibrate::run(a),
         Command::Gpu(a) => gpu::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Load(a) => load::run(a),
+        Command::Demo(a) => demo::run(a),
     }
 }

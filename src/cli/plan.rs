@@ -33,6 +33,15 @@ pub enum SolverArg {
     Exact,
 }
 
+/// How much execution time each clock change reserves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReserveArg {
+    /// The p95 of the total switch latency (conservative, reference/eali.md §4.4).
+    P95,
+    /// Only the jitter p95 − median: changes are issued ahead by the median latency.
+    Jitter,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Zoo model (see `eali models`).
@@ -74,6 +83,9 @@ pub struct Args {
     pub power_model: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "fast")]
     pub solver: SolverArg,
+    /// Execution time reserved per clock change.
+    #[arg(long, value_enum, default_value = "p95")]
+    pub switch_reserve: ReserveArg,
     /// Seed of the simulated GPU (profiling and switch measurement).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -222,7 +234,10 @@ pub fn explain(args: &Args, graph: &Graph, source: CostSource) -> anyhow::Result
         },
         ..PlannerConfig::new(slo_s)
     };
-    let cost = SwitchCost::from_latency(&source.switch);
+    let cost = match args.switch_reserve {
+        ReserveArg::P95 => SwitchCost::from_latency(&source.switch),
+        ReserveArg::Jitter => SwitchCost::pre_issued(&source.switch),
+    };
     let rate_upper = args.rate_upper.unwrap_or(args.rate + 2.0 * args.rate.sqrt());
     let req = PlanRequest::new(args.rate, rate_upper, args.margin);
     let eali = Planner::new(ucosts.clone(), cost, cfg)?.plan(&req);

@@ -44,6 +44,16 @@ impl SwitchCost {
     pub fn from_latency(lat: &SwitchLatency) -> Self {
         Self { reserve_s: lat.total_p95_s.max(0.0), lead_s: lat.total_median_s.max(0.0) }
     }
+
+    /// A less conservative reading for executors that really issue each change `lead_s` ahead
+    /// (the GPU keeps running at the old clock until the new one lands): a change then lands
+    /// within its latency jitter of the boundary, so only the jitter (p95 − median) is reserved.
+    pub fn pre_issued(lat: &SwitchLatency) -> Self {
+        Self {
+            reserve_s: (lat.total_p95_s - lat.total_median_s).max(0.0),
+            lead_s: lat.total_median_s.max(0.0),
+        }
+    }
 }
 
 /// Measures the clock-switch latency the way the agent does at start-up: `changes` locked-clock
@@ -116,5 +126,8 @@ mod tests {
         assert_eq!(gpu.clocks().unwrap().locked, None);
         let cost = SwitchCost::from_latency(&lat);
         assert_eq!((cost.reserve_s, cost.lead_s), (lat.total_p95_s, lat.total_median_s));
+        let pre = SwitchCost::pre_issued(&lat);
+        assert_eq!(pre.lead_s, cost.lead_s);
+        assert!(pre.reserve_s < cost.reserve_s && pre.reserve_s >= 0.0);
     }
 }

@@ -13,7 +13,7 @@ fn probe() {
     let slo = 0.1;
     eprintln!("triton {:?} cap {}", bed.triton(slo), bed.capacity(slo));
     let case = Case { model: "resnet50".into(), gpu: "v100-sxm2".into(), workload: WorkloadKind::Poisson, load: std::env::var("LOAD").map(|v| v.parse().unwrap()).unwrap_or(0.3), slo_ms: 100.0 };
-    let r = run_case(&bed, &case, &[PolicyId::Oracle, PolicyId::Eali, PolicyId::MaxClock], 60.0, case.seed(1), Some(PolicyId::Oracle)).unwrap();
+    let r = run_case(&bed, &case, &[PolicyId::Oracle, PolicyId::Eali, PolicyId::MaxClock], 60.0, case.seed(1), Some(std::env::var("TL").map(|v| if v == "eali" { PolicyId::Eali } else { PolicyId::Oracle }).unwrap_or(PolicyId::Oracle))).unwrap();
     for (p, run) in &r.runs {
         eprintln!("{:?}: e/req {:.4} p50 {:.1} p99 {:.1} att {} windows {} batches {} mean batch {:.1} switches {}", p, run.energy_per_request_j, run.p50_ms, run.p99_ms, run.slo_attainment, run.windows, run.batches, run.mean_batch, run.switches);
         if let Some(tl) = &run.timeline {

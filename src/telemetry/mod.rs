@@ -144,6 +144,45 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
+    /// `(labels, value)` of every series of a counter family, labels in name order.
+    fn series(c: &CounterVec) -> Vec<(Vec<(String, String)>, f64)> {
+        use prometheus::core::Collector;
+        c.collect()
+            .iter()
+            .flat_map(|mf| mf.get_metric().iter())
+            .map(|m| {
+                let labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect();
+                (labels, m.get_counter().get_value())
+            })
+            .collect()
+    }
+
+    /// Total of `eali_gpu_energy_joules_total` over all GPUs.
+    pub fn gpu_energy_j(&self) -> f64 {
+        Self::series(&self.gpu_energy).iter().map(|s| s.1).sum()
+    }
+
+    /// `eali_layer_energy_joules_total` as `(unit, layer, joules)`.
+    pub fn layer_energy_j(&self) -> Vec<(String, String, f64)> {
+        Self::series(&self.layer_energy)
+            .into_iter()
+            .map(|(labels, v)| {
+                let get = |k: &str| {
+                    labels
+                        .iter()
+                        .find(|(n, _)| n == k)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                (get("unit"), get("layer"), v)
+            })
+            .collect()
+    }
+
     /// Counts a finished request.
     pub fn request(&self, model: &str, outcome: &str) {
         self.requests.with_label_values(&[model, outcome]).inc();

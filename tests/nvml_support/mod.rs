@@ -59,12 +59,15 @@ pub fn run_child(name: &str, env: &[(String, String)]) -> Output {
         .expect("spawn the child test process");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // The child's own lines (the harness's chatter filtered out).
-    for line in stdout
-        .lines()
-        .filter(|l| !l.starts_with("running ") && !l.starts_with("test ") && !l.trim().is_empty())
-    {
-        if !line.starts_with("test result") && !line.starts_with("successes") {
+    // The child's own lines, without the test harness's (the first shares a line with it).
+    let harness = format!("test {name} ... ");
+    for line in stdout.lines() {
+        let line = line.strip_prefix(harness.as_str()).unwrap_or(line);
+        let t = line.trim();
+        let chatter = t.is_empty()
+            || ["ok", "FAILED", "failures:", "successes:"].contains(&t)
+            || ["running ", "test result"].iter().any(|p| t.starts_with(p));
+        if !chatter {
             println!("    {line}");
         }
     }

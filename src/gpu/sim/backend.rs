@@ -199,7 +199,7 @@ impl LayerExecutor for SimGpu {
 
     fn idle(&mut self, seconds: f64) -> Result<()> {
         self.check_alive()?;
-        if !(seconds >= 0.0) {
+        if seconds.is_nan() || seconds < 0.0 {
             return Err(GpuError::InvalidArgument(format!("idle for {seconds} s")));
         }
         self.advance_to(self.now_s + seconds);

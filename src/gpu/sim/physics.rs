@@ -16,7 +16,7 @@ use std::ops::{Add, AddAssign, Mul};
 
 use serde::{Deserialize, Serialize};
 
-use super::profile::ProfileSpec;
+use super::profile::{ProfileSpec, is_positive};
 use crate::gpu::{LayerWork, WorkKind};
 
 /// How one kernel family uses the GPU.
@@ -190,7 +190,7 @@ impl Physics {
             ("perf.peak_fp32_flops", perf.peak_fp32_flops),
             ("perf.memory_bandwidth_bps", perf.memory_bandwidth_bps),
         ] {
-            if !(val > 0.0) {
+            if !is_positive(val) {
                 return Err(format!("{what} must be positive"));
             }
         }
@@ -203,7 +203,7 @@ impl Physics {
             ("perf.launch_overhead_s", perf.launch_overhead_s),
             ("perf.memory_issue_floor", perf.memory_issue_floor),
         ] {
-            if !(val >= 0.0) {
+            if val.is_nan() || val < 0.0 {
                 return Err(format!("{what} must be ≥ 0"));
             }
         }

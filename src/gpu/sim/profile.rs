@@ -346,12 +346,17 @@ impl GpuProfile {
     }
 }
 
+/// True for a positive number (false for NaN).
+pub(crate) fn is_positive(x: f64) -> bool {
+    x > 0.0
+}
+
 /// Supported graphics clocks, highest first.
 fn clock_list(c: &ClockSpec) -> Result<Vec<u32>, String> {
     let mut list = if let Some(explicit) = &c.explicit_mhz {
         explicit.clone()
     } else {
-        if !(c.step_mhz > 0.0) {
+        if !is_positive(c.step_mhz) {
             return Err("clocks.step_mhz must be positive".into());
         }
         // NVML lists e.g. 1530, 1522, 1515, 1507 on V100: floor of max − k·7.5.
@@ -403,7 +408,7 @@ fn validate(s: &ProfileSpec, clocks: &[u32]) -> Result<(), String> {
     if s.energy_counter.present && !s.architecture.has_energy_counter() {
         return Err("energy counter needs Volta or newer".into());
     }
-    if s.energy_counter.present && !(s.energy_counter.period_ms > 0.0) {
+    if s.energy_counter.present && !is_positive(s.energy_counter.period_ms) {
         return Err("energy_counter.period_ms must be positive".into());
     }
     let sw = &s.switch;
@@ -416,10 +421,10 @@ fn validate(s: &ProfileSpec, clocks: &[u32]) -> Result<(), String> {
     if s.noise.time_sd < 0.0 || s.noise.power_sd < 0.0 || s.noise.time_sd > 0.2 {
         return Err("noise sd out of range".into());
     }
-    if !(s.thermal.tau_s > 0.0) {
+    if !is_positive(s.thermal.tau_s) {
         return Err("thermal.tau_s must be positive".into());
     }
-    if !(s.clocks.pstate_idle_delay_s >= 0.0) {
+    if s.clocks.pstate_idle_delay_s.is_nan() || s.clocks.pstate_idle_delay_s < 0.0 {
         return Err("clocks.pstate_idle_delay_s must be ≥ 0".into());
     }
     Ok(())

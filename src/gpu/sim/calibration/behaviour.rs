@@ -3,10 +3,10 @@
 //! integrated power, and determinism under a seed.
 
 use super::{CalibrationCheck, CalibrationError, SEED, Tolerance, resnet50};
-use crate::gpu::{GpuBackend, LayerExecutor};
 use crate::gpu::sim::device::SimGpu;
 use crate::gpu::sim::profile::GpuProfile;
 use crate::gpu::sim::span::SpanCost;
+use crate::gpu::{GpuBackend, LayerExecutor};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -1,0 +1,143 @@
+//! `eali serve`: the inference server (Open Inference Protocol v2 over REST and gRPC) with the
+//! EALI loop, standalone from a YAML file of InferenceService objects or one model from flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::k8s::crd::{
+    GpuSelector, InferenceServiceSpec, ModelRef, Policy, PodResources, Replicas, Slo,
+};
+use crate::serve::{Compute, RuntimeOptions, ServeConfig, ServeOptions, Server, shutdown_signal};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// YAML file of InferenceService objects (the CRD's schema); without it, one model from the
+    /// flags below.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Zoo model to serve (without --config).
+    #[arg(long, default_value = "resnet50")]
+    pub model: String,
+    /// Served model name (without --config; default: the zoo name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Latency SLO in milliseconds (without --config).
+    #[arg(long, default_value_t = 50)]
+    pub slo_ms: u32,
+    /// SLO percentile, 50-99.99 (without --config).
+    #[arg(long, default_value_t = 99.0)]
+    pub percentile: f64,
+    /// Largest batch (without --config).
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: u32,
+    /// Energy policy: eali, maxPerformance or perBatchDvfs (without --config).
+    #[arg(long, default_value = "eali")]
+    pub policy: String,
+    /// Simulated GPU profile for services that name none (see `eali calibrate`).
+    #[arg(long, default_value = "v100-sxm2")]
+    pub gpu: String,
+    /// REST listen address.
+    #[arg(long, default_value = "0.0.0.0:8000")]
+    pub http: SocketAddr,
+    /// gRPC listen address ("none" to serve REST only).
+    #[arg(long, default_value = "0.0.0.0:8001")]
+    pub grpc: String,
+    /// What computes the outputs: none (simulated GPU timing, no outputs) or cpu (real outputs
+    /// from the CPU reference executor, alongside the simulated GPU).
+    #[arg(long, value_enum, default_value_t = Compute::None)]
+    pub compute: Compute,
+    /// Safetensors weights for --compute cpu (PyTorch state_dict names); default: seeded weights.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// No GPU: every batch takes no time (measures the serving path's own overhead).
+    #[arg(long)]
+    pub zero_cost: bool,
+    /// Samples each model's queue holds before answering 429.
+    #[arg(long, default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Default request deadline as a multiple of the SLO latency (a request's `timeout`
+    /// parameter, in microseconds, can shorten it); requests that cannot make it get 503.
+    #[arg(long, default_value_t = 2.0)]
+    pub deadline_factor: f64,
+    /// Largest request body in MiB (413 beyond it).
+    #[arg(long, default_value_t = 64)]
+    pub max_body_mib: usize,
+    /// Seed of the simulated GPUs and of seeded weights.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Logs as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// The single-model configuration the flags describe.
+pub fn flags_config(a: &Args) -> anyhow::Result<ServeConfig> {
+    let policy: Policy = serde_json::from_value(serde_json::Value::String(a.policy.clone()))
+        .map_err(|_| anyhow::anyhow!("unknown --policy {} (eali, maxPerformance, perBatchDvfs)", a.policy))?;
+    let spec = InferenceServiceSpec {
+        model: ModelRef {
+            zoo: Some(a.model.clone()),
+            uri: None,
+            format: None,
+        },
+        slo: Slo {
+            latency_ms: a.slo_ms,
+            percentile: a.percentile,
+        },
+        max_batch_size: a.max_batch,
+        replicas: Replicas::default(),
+        policy,
+        gpu: GpuSelector {
+            profile: Some(a.gpu.clone()),
+            ..GpuSelector::default()
+        },
+        resources: PodResources::default(),
+        image: None,
+    };
+    let name = a.name.clone().unwrap_or_else(|| a.model.clone());
+    Ok(ServeConfig::single(&name, spec)?)
+}
+
+pub fn options(a: &Args) -> anyhow::Result<ServeOptions> {
+    let grpc = match a.grpc.as_str() {
+        "none" | "" => None,
+        s => Some(s.parse().with_context(|| format!("--grpc {s}"))?),
+    };
+    Ok(ServeOptions {
+        http: a.http,
+        grpc,
+        runtime: RuntimeOptions {
+            compute: a.compute,
+            default_gpu: a.gpu.clone(),
+            seed: a.seed,
+            weights: a.weights.clone(),
+            zero_cost: a.zero_cost,
+        },
+        queue_capacity: a.queue_capacity,
+        deadline_factor: a.deadline_factor,
+        max_body_bytes: a.max_body_mib << 20,
+    })
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    crate::telemetry::init_tracing(a.log_json);
+    let config = match &a.config {
+        Some(p) => ServeConfig::load(p)?,
+        None => flags_config(&a)?,
+    };
+    let opts = options(&a)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let server = Server::bind(&config, opts).await?;
+        let http = server.http_addr()?;
+        let models: Vec<String> = server.state().models.keys().cloned().collect();
+        match server.grpc_addr()? {
+            Some(g) => tracing::info!(%http, grpc = %g, ?models, "serving"),
+            None => tracing::info!(%http, ?models, "serving (REST only)"),
+        }
+        server.run(shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,207 @@
+//! `eali serve` over REST, in-process on free ports: the protocol endpoints, simulated and real
+//! (CPU) inference, the bad-input and overload answers, metrics, and the drain on shutdown.
+
+mod serve_support;
+
+use std::sync::Arc;
+
+use eali::exec::CpuExecutor;
+use eali::k8s::crd::Policy;
+use eali::model::zoo;
+use serde_json::json;
+use serve_support::*;
+
+const IMAGE: [i64; 4] = [1, 3, 224, 224];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_endpoints_and_simulated_inference() {
+    let s = start("alex", spec("alexnet", 100, 8, Policy::MaxPerformance), options()).await;
+    let meta = get(&s.url("/v2")).await;
+    assert_eq!(meta.status, 200);
+    assert_eq!(meta.json()["extensions"], json!(["binary_tensor_data"]));
+    assert_eq!(get(&s.url("/v2/health/live")).await.status, 200);
+    assert_eq!(get(&s.url("/v2/health/ready")).await.status, 200);
+    assert_eq!(get(&s.url("/healthz")).await.status, 200);
+    assert_eq!(get(&s.url("/readyz")).await.status, 200);
+    let m = get(&s.url("/v2/models/alex")).await.json();
+    assert_eq!(m["inputs"][0]["shape"], json!([-1, 3, 224, 224]));
+    assert_eq!(m["outputs"][0]["shape"], json!([-1, 1000]));
+    assert_eq!(get(&s.url("/v2/models/alex/versions/1")).await.status, 200);
+    assert_eq!(get(&s.url("/v2/models/alex/ready")).await.status, 200);
+
+    // Unknown model, version, endpoint: 404 with a reason.
+    let r = get(&s.url("/v2/models/nope")).await;
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().unwrap().contains("unknown model 'nope'"));
+    assert_eq!(get(&s.url("/v2/models/alex/versions/7")).await.status, 404);
+    assert_eq!(post_json(&s.url("/v2/models/nope/infer"), &infer_body(&IMAGE, 0.5)).await.status, 404);
+    assert_eq!(get(&s.url("/v3")).await.status, 404);
+
+    // JSON tensors: simulated, so no outputs, and the response says so.
+    let r = post_json(&s.url("/v2/models/alex/infer"), &infer_body(&IMAGE, 0.5)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let v = r.json();
+    assert_eq!(v["model_name"], "alex");
+    assert_eq!(v["parameters"]["simulated"], true);
+    assert_eq!(v["outputs"], json!([]));
+
+    // Binary tensor data extension, with an id echoed back and a batch of two images.
+    let header = json!({"id": "b1", "inputs": [{"name": "input", "shape": [2, 3, 224, 224], "datatype": "FP32",
+        "parameters": {"binary_data_size": 2 * 3 * 224 * 224 * 4}}]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(std::iter::repeat_n(0u8, 2 * 3 * 224 * 224 * 4));
+    let r = request(
+        "POST",
+        &s.url("/v2/models/alex/versions/1/infer"),
+        &[("inference-header-content-length", header.len().to_string())],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["id"], "b1");
+
+    let text = String::from_utf8(get(&s.url("/metrics")).await.body.to_vec()).unwrap();
+    for family in [
+        "eali_requests_total{model=\"alex\",outcome=\"ok\"} 2",
+        "eali_requests_total{model=\"\",outcome=\"not_found\"} 1",
+        "eali_request_duration_seconds_bucket",
+        "eali_batch_size_bucket",
+        "eali_queue_depth",
+        "eali_slo_latency_seconds{model=\"alex\"} 0.1",
+        "eali_gpu_energy_joules_total",
+        "eali_gpu_clock_target_hertz",
+        "eali_gpu_clock_switches_total",
+        "eali_layer_energy_joules_total{layer=\"features.0\"",
+    ] {
+        assert!(text.contains(family), "missing {family} in\n{text}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_reasons() {
+    let mut opts = options();
+    opts.max_body_bytes = 4 << 20;
+    let s = start("alex", spec("alexnet", 100, 2, Policy::MaxPerformance), opts).await;
+    let url = s.url("/v2/models/alex/infer");
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{\"inputs\": [".to_vec(), 400, "malformed"),
+        (json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]}]}).to_string().into_bytes(), 400, "must be FP32"),
+        (json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}).to_string().into_bytes(), 400, "expected [N, 3, 224, 224]"),
+        (json!({"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", "data": [1]}]}).to_string().into_bytes(), 400, "expected 2"),
+        (json!({"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1]}]}).to_string().into_bytes(), 400, "no input 'image'"),
+        (vec![b' '; 5 << 20], 413, "exceeds the limit"),
+    ];
+    for (body, status, why) in cases {
+        let r = request("POST", &url, &[], body).await;
+        assert_eq!(r.status, status, "{why}: {:?}", String::from_utf8_lossy(&r.body));
+        let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains(why), "{why}: {msg}");
+    }
+    // Three images when the model batches at most two.
+    let r = post_json(&url, &infer_body(&[3, 3, 224, 224], 0.0)).await;
+    assert_eq!(r.status, 400);
+    // A deadline of 1 µs cannot be met: 503 rather than a late answer.
+    let mut body = infer_body(&IMAGE, 0.0);
+    body["parameters"] = json!({"timeout": 1});
+    let r = post_json(&url, &body).await;
+    assert_eq!(r.status, 503);
+    assert!(r.json()["error"].as_str().unwrap().contains("deadline"));
+    let text = String::from_utf8(get(&s.url("/metrics")).await.body.to_vec()).unwrap();
+    assert!(text.contains("eali_requests_total{model=\"alex\",outcome=\"deadline\"} 1"), "{text}");
+    assert!(text.contains("eali_requests_total{model=\"alex\",outcome=\"too_large\"} 1"), "{text}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_429_with_retry_after() {
+    let mut opts = options();
+    opts.queue_capacity = 2;
+    // A 3 s SLO gives Triton-style batching a 1 s queue delay: requests wait in the queue.
+    let s = start("alex", spec("alexnet", 3000, 8, Policy::MaxPerformance), opts).await;
+    let url = s.url("/v2/models/alex/infer");
+    let body = infer_body(&IMAGE, 0.1);
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (u, b) = (url.clone(), body.clone());
+            tokio::spawn(async move { post_json(&u, &b).await.status })
+        })
+        .collect();
+    let entry = &s.state.models["alex"];
+    while entry.queue.len() < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let r = post_json(&url, &body).await;
+    assert_eq!(r.status, 429);
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), 200);
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_finishes_accepted_requests_and_refuses_new_ones() {
+    let mut s = start("alex", spec("alexnet", 3000, 8, Policy::MaxPerformance), options()).await;
+    let url = s.url("/v2/models/alex/infer");
+    let body = infer_body(&IMAGE, 0.2);
+    let accepted: Vec<_> = (0..5)
+        .map(|_| {
+            let (u, b) = (url.clone(), body.clone());
+            tokio::spawn(async move { post_json(&u, &b).await.status })
+        })
+        .collect();
+    let state = s.state.clone();
+    while state.models["alex"].queue.len() < 5 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    s.begin_stop();
+    while !state.is_draining() {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    // Refused while draining (the listener may already be closed once everything finished).
+    if let Ok(r) = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let c = client();
+        let req = hyper::Request::post(url.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+            .unwrap();
+        c.request(req).await
+    })
+    .await
+    .unwrap()
+    {
+        assert_eq!(r.status(), 503);
+    }
+    for a in accepted {
+        assert_eq!(a.await.unwrap(), 200, "an accepted request was dropped");
+    }
+    s.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_compute_returns_the_reference_executors_outputs() {
+    let mut opts = options();
+    opts.runtime.compute = eali::serve::Compute::Cpu;
+    let seed = opts.runtime.seed;
+    let s = start("mobile", spec("mobilenet_v2", 60_000, 2, Policy::MaxPerformance), opts).await;
+    let n = 3 * 224 * 224;
+    let image: Vec<f32> = (0..n).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
+    let body = json!({"inputs": [{"name": "input", "shape": IMAGE, "datatype": "FP32", "data": image}]});
+    let r = post_json(&s.url("/v2/models/mobile/infer"), &body).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["outputs"][0]["shape"], json!([1, 1000]));
+    assert!(v["parameters"].get("simulated").is_none());
+    let got: Vec<f32> = v["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let graph = Arc::new(zoo::build("mobilenet_v2").unwrap());
+    let want = CpuExecutor::seeded(graph, seed).unwrap().forward(&image, 1).unwrap();
+    assert_eq!(got, want);
+    s.stop().await;
+}
