@@ -7,7 +7,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use eali::eali::controller::{Action, Controller, ControllerConfig};
 use eali::eali::synthetic::SyntheticGpu;
 use eali::eali::units::{self, UnitConfig};
-use eali::eali::{PlanRequest, PlanTable, Planner, PlannerConfig, Solver, SwitchCost, SwitchLatency, TableConfig};
+use eali::eali::{
+    PlanRequest, PlanTable, Planner, PlannerConfig, Solver, SwitchCost, SwitchLatency, TableConfig,
+};
 use eali::model::zoo;
 
 const SLO_S: f64 = 0.1;
@@ -15,30 +17,48 @@ const SLO_S: f64 = 0.1;
 /// ResNet-50 on the synthetic V100: 18 structural units capped at 16, 16 clocks.
 fn instance(batches: Vec<u32>) -> (units::UnitChain, units::UnitCostTable) {
     let graph = zoo::build("resnet50").expect("zoo model");
-    let gpu = SyntheticGpu { batches, ..SyntheticGpu::default() };
+    let gpu = SyntheticGpu {
+        batches,
+        ..SyntheticGpu::default()
+    };
     let table = gpu.graph_table(&graph);
     units::build(&graph, &table, &UnitConfig::structural_only(16)).expect("units")
 }
 
 fn switch_fast() -> SwitchLatency {
     // A GPU whose clock changes land in ~1 ms: in-batch switching is on the table.
-    SwitchLatency { call_median_s: 0.0002, total_median_s: 0.001, total_p95_s: 0.0015 }
+    SwitchLatency {
+        call_median_s: 0.0002,
+        total_median_s: 0.001,
+        total_p95_s: 0.0015,
+    }
 }
 
 fn bench_replan(c: &mut Criterion) {
     let mut g = c.benchmark_group("replan");
-    let grids: [(&str, Vec<u32>); 2] =
-        [("8_batches", vec![1, 2, 4, 8, 16, 32, 48, 64]), ("64_batches", (1..=64).collect())];
+    let grids: [(&str, Vec<u32>); 2] = [
+        ("8_batches", vec![1, 2, 4, 8, 16, 32, 48, 64]),
+        ("64_batches", (1..=64).collect()),
+    ];
     for (grid, batches) in grids {
         let (_, costs) = instance(batches);
-        for (sw_name, sw) in [("v100_switch", SwitchLatency::v100_like()), ("1ms_switch", switch_fast())] {
+        for (sw_name, sw) in [
+            ("v100_switch", SwitchLatency::v100_like()),
+            ("1ms_switch", switch_fast()),
+        ] {
             for solver in [Solver::Fast, Solver::Exact] {
-                let cfg = PlannerConfig { solver, ..PlannerConfig::new(SLO_S) };
-                let planner = Planner::new(costs.clone(), SwitchCost::from_latency(&sw), cfg).expect("planner");
+                let cfg = PlannerConfig {
+                    solver,
+                    ..PlannerConfig::new(SLO_S)
+                };
+                let planner = Planner::new(costs.clone(), SwitchCost::from_latency(&sw), cfg)
+                    .expect("planner");
                 let rate = planner.max_clock_capacity() * 0.3;
                 let req = PlanRequest::new(rate, rate * 1.1, 0.1);
                 let name = format!("{grid}/{sw_name}/{solver:?}");
-                g.bench_function(format!("plan/{name}"), |b| b.iter(|| black_box(planner.plan(black_box(&req)))));
+                g.bench_function(format!("plan/{name}"), |b| {
+                    b.iter(|| black_box(planner.plan(black_box(&req))))
+                });
                 if solver == Solver::Fast {
                     g.bench_function(format!("plan_set/{name}"), |b| {
                         b.iter(|| black_box(planner.plan_set(black_box(&req))))
@@ -53,12 +73,19 @@ fn bench_replan(c: &mut Criterion) {
 fn bench_decision(c: &mut Criterion) {
     let mut g = c.benchmark_group("decision");
     let (chain, costs) = instance(vec![1, 2, 4, 8, 16, 32, 48, 64]);
-    let planner = Planner::new(costs.clone(), SwitchCost::from_latency(&switch_fast()), PlannerConfig::new(SLO_S))
-        .expect("planner");
+    let planner = Planner::new(
+        costs.clone(),
+        SwitchCost::from_latency(&switch_fast()),
+        PlannerConfig::new(SLO_S),
+    )
+    .expect("planner");
     let rate = planner.max_clock_capacity() * 0.3;
-    let mut table = PlanTable::new(planner, TableConfig::default(), Default::default()).expect("table");
+    let mut table =
+        PlanTable::new(planner, TableConfig::default(), Default::default()).expect("table");
     table.fill_all();
-    g.bench_function("table_lookup", |b| b.iter(|| black_box(table.lookup(black_box(rate), black_box(0.1)))));
+    g.bench_function("table_lookup", |b| {
+        b.iter(|| black_box(table.lookup(black_box(rate), black_box(0.1))))
+    });
 
     let mut cfg = ControllerConfig::new(SLO_S);
     cfg.rate.initial_rate = rate;
@@ -67,17 +94,21 @@ fn bench_decision(c: &mut Criterion) {
     assert!(best > 1, "the bench wants a batching plan");
     // Partial queue, deadline not reached: the wait path.
     g.bench_function("next_action_wait", |b| {
-        b.iter(|| match ctl.next_action(black_box(0.5), black_box(1), black_box(Some(0.4999))) {
-            Action::WaitUntil { until, .. } => black_box(until),
-            Action::Dispatch { .. } => unreachable!("expected to wait"),
-        })
+        b.iter(
+            || match ctl.next_action(black_box(0.5), black_box(1), black_box(Some(0.4999))) {
+                Action::WaitUntil { until, .. } => black_box(until),
+                Action::Dispatch { .. } => unreachable!("expected to wait"),
+            },
+        )
     });
     // Full batch queued: the dispatch path (clones the plan).
     g.bench_function("next_action_dispatch", |b| {
-        b.iter(|| match ctl.next_action(black_box(0.5), black_box(best), black_box(Some(0.45))) {
-            Action::Dispatch { batch, .. } => black_box(batch),
-            Action::WaitUntil { .. } => unreachable!("expected to dispatch"),
-        })
+        b.iter(
+            || match ctl.next_action(black_box(0.5), black_box(best), black_box(Some(0.45))) {
+                Action::Dispatch { batch, .. } => black_box(batch),
+                Action::WaitUntil { .. } => unreachable!("expected to dispatch"),
+            },
+        )
     });
     g.finish();
 }

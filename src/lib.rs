@@ -4,6 +4,7 @@
 //! sits behind the traits in [`gpu`].
 
 pub mod cli;
+pub mod control;
 pub mod deviceplugin;
 pub mod eali;
 pub mod exec;

@@ -27,21 +27,44 @@ fn infer(model: &str, shape: Vec<i64>, raw: Vec<u8>) -> pb::ModelInferRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_inference_service() {
-    let s = start("alex", spec("alexnet", 100, 4, Policy::MaxPerformance), options()).await;
+    let s = start(
+        "alex",
+        spec("alexnet", 100, 4, Policy::MaxPerformance),
+        options(),
+    )
+    .await;
     let mut c = GrpcInferenceServiceClient::connect(format!("http://{}", s.grpc))
         .await
         .unwrap()
         .max_encoding_message_size(64 << 20);
-    assert!(c.server_live(pb::ServerLiveRequest {}).await.unwrap().into_inner().live);
-    assert!(c.server_ready(pb::ServerReadyRequest {}).await.unwrap().into_inner().ready);
+    assert!(
+        c.server_live(pb::ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    assert!(
+        c.server_ready(pb::ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
     let ready = c
-        .model_ready(pb::ModelReadyRequest { name: "alex".into(), version: String::new() })
+        .model_ready(pb::ModelReadyRequest {
+            name: "alex".into(),
+            version: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(ready.ready);
     let meta = c
-        .model_metadata(pb::ModelMetadataRequest { name: "alex".into(), version: "1".into() })
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "alex".into(),
+            version: "1".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -49,7 +72,11 @@ async fn grpc_inference_service() {
     assert_eq!(meta.outputs[0].name, "output");
 
     let image = vec![0u8; 3 * 224 * 224 * 4];
-    let r = c.model_infer(infer("alex", vec![1, 3, 224, 224], image.clone())).await.unwrap().into_inner();
+    let r = c
+        .model_infer(infer("alex", vec![1, 3, 224, 224], image.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.id, "g1");
     assert!(r.outputs.is_empty() && r.raw_output_contents.is_empty());
     assert!(matches!(
@@ -57,14 +84,26 @@ async fn grpc_inference_service() {
         Some(pb::infer_parameter::ParameterChoice::BoolParam(true))
     ));
 
-    let e = c.model_infer(infer("alex", vec![1, 3, 224, 223], image.clone())).await.unwrap_err();
+    let e = c
+        .model_infer(infer("alex", vec![1, 3, 224, 223], image.clone()))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c.model_infer(infer("alex", vec![1, 3, 224, 224], image[4..].to_vec())).await.unwrap_err();
+    let e = c
+        .model_infer(infer("alex", vec![1, 3, 224, 224], image[4..].to_vec()))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c.model_infer(infer("vgg", vec![1, 3, 224, 224], image.clone())).await.unwrap_err();
+    let e = c
+        .model_infer(infer("vgg", vec![1, 3, 224, 224], image.clone()))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = c
-        .model_metadata(pb::ModelMetadataRequest { name: "alex".into(), version: "9".into() })
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "alex".into(),
+            version: "9".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -80,7 +119,9 @@ async fn eali_policy_serves_and_attributes_energy_to_every_layer() {
         .max_encoding_message_size(64 << 20);
     let image = vec![0u8; 3 * 224 * 224 * 4];
     for _ in 0..20 {
-        c.model_infer(infer("r18", vec![1, 3, 224, 224], image.clone())).await.unwrap();
+        c.model_infer(infer("r18", vec![1, 3, 224, 224], image.clone()))
+            .await
+            .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     // Let a telemetry tick read the energy counter.
@@ -88,7 +129,10 @@ async fn eali_policy_serves_and_attributes_energy_to_every_layer() {
     let layers = s.state.metrics.layer_energy_j();
     // ResNet-18 is short next to a ~25 ms clock switch, so EALI may merge it into one unit; every
     // layer still carries its unit's name.
-    assert_eq!(layers.len(), eali::model::zoo::build("resnet18").unwrap().layers.len());
+    assert_eq!(
+        layers.len(),
+        eali::model::zoo::build("resnet18").unwrap().layers.len()
+    );
     assert!(layers.iter().all(|(u, _, _)| !u.is_empty()));
     for (_, layer, j) in &layers {
         if layer.contains("conv") {

@@ -15,7 +15,12 @@ const IMAGE: [i64; 4] = [1, 3, 224, 224];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_endpoints_and_simulated_inference() {
-    let s = start("alex", spec("alexnet", 100, 8, Policy::MaxPerformance), options()).await;
+    let s = start(
+        "alex",
+        spec("alexnet", 100, 8, Policy::MaxPerformance),
+        options(),
+    )
+    .await;
     let meta = get(&s.url("/v2")).await;
     assert_eq!(meta.status, 200);
     assert_eq!(meta.json()["extensions"], json!(["binary_tensor_data"]));
@@ -32,9 +37,19 @@ async fn protocol_endpoints_and_simulated_inference() {
     // Unknown model, version, endpoint: 404 with a reason.
     let r = get(&s.url("/v2/models/nope")).await;
     assert_eq!(r.status, 404);
-    assert!(r.json()["error"].as_str().unwrap().contains("unknown model 'nope'"));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown model 'nope'")
+    );
     assert_eq!(get(&s.url("/v2/models/alex/versions/7")).await.status, 404);
-    assert_eq!(post_json(&s.url("/v2/models/nope/infer"), &infer_body(&IMAGE, 0.5)).await.status, 404);
+    assert_eq!(
+        post_json(&s.url("/v2/models/nope/infer"), &infer_body(&IMAGE, 0.5))
+            .await
+            .status,
+        404
+    );
     assert_eq!(get(&s.url("/v3")).await.status, 404);
 
     // JSON tensors: simulated, so no outputs, and the response says so.
@@ -83,7 +98,12 @@ async fn protocol_endpoints_and_simulated_inference() {
 async fn bad_input_is_refused_with_reasons() {
     let mut opts = options();
     opts.max_body_bytes = 4 << 20;
-    let s = start("alex", spec("alexnet", 100, 2, Policy::MaxPerformance), opts).await;
+    let s = start(
+        "alex",
+        spec("alexnet", 100, 2, Policy::MaxPerformance),
+        opts,
+    )
+    .await;
     let url = s.url("/v2/models/alex/infer");
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (b"{\"inputs\": [".to_vec(), 400, "malformed"),
@@ -95,7 +115,12 @@ async fn bad_input_is_refused_with_reasons() {
     ];
     for (body, status, why) in cases {
         let r = request("POST", &url, &[], body).await;
-        assert_eq!(r.status, status, "{why}: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            status,
+            "{why}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
         let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
         assert!(msg.contains(why), "{why}: {msg}");
     }
@@ -109,8 +134,14 @@ async fn bad_input_is_refused_with_reasons() {
     assert_eq!(r.status, 503);
     assert!(r.json()["error"].as_str().unwrap().contains("deadline"));
     let text = String::from_utf8(get(&s.url("/metrics")).await.body.to_vec()).unwrap();
-    assert!(text.contains("eali_requests_total{model=\"alex\",outcome=\"deadline\"} 1"), "{text}");
-    assert!(text.contains("eali_requests_total{model=\"alex\",outcome=\"too_large\"} 1"), "{text}");
+    assert!(
+        text.contains("eali_requests_total{model=\"alex\",outcome=\"deadline\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("eali_requests_total{model=\"alex\",outcome=\"too_large\"} 1"),
+        "{text}"
+    );
     s.stop().await;
 }
 
@@ -119,7 +150,12 @@ async fn full_queue_answers_429_with_retry_after() {
     let mut opts = options();
     opts.queue_capacity = 2;
     // A 3 s SLO gives Triton-style batching a 1 s queue delay: requests wait in the queue.
-    let s = start("alex", spec("alexnet", 3000, 8, Policy::MaxPerformance), opts).await;
+    let s = start(
+        "alex",
+        spec("alexnet", 3000, 8, Policy::MaxPerformance),
+        opts,
+    )
+    .await;
     let url = s.url("/v2/models/alex/infer");
     let body = infer_body(&IMAGE, 0.1);
     let waiting: Vec<_> = (0..2)
@@ -144,7 +180,12 @@ async fn full_queue_answers_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_finishes_accepted_requests_and_refuses_new_ones() {
-    let mut s = start("alex", spec("alexnet", 3000, 8, Policy::MaxPerformance), options()).await;
+    let mut s = start(
+        "alex",
+        spec("alexnet", 3000, 8, Policy::MaxPerformance),
+        options(),
+    )
+    .await;
     let url = s.url("/v2/models/alex/infer");
     let body = infer_body(&IMAGE, 0.2);
     let accepted: Vec<_> = (0..5)
@@ -165,7 +206,9 @@ async fn drain_finishes_accepted_requests_and_refuses_new_ones() {
     if let Ok(r) = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let c = client();
         let req = hyper::Request::post(url.as_str())
-            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
             .unwrap();
         c.request(req).await
     })
@@ -185,10 +228,16 @@ async fn cpu_compute_returns_the_reference_executors_outputs() {
     let mut opts = options();
     opts.runtime.compute = eali::serve::Compute::Cpu;
     let seed = opts.runtime.seed;
-    let s = start("mobile", spec("mobilenet_v2", 60_000, 2, Policy::MaxPerformance), opts).await;
+    let s = start(
+        "mobile",
+        spec("mobilenet_v2", 60_000, 2, Policy::MaxPerformance),
+        opts,
+    )
+    .await;
     let n = 3 * 224 * 224;
     let image: Vec<f32> = (0..n).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
-    let body = json!({"inputs": [{"name": "input", "shape": IMAGE, "datatype": "FP32", "data": image}]});
+    let body =
+        json!({"inputs": [{"name": "input", "shape": IMAGE, "datatype": "FP32", "data": image}]});
     let r = post_json(&s.url("/v2/models/mobile/infer"), &body).await;
     assert_eq!(r.status, 200);
     let v = r.json();
@@ -201,7 +250,10 @@ async fn cpu_compute_returns_the_reference_executors_outputs() {
         .map(|x| x.as_f64().unwrap() as f32)
         .collect();
     let graph = Arc::new(zoo::build("mobilenet_v2").unwrap());
-    let want = CpuExecutor::seeded(graph, seed).unwrap().forward(&image, 1).unwrap();
+    let want = CpuExecutor::seeded(graph, seed)
+        .unwrap()
+        .forward(&image, 1)
+        .unwrap();
     assert_eq!(got, want);
     s.stop().await;
 }

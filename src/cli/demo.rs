@@ -86,7 +86,10 @@ async fn run_policy(a: &Args, policy: &str, rate: f64) -> anyhow::Result<Run> {
     let state = server.state();
     let url = match a.protocol {
         Protocol::Rest => format!("http://{}", server.http_addr()?),
-        Protocol::Grpc => format!("http://{}", server.grpc_addr()?.context("no gRPC listener")?),
+        Protocol::Grpc => format!(
+            "http://{}",
+            server.grpc_addr()?.context("no gRPC listener")?
+        ),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.run(async {
@@ -116,7 +119,8 @@ async fn run_policy(a: &Args, policy: &str, rate: f64) -> anyhow::Result<Run> {
     // Let the worker's telemetry tick read the counter once more.
     tokio::time::sleep(Duration::from_millis(250)).await;
     let energy = state.metrics.gpu_energy_j() - e0;
-    let before: BTreeMap<(String, String), f64> = l0.into_iter().map(|(u, l, j)| ((u, l), j)).collect();
+    let before: BTreeMap<(String, String), f64> =
+        l0.into_iter().map(|(u, l, j)| ((u, l), j)).collect();
     let layers = state
         .metrics
         .layer_energy_j()
@@ -153,7 +157,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.levels,
         a.duration / a.levels.len().max(1) as f64
     );
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let mut runs = Vec::new();
     for policy in ["eali", "maxPerformance"] {
         println!("running {policy} for {:.0} s ...", a.duration);
@@ -169,7 +175,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 fn table(runs: &[Run], top: usize) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "\n{:<28}{:>16}{:>16}", "", runs[0].policy, runs.get(1).map_or("", |r| &r.policy));
+    let _ = writeln!(
+        s,
+        "\n{:<28}{:>16}{:>16}",
+        "",
+        runs[0].policy,
+        runs.get(1).map_or("", |r| &r.policy)
+    );
     let row = |s: &mut String, name: &str, f: &dyn Fn(&Run) -> String| {
         let _ = write!(s, "{name:<28}");
         for r in runs {
@@ -177,20 +189,46 @@ fn table(runs: &[Run], top: usize) -> String {
         }
         let _ = writeln!(s);
     };
-    row(&mut s, "requests ok / sent", &|r| format!("{}/{}", r.load.ok, r.load.sent));
-    row(&mut s, "energy per request (J)", &|r| format!("{:.3}", r.joules_per_request));
-    row(&mut s, "GPU energy (J)", &|r| format!("{:.1}", r.gpu_energy_j));
-    row(&mut s, "p50 latency (ms)", &|r| format!("{:.1}", r.load.p50_ms));
-    row(&mut s, "p99 latency (ms)", &|r| format!("{:.1}", r.load.p99_ms));
-    row(&mut s, "within SLO (%)", &|r| format!("{:.2}", 100.0 * r.load.within_slo));
-    row(&mut s, "10 s windows meeting p99 (%)", &|r| format!("{:.0}", 100.0 * r.load.slo_attainment));
-    row(&mut s, "errors", &|r| r.load.errors.values().sum::<usize>().to_string());
+    row(&mut s, "requests ok / sent", &|r| {
+        format!("{}/{}", r.load.ok, r.load.sent)
+    });
+    row(&mut s, "energy per request (J)", &|r| {
+        format!("{:.3}", r.joules_per_request)
+    });
+    row(&mut s, "GPU energy (J)", &|r| {
+        format!("{:.1}", r.gpu_energy_j)
+    });
+    row(&mut s, "p50 latency (ms)", &|r| {
+        format!("{:.1}", r.load.p50_ms)
+    });
+    row(&mut s, "p99 latency (ms)", &|r| {
+        format!("{:.1}", r.load.p99_ms)
+    });
+    row(&mut s, "within SLO (%)", &|r| {
+        format!("{:.2}", 100.0 * r.load.within_slo)
+    });
+    row(&mut s, "10 s windows meeting p99 (%)", &|r| {
+        format!("{:.0}", 100.0 * r.load.slo_attainment)
+    });
+    row(&mut s, "errors", &|r| {
+        r.load.errors.values().sum::<usize>().to_string()
+    });
     if runs.len() == 2 && runs[1].joules_per_request > 0.0 {
         let saved = 1.0 - runs[0].joules_per_request / runs[1].joules_per_request;
-        let _ = writeln!(s, "\n{} uses {:.1} % less energy per request than {}.", runs[0].policy, 100.0 * saved, runs[1].policy);
+        let _ = writeln!(
+            s,
+            "\n{} uses {:.1} % less energy per request than {}.",
+            runs[0].policy,
+            100.0 * saved,
+            runs[1].policy
+        );
     }
     // Per-layer energy: the layers that took the most under the first policy, per request.
-    let _ = writeln!(s, "\nwhere the energy went (mJ per request, top {top} layers by {}):", runs[0].policy);
+    let _ = writeln!(
+        s,
+        "\nwhere the energy went (mJ per request, top {top} layers by {}):",
+        runs[0].policy
+    );
     let per_layer = |r: &Run| -> BTreeMap<String, f64> {
         let mut m = BTreeMap::new();
         for (_, l, j) in &r.layers {
@@ -201,10 +239,25 @@ fn table(runs: &[Run], top: usize) -> String {
     let maps: Vec<BTreeMap<String, f64>> = runs.iter().map(per_layer).collect();
     let mut order: Vec<(&String, &f64)> = maps[0].iter().collect();
     order.sort_by(|a, b| b.1.total_cmp(a.1));
-    let unit_of: BTreeMap<&str, &str> = runs[0].layers.iter().map(|(u, l, _)| (l.as_str(), u.as_str())).collect();
-    let _ = writeln!(s, "{:<28}{:<24}{:>16}{:>16}", "layer", "unit (eali)", runs[0].policy, runs.get(1).map_or("", |r| &r.policy));
+    let unit_of: BTreeMap<&str, &str> = runs[0]
+        .layers
+        .iter()
+        .map(|(u, l, _)| (l.as_str(), u.as_str()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "{:<28}{:<24}{:>16}{:>16}",
+        "layer",
+        "unit (eali)",
+        runs[0].policy,
+        runs.get(1).map_or("", |r| &r.policy)
+    );
     for (layer, _) in order.into_iter().take(top) {
-        let _ = write!(s, "{layer:<28}{:<24}", unit_of.get(layer.as_str()).copied().unwrap_or(""));
+        let _ = write!(
+            s,
+            "{layer:<28}{:<24}",
+            unit_of.get(layer.as_str()).copied().unwrap_or("")
+        );
         for m in &maps {
             let _ = write!(s, "{:>16.2}", m.get(layer).copied().unwrap_or(0.0));
         }

@@ -57,7 +57,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         binary: !a.json_tensors,
         timeout_s: a.timeout,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let report = rt.block_on(run_load(&cfg))?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(p) = &a.out {

@@ -109,10 +109,15 @@ pub fn cost_source(args: &Args, graph: &Graph) -> anyhow::Result<CostSource> {
     let power = load_or_fit_power(args, &profile, &mut notes)?;
 
     let mut gpu = open_gpu(&args.gpu, args.seed)?;
-    let memory = gpu.supported_memory_clocks()?.into_iter().max().unwrap_or(0);
+    let memory = gpu
+        .supported_memory_clocks()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     let clocks = spread_clocks(&gpu.supported_graphics_clocks(memory)?, args.clocks.max(1));
     let batches: Vec<u32> = (1..=args.max_batch.max(1)).collect();
-    let table = build_cost_table(&profile, &power, &batches, &clocks).context("predicting the layer cost table")?;
+    let table = build_cost_table(&profile, &power, &batches, &clocks)
+        .context("predicting the layer cost table")?;
     let switch = measure_latency(&mut *gpu, 50).context("measuring the clock-switch latency")?;
     notes.push(format!(
         "switch latency measured on {} (50 changes): call p50 {:.1} ms, total p50 {:.1} ms, p95 {:.1} ms",
@@ -121,34 +126,71 @@ pub fn cost_source(args: &Args, graph: &Graph) -> anyhow::Result<CostSource> {
         switch.total_median_s * 1e3,
         switch.total_p95_s * 1e3
     ));
-    Ok(CostSource { table, switch, notes })
+    Ok(CostSource {
+        table,
+        switch,
+        notes,
+    })
 }
 
 fn load_or_profile(args: &Args, graph: &Graph, notes: &mut Vec<String>) -> anyhow::Result<Profile> {
-    let path = args.profile.clone().unwrap_or_else(|| default_profile_path(&args.gpu, &graph.name));
+    let path = args
+        .profile
+        .clone()
+        .unwrap_or_else(|| default_profile_path(&args.gpu, &graph.name));
     if path.exists() {
-        let p = Profile::load(&path).with_context(|| format!("reading profile {}", path.display()))?;
+        let p =
+            Profile::load(&path).with_context(|| format!("reading profile {}", path.display()))?;
         if p.model != graph.name {
-            bail!("profile {} is of {}, not {}", path.display(), p.model, graph.name);
+            bail!(
+                "profile {} is of {}, not {}",
+                path.display(),
+                p.model,
+                graph.name
+            );
         }
-        notes.push(format!("profile {} ({} records)", path.display(), p.records.len()));
+        notes.push(format!(
+            "profile {} ({} records)",
+            path.display(),
+            p.records.len()
+        ));
         return Ok(p);
     }
     if args.profile.is_some() {
         bail!("profile {} does not exist", path.display());
     }
-    eprintln!("no profile at {}: profiling {} on {} now", path.display(), graph.name, args.gpu);
-    let cfg = ProfileConfig { backend: args.gpu.clone(), seed: Some(args.seed), ..ProfileConfig::default() };
+    eprintln!(
+        "no profile at {}: profiling {} on {} now",
+        path.display(),
+        graph.name,
+        args.gpu
+    );
+    let cfg = ProfileConfig {
+        backend: args.gpu.clone(),
+        seed: Some(args.seed),
+        ..ProfileConfig::default()
+    };
     let p = profile_model(&args.gpu, graph, &cfg, false)?;
     save_with_dirs(&path, |p2| p.save(p2).map_err(anyhow::Error::from))?;
     eprintln!("profile cached at {}", path.display());
-    notes.push(format!("profile measured now and cached at {}", path.display()));
+    notes.push(format!(
+        "profile measured now and cached at {}",
+        path.display()
+    ));
     Ok(p)
 }
 
-fn load_or_fit_power(args: &Args, profile: &Profile, notes: &mut Vec<String>) -> anyhow::Result<PowerModel> {
+fn load_or_fit_power(
+    args: &Args,
+    profile: &Profile,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<PowerModel> {
     let shared = PathBuf::from("out/power-model.json");
-    let cached = PathBuf::from("out/power-models").join(format!("{}-{}.json", gpu_tag(&args.gpu), profile.model));
+    let cached = PathBuf::from("out/power-models").join(format!(
+        "{}-{}.json",
+        gpu_tag(&args.gpu),
+        profile.model
+    ));
     let candidates: Vec<PathBuf> = match &args.power_model {
         Some(p) => vec![p.clone()],
         None => vec![shared, cached.clone()],
@@ -157,26 +199,51 @@ fn load_or_fit_power(args: &Args, profile: &Profile, notes: &mut Vec<String>) ->
         if !path.exists() {
             continue;
         }
-        let m = PowerModel::load(path).with_context(|| format!("reading power model {}", path.display()))?;
+        let m = PowerModel::load(path)
+            .with_context(|| format!("reading power model {}", path.display()))?;
         if m.gpu() == profile.gpu.name {
             notes.push(format!("power model {} ({:?})", path.display(), m.kind()));
             return Ok(m);
         }
         if args.power_model.is_some() {
-            bail!("power model {} is for {}, the profile is of {}", path.display(), m.gpu(), profile.gpu.name);
+            bail!(
+                "power model {} is for {}, the profile is of {}",
+                path.display(),
+                m.gpu(),
+                profile.gpu.name
+            );
         }
     }
-    eprintln!("no power model for {}: fitting one on this profile", profile.gpu.name);
-    let cfg = FitConfig { folds: 5, leave_one_model_out: false, ..FitConfig::default() };
-    let (model, report) = fit_power_model(std::slice::from_ref(profile), &cfg).context("fitting the power model")?;
+    eprintln!(
+        "no power model for {}: fitting one on this profile",
+        profile.gpu.name
+    );
+    let cfg = FitConfig {
+        folds: 5,
+        leave_one_model_out: false,
+        ..FitConfig::default()
+    };
+    let (model, report) =
+        fit_power_model(std::slice::from_ref(profile), &cfg).context("fitting the power model")?;
     save_with_dirs(&cached, |p| model.save(p).map_err(anyhow::Error::from))?;
-    eprintln!("power model ({:?}) cached at {}", model.kind(), cached.display());
+    eprintln!(
+        "power model ({:?}) cached at {}",
+        model.kind(),
+        cached.display()
+    );
     let _ = report;
-    notes.push(format!("power model fitted now ({:?}) and cached at {}", model.kind(), cached.display()));
+    notes.push(format!(
+        "power model fitted now ({:?}) and cached at {}",
+        model.kind(),
+        cached.display()
+    ));
     Ok(model)
 }
 
-fn save_with_dirs(path: &Path, save: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+fn save_with_dirs(
+    path: &Path,
+    save: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -213,15 +280,28 @@ pub struct Explanation {
 }
 
 /// Plans the case with EALI, per-batch DVFS and max clocks over the same costs.
-pub fn explain(args: &Args, graph: &Graph, source: CostSource) -> anyhow::Result<(Explanation, UnitCostTable)> {
+pub fn explain(
+    args: &Args,
+    graph: &Graph,
+    source: CostSource,
+) -> anyhow::Result<(Explanation, UnitCostTable)> {
     if !(args.slo_ms > 0.0 && args.rate > 0.0 && args.percentile > 0.0 && args.percentile < 100.0) {
         bail!("need --slo-ms > 0, --rate > 0 and 0 < --percentile < 100");
     }
     let structural = units::structural_chain(graph)?.len();
-    let ucfg = UnitConfig { k: args.k, switch_median_s: source.switch.total_median_s, max_units: args.max_units, ..UnitConfig::default() };
+    let ucfg = UnitConfig {
+        k: args.k,
+        switch_median_s: source.switch.total_median_s,
+        max_units: args.max_units,
+        ..UnitConfig::default()
+    };
     let (chain, ucosts) = units::build(graph, &source.table, &ucfg)?;
     let (_, single) = units::single_unit(&source.table)?;
-    let fmax = *source.table.clocks_mhz.last().context("cost table has no clocks")?;
+    let fmax = *source
+        .table
+        .clocks_mhz
+        .last()
+        .context("cost table has no clocks")?;
     let maxclock = single.restrict_clocks(&[fmax]);
 
     let slo_s = args.slo_ms * 1e-3;
@@ -238,7 +318,9 @@ pub fn explain(args: &Args, graph: &Graph, source: CostSource) -> anyhow::Result
         ReserveArg::P95 => SwitchCost::from_latency(&source.switch),
         ReserveArg::Jitter => SwitchCost::pre_issued(&source.switch),
     };
-    let rate_upper = args.rate_upper.unwrap_or(args.rate + 2.0 * args.rate.sqrt());
+    let rate_upper = args
+        .rate_upper
+        .unwrap_or(args.rate + 2.0 * args.rate.sqrt());
     let req = PlanRequest::new(args.rate, rate_upper, args.margin);
     let eali = Planner::new(ucosts.clone(), cost, cfg)?.plan(&req);
     let per_batch_dvfs = Planner::new(single, cost, cfg)?.plan(&req);
@@ -308,11 +390,24 @@ fn print_text(x: &Explanation, costs: &UnitCostTable) {
     println!("  {}", x.unit_costs_note);
     let bi = costs.batch_index(p.batch);
     let fm = costs.max_clock_index();
-    println!("  {:>3}  {:<34} {:>6} {:>11} {:>9}", "#", "unit", "layers", "t@f_max", "clock");
+    println!(
+        "  {:>3}  {:<34} {:>6} {:>11} {:>9}",
+        "#", "unit", "layers", "t@f_max", "clock"
+    );
     for (i, u) in x.units.units.iter().enumerate() {
         let t = bi.map(|b| costs.time_s[i][b][fm]).unwrap_or(f64::NAN);
-        let clock = p.unit_clocks_mhz.get(i).map_or("-".to_string(), |c| format!("{c} MHz"));
-        println!("  {:>3}  {:<34} {:>6} {:>11} {:>9}", i, u.name, u.layers.len(), ms(t), clock);
+        let clock = p
+            .unit_clocks_mhz
+            .get(i)
+            .map_or("-".to_string(), |c| format!("{c} MHz"));
+        println!(
+            "  {:>3}  {:<34} {:>6} {:>11} {:>9}",
+            i,
+            u.name,
+            u.layers.len(),
+            ms(t),
+            clock
+        );
     }
     println!("\ndecision: batch {}{}", p.batch, status(p));
     println!(
@@ -327,7 +422,10 @@ fn print_text(x: &Explanation, costs: &UnitCostTable) {
         "  energy {:.4} J/request ({:.3} J per batch + idle until the next batch), {} clock change(s) per batch",
         p.energy_per_request_j, p.batch_energy_j, p.switches
     );
-    println!("\nset-call timeline (relative to batch start; first clock {} MHz preset while idle):", p.entry_clock_mhz());
+    println!(
+        "\nset-call timeline (relative to batch start; first clock {} MHz preset while idle):",
+        p.entry_clock_mhz()
+    );
     if p.timeline.is_empty() {
         println!("  none: one clock for the whole batch");
     }
@@ -342,13 +440,24 @@ fn print_text(x: &Explanation, costs: &UnitCostTable) {
         );
     }
     println!("\ncomparison (same costs, rate and SLO):");
-    println!("  {:<16} {:>6} {:>12} {:>12} {:>12} {:>9}", "policy", "batch", "clocks", "latency", "J/request", "vs EALI");
-    for (name, q) in [("EALI", &x.eali), ("per-batch DVFS", &x.per_batch_dvfs), ("max clocks", &x.max_clock)] {
+    println!(
+        "  {:<16} {:>6} {:>12} {:>12} {:>12} {:>9}",
+        "policy", "batch", "clocks", "latency", "J/request", "vs EALI"
+    );
+    for (name, q) in [
+        ("EALI", &x.eali),
+        ("per-batch DVFS", &x.per_batch_dvfs),
+        ("max clocks", &x.max_clock),
+    ] {
         let (lo, hi) = (
             q.unit_clocks_mhz.iter().min().copied().unwrap_or(0),
             q.unit_clocks_mhz.iter().max().copied().unwrap_or(0),
         );
-        let clocks = if lo == hi { format!("{lo}") } else { format!("{lo}–{hi}") };
+        let clocks = if lo == hi {
+            format!("{lo}")
+        } else {
+            format!("{lo}–{hi}")
+        };
         let vs = (q.energy_per_request_j / x.eali.energy_per_request_j - 1.0) * 100.0;
         println!(
             "  {:<16} {:>6} {:>12} {:>12} {:>12.4} {:>+8.1}%{}",
@@ -383,4 +492,85 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print_text(&x, &costs);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::eali::synthetic::SyntheticGpu;
+
+    fn args(extra: &[&str]) -> Args {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: Args,
+        }
+        let mut argv = vec![
+            "plan", "--model", "resnet18", "--slo-ms", "60", "--rate", "150",
+        ];
+        argv.extend_from_slice(extra);
+        Wrap::parse_from(argv).args
+    }
+
+    fn synthetic_source(graph: &Graph, switch: SwitchLatency) -> CostSource {
+        let gpu = SyntheticGpu {
+            batches: (1..=64).collect(),
+            ..SyntheticGpu::default()
+        };
+        CostSource {
+            table: gpu.graph_table(graph),
+            switch,
+            notes: vec!["synthetic".into()],
+        }
+    }
+
+    #[test]
+    fn explains_eali_against_per_batch_dvfs_and_max_clocks() {
+        let a = args(&["--k", "1"]);
+        let graph = zoo::build(&a.model).unwrap();
+        let fast_switch = SwitchLatency {
+            call_median_s: 0.0002,
+            total_median_s: 0.001,
+            total_p95_s: 0.0015,
+        };
+        let (x, costs) = explain(&a, &graph, synthetic_source(&graph, fast_switch)).unwrap();
+        assert_eq!(x.structural_units, 10);
+        assert_eq!(x.units.len(), costs.num_units());
+        assert!(x.eali.feasible && x.per_batch_dvfs.feasible && x.max_clock.feasible);
+        assert!(
+            x.eali.energy_per_request_j <= x.per_batch_dvfs.energy_per_request_j * (1.0 + 1e-9)
+        );
+        assert!(
+            x.per_batch_dvfs.energy_per_request_j
+                <= x.max_clock.energy_per_request_j * (1.0 + 1e-9)
+        );
+        let fmax = *costs.clocks_mhz.last().unwrap();
+        assert!(x.max_clock.unit_clocks_mhz.iter().all(|&c| c == fmax));
+        assert!(x.eali.latency_s <= 0.9 * 0.06 + 1e-12);
+        // The JSON form carries the same decision.
+        let json: serde_json::Value = serde_json::to_value(&x).unwrap();
+        assert_eq!(json["eali"]["batch"], x.eali.batch);
+        // V100-like switches: every unit merges into one and EALI is per-batch DVFS.
+        let (slow, _) = explain(
+            &args(&[]),
+            &graph,
+            synthetic_source(&graph, SwitchLatency::v100_like()),
+        )
+        .unwrap();
+        assert_eq!(slow.units.len(), 1);
+        let (e, p) = (
+            slow.eali.energy_per_request_j,
+            slow.per_batch_dvfs.energy_per_request_j,
+        );
+        assert!((e - p).abs() <= 1e-9 * p, "{e} vs {p}");
+    }
+
+    #[test]
+    fn rejects_nonsense_arguments() {
+        let a = args(&["--percentile", "100"]);
+        let graph = zoo::build(&a.model).unwrap();
+        assert!(explain(&a, &graph, synthetic_source(&graph, SwitchLatency::zero())).is_err());
+    }
 }

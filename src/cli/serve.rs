@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use crate::k8s::crd::{
-    GpuSelector, InferenceServiceSpec, ModelRef, Policy, PodResources, Replicas, Slo,
+    GpuSelector, InferenceServiceSpec, ModelRef, PodResources, Policy, Replicas, Slo,
 };
 use crate::serve::{Compute, RuntimeOptions, ServeConfig, ServeOptions, Server, shutdown_signal};
 
@@ -75,7 +75,12 @@ pub struct Args {
 /// The single-model configuration the flags describe.
 pub fn flags_config(a: &Args) -> anyhow::Result<ServeConfig> {
     let policy: Policy = serde_json::from_value(serde_json::Value::String(a.policy.clone()))
-        .map_err(|_| anyhow::anyhow!("unknown --policy {} (eali, maxPerformance, perBatchDvfs)", a.policy))?;
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "unknown --policy {} (eali, maxPerformance, perBatchDvfs)",
+                a.policy
+            )
+        })?;
     let spec = InferenceServiceSpec {
         model: ModelRef {
             zoo: Some(a.model.clone()),
@@ -128,7 +133,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None => flags_config(&a)?,
     };
     let opts = options(&a)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let server = Server::bind(&config, opts).await?;
         let http = server.http_addr()?;

@@ -142,7 +142,11 @@ pub fn gamma_quantile(a: f64, q: f64) -> f64 {
     let q = q.min(1.0 - 1e-15);
     let z = normal_quantile(q);
     let wh = a * (1.0 - 1.0 / (9.0 * a) + z / (3.0 * a.sqrt())).powi(3);
-    let mut x = if wh.is_finite() && wh > 0.0 { wh } else { a.max(1e-3) };
+    let mut x = if wh.is_finite() && wh > 0.0 {
+        wh
+    } else {
+        a.max(1e-3)
+    };
     // Bracket the root: P is increasing in x.
     let (mut lo, mut hi) = (0.0_f64, x.max(1.0));
     while reg_lower_gamma(a, hi) < q {
@@ -159,7 +163,11 @@ pub fn gamma_quantile(a: f64, q: f64) -> f64 {
             hi = hi.min(x);
         }
         let pdf = ((a - 1.0) * x.ln() - x - ln_ga).exp();
-        let mut next = if pdf > 0.0 && pdf.is_finite() { x - err / pdf } else { f64::NAN };
+        let mut next = if pdf > 0.0 && pdf.is_finite() {
+            x - err / pdf
+        } else {
+            f64::NAN
+        };
         if !(next > lo && next < hi) {
             next = 0.5 * (lo + hi);
         }
@@ -183,7 +191,13 @@ impl FillQuantiles {
     /// Quantile `quantile` in (0, 1) (e.g. 0.99), batch sizes up to `max_batch`.
     pub fn new(quantile: f64, max_batch: u32) -> Self {
         let unit = (0..=max_batch)
-            .map(|b| if b <= 1 { 0.0 } else { gamma_quantile(f64::from(b - 1), quantile) })
+            .map(|b| {
+                if b <= 1 {
+                    0.0
+                } else {
+                    gamma_quantile(f64::from(b - 1), quantile)
+                }
+            })
             .collect();
         Self { quantile, unit }
     }
@@ -208,7 +222,11 @@ impl FillQuantiles {
 
 /// Mean fill time `(b − 1)/λ`: the simple fallback when no percentile is wanted.
 pub fn mean_wait_s(batch: u32, rate: f64) -> f64 {
-    if batch <= 1 { 0.0 } else { f64::from(batch - 1) / rate }
+    if batch <= 1 {
+        0.0
+    } else {
+        f64::from(batch - 1) / rate
+    }
 }
 
 #[cfg(test)]
@@ -227,13 +245,20 @@ mod tests {
             fact *= n as f64;
             assert!(close(ln_gamma(n as f64 + 1.0), fact.ln(), 1e-12), "n = {n}");
         }
-        assert!(close(ln_gamma(0.5), std::f64::consts::PI.sqrt().ln(), 1e-12));
+        assert!(close(
+            ln_gamma(0.5),
+            std::f64::consts::PI.sqrt().ln(),
+            1e-12
+        ));
     }
 
     #[test]
     fn exponential_quantile_is_closed_form() {
         for q in [0.5, 0.9, 0.95, 0.99, 0.999] {
-            assert!(close(gamma_quantile(1.0, q), -(1.0 - q).ln(), 1e-10), "q = {q}");
+            assert!(
+                close(gamma_quantile(1.0, q), -(1.0 - q).ln(), 1e-10),
+                "q = {q}"
+            );
         }
     }
 

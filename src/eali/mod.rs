@@ -15,5 +15,7 @@ pub mod units;
 pub use controller::{Action, BatchReport, Controller, ControllerConfig};
 pub use error::EaliError;
 pub use plan_table::{PlanTable, TableConfig};
-pub use planner::{Corrections, EntryClock, Plan, PlanRequest, PlanSet, Planner, PlannerConfig, Solver};
+pub use planner::{
+    Corrections, EntryClock, Plan, PlanRequest, PlanSet, Planner, PlannerConfig, Solver,
+};
 pub use switch::{SwitchCost, SwitchLatency};

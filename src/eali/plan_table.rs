@@ -57,8 +57,14 @@ pub struct PlanTable {
 
 impl PlanTable {
     /// An empty table over `planner`; cells are solved lazily.
-    pub fn new(planner: Planner, config: TableConfig, corrections: Corrections) -> Result<Self, EaliError> {
-        let rate_max = config.rate_max.unwrap_or_else(|| planner.max_clock_capacity());
+    pub fn new(
+        planner: Planner,
+        config: TableConfig,
+        corrections: Corrections,
+    ) -> Result<Self, EaliError> {
+        let rate_max = config
+            .rate_max
+            .unwrap_or_else(|| planner.max_clock_capacity());
         if !(config.rate_min > 0.0 && rate_max > config.rate_min && config.buckets >= 1) {
             return Err(EaliError::BadConfig(format!(
                 "plan table needs 0 < rate_min < rate_max and ≥ 1 bucket (got {} .. {rate_max})",
@@ -69,16 +75,28 @@ impl PlanTable {
             || config.margins.windows(2).any(|w| w[0] >= w[1])
             || config.margins.iter().any(|m| !(0.0..1.0).contains(m))
         {
-            return Err(EaliError::BadConfig("margins must be ascending, in [0, 1)".into()));
+            return Err(EaliError::BadConfig(
+                "margins must be ascending, in [0, 1)".into(),
+            ));
         }
         if !(config.z >= 0.0 && config.window_s > 0.0) {
             return Err(EaliError::BadConfig("z ≥ 0 and window > 0 required".into()));
         }
         let ln_min = config.rate_min.ln();
         let ln_step = (rate_max.ln() - ln_min) / config.buckets as f64;
-        let edges: Vec<f64> = (0..=config.buckets).map(|k| (ln_min + ln_step * k as f64).exp()).collect();
+        let edges: Vec<f64> = (0..=config.buckets)
+            .map(|k| (ln_min + ln_step * k as f64).exp())
+            .collect();
         let cells = vec![None; config.buckets * config.margins.len()];
-        Ok(Self { planner, config, edges, cells, ln_min, inv_ln_step: 1.0 / ln_step, corrections })
+        Ok(Self {
+            planner,
+            config,
+            edges,
+            cells,
+            ln_min,
+            inv_ln_step: 1.0 / ln_step,
+            corrections,
+        })
     }
 
     /// Solves every cell now.
@@ -115,7 +133,8 @@ impl PlanTable {
     /// Bucket index holding `rate` (clamped to the table).
     pub fn bucket(&self, rate: f64) -> usize {
         let last = self.edges.len() - 2;
-        if !(rate > self.edges[0]) {
+        // NaN and rates below the table land in the first bucket.
+        if rate.is_nan() || rate <= self.edges[0] {
             return 0;
         }
         (((rate.ln() - self.ln_min) * self.inv_ln_step) as usize).min(last)
@@ -124,7 +143,9 @@ impl PlanTable {
     /// Index of the smallest tabulated margin ≥ `margin` (the largest if none).
     pub fn margin_index(&self, margin: f64) -> usize {
         let m = &self.config.margins;
-        m.iter().position(|&x| x >= margin - 1e-12).unwrap_or(m.len() - 1)
+        m.iter()
+            .position(|&x| x >= margin - 1e-12)
+            .unwrap_or(m.len() - 1)
     }
 
     /// Plans for `rate` (req/s) and margin `margin`, solving the cell if needed.
@@ -134,7 +155,8 @@ impl PlanTable {
 
     /// Plans for `rate` and `margin` if that cell is solved already.
     pub fn get(&self, rate: f64, margin: f64) -> Option<&Arc<PlanSet>> {
-        self.cells[self.bucket(rate) * self.config.margins.len() + self.margin_index(margin)].as_ref()
+        self.cells[self.bucket(rate) * self.config.margins.len() + self.margin_index(margin)]
+            .as_ref()
     }
 
     /// Whether `rate` lies above the table's top edge (plans there are the top bucket's).
@@ -174,21 +196,30 @@ impl PlanTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eali::PlannerConfig;
     use crate::eali::switch::{SwitchCost, SwitchLatency};
     use crate::eali::synthetic::SyntheticGpu;
     use crate::eali::units::single_unit;
-    use crate::eali::PlannerConfig;
 
     fn planner() -> Planner {
         let t = SyntheticGpu::default().random_table(5, 12, 0.05, 0.5);
         let (_, uc) = single_unit(&t).unwrap();
-        Planner::new(uc, SwitchCost::from_latency(&SwitchLatency::zero()), PlannerConfig::new(0.2)).unwrap()
+        Planner::new(
+            uc,
+            SwitchCost::from_latency(&SwitchLatency::zero()),
+            PlannerConfig::new(0.2),
+        )
+        .unwrap()
     }
 
     #[test]
     fn buckets_are_log_spaced_and_lookup_is_conservative() {
         let p = planner();
-        let cfg = TableConfig { buckets: 8, margins: vec![0.05, 0.1, 0.2], ..TableConfig::default() };
+        let cfg = TableConfig {
+            buckets: 8,
+            margins: vec![0.05, 0.1, 0.2],
+            ..TableConfig::default()
+        };
         let mut t = PlanTable::new(p.clone(), cfg, Corrections::default()).unwrap();
         assert_eq!(t.solved_cells(), 0);
         let e = t.edges().to_vec();
@@ -222,19 +253,36 @@ mod tests {
     #[test]
     fn rejects_bad_configs() {
         let p = planner();
-        let bad = TableConfig { margins: vec![0.2, 0.1], ..TableConfig::default() };
+        let bad = TableConfig {
+            margins: vec![0.2, 0.1],
+            ..TableConfig::default()
+        };
         assert!(PlanTable::new(p.clone(), bad, Corrections::default()).is_err());
-        let bad = TableConfig { rate_min: 0.0, ..TableConfig::default() };
+        let bad = TableConfig {
+            rate_min: 0.0,
+            ..TableConfig::default()
+        };
         assert!(PlanTable::new(p.clone(), bad, Corrections::default()).is_err());
     }
 
     #[test]
     fn corrections_invalidate_cells() {
-        let mut t = PlanTable::new(planner(), TableConfig { buckets: 4, ..TableConfig::default() }, Corrections::default()).unwrap();
+        let mut t = PlanTable::new(
+            planner(),
+            TableConfig {
+                buckets: 4,
+                ..TableConfig::default()
+            },
+            Corrections::default(),
+        )
+        .unwrap();
         t.fill_all();
         assert_eq!(t.solved_cells(), 4 * t.margins().len());
         let before = t.lookup(5.0, 0.1);
-        t.set_corrections(Corrections { time: 1.5, energy: 1.0 });
+        t.set_corrections(Corrections {
+            time: 1.5,
+            energy: 1.0,
+        });
         assert_eq!(t.solved_cells(), 0);
         let after = t.lookup(5.0, 0.1);
         assert!(!Arc::ptr_eq(&before, &after));

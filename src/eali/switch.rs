@@ -18,12 +18,20 @@ pub struct SwitchLatency {
 impl SwitchLatency {
     /// V100-class figures from reference/gpu.md: call p50 ≈ 4.5 ms, total p50 ≈ 25 ms, p95 ≈ 32 ms.
     pub fn v100_like() -> Self {
-        Self { call_median_s: 0.0045, total_median_s: 0.025, total_p95_s: 0.032 }
+        Self {
+            call_median_s: 0.0045,
+            total_median_s: 0.025,
+            total_p95_s: 0.032,
+        }
     }
 
     /// A switch that costs nothing (for tests and for hypothetical instant DVFS).
     pub fn zero() -> Self {
-        Self { call_median_s: 0.0, total_median_s: 0.0, total_p95_s: 0.0 }
+        Self {
+            call_median_s: 0.0,
+            total_median_s: 0.0,
+            total_p95_s: 0.0,
+        }
     }
 }
 
@@ -42,7 +50,10 @@ pub struct SwitchCost {
 impl SwitchCost {
     /// The planner's default reading of a measured latency: reserve the p95, lead by the median.
     pub fn from_latency(lat: &SwitchLatency) -> Self {
-        Self { reserve_s: lat.total_p95_s.max(0.0), lead_s: lat.total_median_s.max(0.0) }
+        Self {
+            reserve_s: lat.total_p95_s.max(0.0),
+            lead_s: lat.total_median_s.max(0.0),
+        }
     }
 
     /// A less conservative reading for executors that really issue each change `lead_s` ahead
@@ -60,15 +71,24 @@ impl SwitchCost {
 /// changes alternating between f_max and a mid clock, each timed from the call until the new
 /// clock is in force, with the GPU idling in between. Clocks are reset afterwards (never leave a
 /// GPU locked). Works on any backend; on the simulated GPU it runs in virtual time.
-pub fn measure_latency<G>(gpu: &mut G, changes: usize) -> Result<SwitchLatency, crate::gpu::GpuError>
+pub fn measure_latency<G>(
+    gpu: &mut G,
+    changes: usize,
+) -> Result<SwitchLatency, crate::gpu::GpuError>
 where
     G: crate::gpu::GpuBackend + crate::gpu::LayerExecutor + ?Sized,
 {
-    let memory = gpu.supported_memory_clocks()?.into_iter().max().unwrap_or(0);
+    let memory = gpu
+        .supported_memory_clocks()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     let mut clocks = gpu.supported_graphics_clocks(memory)?;
     clocks.sort_unstable();
     let (Some(&hi), Some(&mid)) = (clocks.last(), clocks.get(clocks.len() / 2)) else {
-        return Err(crate::gpu::GpuError::Other("GPU reports no graphics clocks".into()));
+        return Err(crate::gpu::GpuError::Other(
+            "GPU reports no graphics clocks".into(),
+        ));
     };
     let (mut calls, mut totals) = (Vec::with_capacity(changes), Vec::with_capacity(changes));
     let mut result = Ok(());
@@ -118,14 +138,26 @@ mod tests {
         let mut gpu = SimGpu::new(profile, 0, 7);
         let lat = measure_latency(&mut gpu, 60).unwrap();
         // reference/gpu.md fact 1: call p50 4.1–5.2 ms, total p50 24.5–25.3 ms, p99 32–37 ms.
-        assert!(lat.call_median_s > 0.003 && lat.call_median_s < 0.007, "{lat:?}");
-        assert!(lat.total_median_s > 0.020 && lat.total_median_s < 0.030, "{lat:?}");
-        assert!(lat.total_p95_s >= lat.total_median_s && lat.total_p95_s < 0.045, "{lat:?}");
+        assert!(
+            lat.call_median_s > 0.003 && lat.call_median_s < 0.007,
+            "{lat:?}"
+        );
+        assert!(
+            lat.total_median_s > 0.020 && lat.total_median_s < 0.030,
+            "{lat:?}"
+        );
+        assert!(
+            lat.total_p95_s >= lat.total_median_s && lat.total_p95_s < 0.045,
+            "{lat:?}"
+        );
         // Left unlocked once the reset has landed.
         gpu.idle(0.1).unwrap();
         assert_eq!(gpu.clocks().unwrap().locked, None);
         let cost = SwitchCost::from_latency(&lat);
-        assert_eq!((cost.reserve_s, cost.lead_s), (lat.total_p95_s, lat.total_median_s));
+        assert_eq!(
+            (cost.reserve_s, cost.lead_s),
+            (lat.total_p95_s, lat.total_median_s)
+        );
         let pre = SwitchCost::pre_issued(&lat);
         assert_eq!(pre.lead_s, cost.lead_s);
         assert!(pre.reserve_s < cost.reserve_s && pre.reserve_s >= 0.0);

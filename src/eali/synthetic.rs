@@ -90,8 +90,11 @@ impl SyntheticGpu {
                 // large-batch rate, so compute time is comp1·b/eff = comp1·(b + 2.3).
                 let comp = comp1 * (bf + 2.3);
                 let mem = mem1 * (0.3 + 0.7 * bf);
-                let (tr, er): (Vec<f64>, Vec<f64>) =
-                    self.clocks_mhz.iter().map(|&f| self.layer_cost(comp, mem, f)).unzip();
+                let (tr, er): (Vec<f64>, Vec<f64>) = self
+                    .clocks_mhz
+                    .iter()
+                    .map(|&f| self.layer_cost(comp, mem, f))
+                    .unzip();
                 tl.push(tr);
                 el.push(er);
             }
@@ -106,8 +109,16 @@ impl SyntheticGpu {
             clocks_mhz: self.clocks_mhz.clone(),
             time_s,
             energy_j,
-            idle_power_w: self.clocks_mhz.iter().map(|&f| self.idle_power(f64::from(f))).collect(),
-            batch_overhead_s: self.batches.iter().map(|&b| 50e-6 + 8e-6 * f64::from(b)).collect(),
+            idle_power_w: self
+                .clocks_mhz
+                .iter()
+                .map(|&f| self.idle_power(f64::from(f)))
+                .collect(),
+            batch_overhead_s: self
+                .batches
+                .iter()
+                .map(|&b| 50e-6 + 8e-6 * f64::from(b))
+                .collect(),
         }
     }
 
@@ -136,7 +147,11 @@ impl SyntheticGpu {
             .map(|i| {
                 let total = rng.random_range(min_ms..=max_ms) * 1e-3;
                 // Bimodal: mostly compute-bound convs, some memory-bound layers.
-                let frac = if rng.random_bool(0.6) { rng.random_range(0.75..0.97) } else { rng.random_range(0.05..0.35) };
+                let frac = if rng.random_bool(0.6) {
+                    rng.random_range(0.75..0.97)
+                } else {
+                    rng.random_range(0.05..0.35)
+                };
                 (format!("l{i}"), total * frac, total * (1.0 - frac))
             })
             .collect();

@@ -129,7 +129,10 @@ mod tests {
 
     #[test]
     fn calls_are_serial_skip_repeats_and_never_go_back_in_time() {
-        let mut ct = ClockThread::new(Fake { now: 1.0, calls: Vec::new() });
+        let mut ct = ClockThread::new(Fake {
+            now: 1.0,
+            calls: Vec::new(),
+        });
         let (a, b) = (ClockTarget::Locked(900), ClockTarget::Locked(1300));
         ct.issue(1.0, a).unwrap().unwrap();
         assert!(ct.issue(1.001, a).unwrap().is_none());

@@ -157,7 +157,15 @@ impl CpuExecutor {
             }
             (Op::Linear { out_features, .. }, LayerWeights::Linear { weight, bias }) => {
                 let fin = xs.elements() as usize;
-                kernels::linear(x, n, fin, u(*out_features), weight, bias.as_deref(), &mut out);
+                kernels::linear(
+                    x,
+                    n,
+                    fin,
+                    u(*out_features),
+                    weight,
+                    bias.as_deref(),
+                    &mut out,
+                );
             }
             (
                 Op::BatchNorm,

@@ -51,7 +51,11 @@ fn tiny_network_by_hand() {
     assert_eq!(out, vec![5.125, 3.5]);
     assert!(matches!(
         exec.forward(&[1.0; 3], 1),
-        Err(ExecError::InputSize { got: 3, want: 4, .. })
+        Err(ExecError::InputSize {
+            got: 3,
+            want: 4,
+            ..
+        })
     ));
     assert!(matches!(exec.forward(&[], 0), Err(ExecError::EmptyBatch)));
 }
@@ -73,7 +77,9 @@ fn mixed() -> Arc<Graph> {
     let s = b.batch_norm("stem_bn", s).unwrap();
     let s = b.relu("stem_relu", s).unwrap();
     let s = b.max_pool("pool", s, Pool::new(3, 2).padding(1)).unwrap();
-    let a = b.conv("a", s, Conv::new(8, 3).padding(1).groups(8)).unwrap();
+    let a = b
+        .conv("a", s, Conv::new(8, 3).padding(1).groups(8))
+        .unwrap();
     let a = b.batch_norm("a_bn", a).unwrap();
     let r = b.add("res", &[a, s]).unwrap();
     let r = b.relu6("res_relu", r).unwrap();
@@ -94,7 +100,10 @@ fn mixed() -> Arc<Graph> {
 
 fn inputs(n: usize, len: usize, seed: u32) -> Vec<f32> {
     (0..n * len)
-        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / 16_777_216.0 - 0.5)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / 16_777_216.0
+                - 0.5
+        })
         .collect()
 }
 
@@ -150,7 +159,14 @@ fn unit_split_does_not_change_outputs_and_hooks_run_in_order() {
     assert_eq!(run.outputs.as_deref(), Some(whole.as_slice()));
     assert_eq!(
         rec.0,
-        vec![(0, true), (0, false), (1, true), (1, false), (2, true), (2, false)]
+        vec![
+            (0, true),
+            (0, false),
+            (1, true),
+            (1, false),
+            (2, true),
+            (2, false)
+        ]
     );
     assert_eq!(run.units.len(), 3);
     let bad = [0..4, 5..n];
@@ -187,7 +203,9 @@ fn joins_compute_sums_and_channel_blocks() {
     // Per sample: channels a (2x), a+b (5x), b (3x), each 1×2.
     assert_eq!(
         out,
-        vec![2.0, 20.0, 5.0, 50.0, 3.0, 30.0, -2.0, 0.0, -5.0, 0.0, -3.0, 0.0]
+        vec![
+            2.0, 20.0, 5.0, 50.0, 3.0, 30.0, -2.0, 0.0, -5.0, 0.0, -3.0, 0.0
+        ]
     );
 }
 

@@ -42,7 +42,8 @@ fn conv_direct(x: &[f32], n: usize, g: &ConvGeom, wt: &[f32], bias: Option<&[f32
                                 if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
                                     continue;
                                 }
-                                let xv = x[((s * g.cin + c) * g.h + iy as usize) * g.w + ix as usize];
+                                let xv =
+                                    x[((s * g.cin + c) * g.h + iy as usize) * g.w + ix as usize];
                                 let wv = wt[((o * cin_g + ci) * g.kernel.0 + ky) * g.kernel.1 + kx];
                                 acc += xv * wv;
                             }
@@ -62,7 +63,15 @@ fn conv_hand_computed() {
     let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
     let g = geom(1, 3, 3, 1, 2);
     let mut out = vec![0.0; 4];
-    conv2d(&x, 1, &g, &[1.0; 4], Some(&[0.5]), &mut out, &mut Vec::new());
+    conv2d(
+        &x,
+        1,
+        &g,
+        &[1.0; 4],
+        Some(&[0.5]),
+        &mut out,
+        &mut Vec::new(),
+    );
     assert_eq!(out, vec![12.5, 16.5, 24.5, 28.5]);
 
     // Padding 1, stride 2, kernel [[0,0],[0,1]] picks x[2oy, 2ox] shifted by the padding.
@@ -74,7 +83,15 @@ fn conv_hand_computed() {
         ..geom(1, 3, 3, 1, 2)
     };
     let mut out = vec![0.0; 4];
-    conv2d(&x, 1, &g, &[0.0, 0.0, 0.0, 1.0], None, &mut out, &mut Vec::new());
+    conv2d(
+        &x,
+        1,
+        &g,
+        &[0.0, 0.0, 0.0, 1.0],
+        None,
+        &mut out,
+        &mut Vec::new(),
+    );
     assert_eq!(out, vec![1.0, 3.0, 7.0, 9.0]);
 }
 
@@ -87,7 +104,11 @@ fn pointwise_and_grouped_conv_hand_computed() {
     conv2d(&x, 1, &g, &[2.0, -1.0], None, &mut out, &mut Vec::new());
     assert_eq!(out, vec![-8.0, -16.0]);
     // Depthwise (groups = 2): each channel scaled by its own weight.
-    let g = ConvGeom { groups: 2, cout: 2, ..g };
+    let g = ConvGeom {
+        groups: 2,
+        cout: 2,
+        ..g
+    };
     let mut out = vec![0.0; 4];
     conv2d(&x, 1, &g, &[3.0, 0.5], None, &mut out, &mut Vec::new());
     assert_eq!(out, vec![3.0, 6.0, 5.0, 10.0]);

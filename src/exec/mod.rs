@@ -173,7 +173,12 @@ impl Executor for Paired {
         run.end_s = run.end_s.max(self.device.device().now_s());
         Ok(run)
     }
-    fn predict_s(&mut self, units: &[Range<usize>], batch: u32, clocks: &[Option<u32>]) -> Option<f64> {
+    fn predict_s(
+        &mut self,
+        units: &[Range<usize>],
+        batch: u32,
+        clocks: &[Option<u32>],
+    ) -> Option<f64> {
         self.device.predict_s(units, batch, clocks)
     }
 }

@@ -130,7 +130,12 @@ impl SimExecutor {
 
     /// Noise-free predicted time of `units` at `batch` when each runs at `clocks[i]` MHz
     /// (`None`: the GPU's default clock under load), for deadline checks before dispatch.
-    pub fn estimate_s(&mut self, units: &[Range<usize>], batch: u32, clocks: &[Option<u32>]) -> f64 {
+    pub fn estimate_s(
+        &mut self,
+        units: &[Range<usize>],
+        batch: u32,
+        clocks: &[Option<u32>],
+    ) -> f64 {
         let default = self.device.lock().profile().default_clock_under_load_mhz();
         units
             .iter()
@@ -190,7 +195,12 @@ impl Executor for SimExecutor {
             units: records,
         })
     }
-    fn predict_s(&mut self, units: &[Range<usize>], batch: u32, clocks: &[Option<u32>]) -> Option<f64> {
+    fn predict_s(
+        &mut self,
+        units: &[Range<usize>],
+        batch: u32,
+        clocks: &[Option<u32>],
+    ) -> Option<f64> {
         Some(self.estimate_s(units, batch, clocks))
     }
 }

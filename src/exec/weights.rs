@@ -424,7 +424,10 @@ mod tests {
         let x = b.input();
         b.conv("extra", x, Conv::new(1, 1)).unwrap();
         let err = Weights::from_safetensors(&b.finish().unwrap(), &bytes).unwrap_err();
-        assert!(err.to_string().contains("missing tensor extra.weight"), "{err}");
+        assert!(
+            err.to_string().contains("missing tensor extra.weight"),
+            "{err}"
+        );
 
         assert!(Weights::from_safetensors(&g, b"garbage").is_err());
     }

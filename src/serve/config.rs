@@ -31,7 +31,10 @@ impl ServeConfig {
         let want = format!("{GROUP}/{VERSION}");
         let heads: Vec<TypeHead> = serde_saphyr::from_multiple(text)
             .map_err(|e| ServeError::Config(format!("not YAML objects: {e}")))?;
-        if let Some(h) = heads.iter().find(|h| h.api_version != want || h.kind != "InferenceService") {
+        if let Some(h) = heads
+            .iter()
+            .find(|h| h.api_version != want || h.kind != "InferenceService")
+        {
             return Err(ServeError::Config(format!(
                 "documents must be {want} InferenceService objects, found {} {}",
                 h.api_version, h.kind
@@ -43,15 +46,21 @@ impl ServeConfig {
         for d in &docs {
             let name = d.name_any();
             if name.is_empty() {
-                return Err(ServeError::Config("an InferenceService has no metadata.name".into()));
+                return Err(ServeError::Config(
+                    "an InferenceService has no metadata.name".into(),
+                ));
             }
             if !names.insert(name.clone()) {
-                return Err(ServeError::Config(format!("two InferenceServices are named {name}")));
+                return Err(ServeError::Config(format!(
+                    "two InferenceServices are named {name}"
+                )));
             }
             check_spec(&name, &d.spec)?;
         }
         if docs.is_empty() {
-            return Err(ServeError::Config("the file holds no InferenceService".into()));
+            return Err(ServeError::Config(
+                "the file holds no InferenceService".into(),
+            ));
         }
         Ok(Self { services: docs })
     }
@@ -78,13 +87,22 @@ fn check_spec(name: &str, s: &InferenceServiceSpec) -> Result<(), ServeError> {
         return bad("set exactly one of model.zoo and model.uri".into());
     }
     if !(1..=60_000).contains(&s.slo.latency_ms) {
-        return bad(format!("slo.latencyMs {} is outside 1-60000", s.slo.latency_ms));
+        return bad(format!(
+            "slo.latencyMs {} is outside 1-60000",
+            s.slo.latency_ms
+        ));
     }
     if !(50.0..=99.99).contains(&s.slo.percentile) {
-        return bad(format!("slo.percentile {} is outside 50-99.99", s.slo.percentile));
+        return bad(format!(
+            "slo.percentile {} is outside 50-99.99",
+            s.slo.percentile
+        ));
     }
     if !(1..=1024).contains(&s.max_batch_size) {
-        return bad(format!("maxBatchSize {} is outside 1-1024", s.max_batch_size));
+        return bad(format!(
+            "maxBatchSize {} is outside 1-1024",
+            s.max_batch_size
+        ));
     }
     Ok(())
 }
@@ -135,12 +153,25 @@ spec:
     #[test]
     fn refuses_what_the_api_server_would() {
         let dup = format!("{TWO}---\n{}", TWO.split("---").next().unwrap());
-        assert!(ServeConfig::from_yaml(&dup).unwrap_err().to_string().contains("two InferenceServices"));
+        assert!(
+            ServeConfig::from_yaml(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("two InferenceServices")
+        );
         let both = TWO.replace("{zoo: resnet50}", "{zoo: resnet50, uri: 'file:///m.json'}");
-        assert!(ServeConfig::from_yaml(&both).unwrap_err().to_string().contains("exactly one"));
+        assert!(
+            ServeConfig::from_yaml(&both)
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
         let slow = TWO.replace("latencyMs: 50", "latencyMs: 0");
         assert!(ServeConfig::from_yaml(&slow).is_err());
-        let kind = TWO.replace("kind: InferenceService\nmetadata:\n  name: mobile", "kind: Pod\nmetadata:\n  name: mobile");
+        let kind = TWO.replace(
+            "kind: InferenceService\nmetadata:\n  name: mobile",
+            "kind: Pod\nmetadata:\n  name: mobile",
+        );
         assert!(ServeConfig::from_yaml(&kind).is_err());
         assert!(ServeConfig::from_yaml("").is_err());
     }

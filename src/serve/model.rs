@@ -164,8 +164,8 @@ impl ModelInfo {
 mod tests {
     use super::*;
     use crate::model::{Conv, GraphBuilder};
-    use crate::serve::oip::json::decode_request;
     use crate::serve::oip::ErrorKind;
+    use crate::serve::oip::json::decode_request;
 
     fn info() -> ModelInfo {
         let mut b = GraphBuilder::new("tiny", Shape::new(1, 2, 2));
@@ -221,9 +221,20 @@ mod tests {
         r.inputs[0].name = "image".into();
         assert!(m.admit(r).unwrap_err().message.contains("no input 'image'"));
         let mut r = req("[1,1,2,2]", "FP32", 4);
-        r.outputs.push(crate::serve::oip::RequestedOutput { name: "probs".into(), parameters: Default::default() });
-        assert!(m.admit(r).unwrap_err().message.contains("no output 'probs'"));
+        r.outputs.push(crate::serve::oip::RequestedOutput {
+            name: "probs".into(),
+            parameters: Default::default(),
+        });
+        assert!(
+            m.admit(r)
+                .unwrap_err()
+                .message
+                .contains("no output 'probs'")
+        );
         assert!(m.check_version(Some("1")).is_ok());
-        assert_eq!(m.check_version(Some("2")).unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(
+            m.check_version(Some("2")).unwrap_err().kind,
+            ErrorKind::NotFound
+        );
     }
 }

@@ -80,9 +80,12 @@ impl Slot {
             if c.remaining == 0
                 && let Some(tx) = c.tx.take()
             {
-                let outputs = c
-                    .computed
-                    .then(|| c.outputs.iter_mut().flat_map(|o| o.take().unwrap_or_default()).collect());
+                let outputs = c.computed.then(|| {
+                    c.outputs
+                        .iter_mut()
+                        .flat_map(|o| o.take().unwrap_or_default())
+                        .collect()
+                });
                 let _ = tx.send(Ok(RequestDone {
                     outputs,
                     batch: c.batch,
@@ -159,7 +162,11 @@ impl Queue {
     }
 
     /// Waits for a submission or `timeout`, whichever comes first.
-    pub fn wait<'a>(&self, guard: MutexGuard<'a, State>, timeout: Duration) -> MutexGuard<'a, State> {
+    pub fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, State>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, State> {
         match self.cv.wait_timeout(guard, timeout) {
             Ok((g, _)) => g,
             Err(e) => e.into_inner().0,
@@ -241,20 +248,38 @@ mod tests {
         let (js, mut rx) = jobs(2);
         let mut it = js.into_iter();
         let (first, second) = (it.next().unwrap(), it.next().unwrap());
-        second.slot.complete(SampleDone { output: Some(vec![2.0]), batch: 4 });
+        second.slot.complete(SampleDone {
+            output: Some(vec![2.0]),
+            batch: 4,
+        });
         assert!(rx.try_recv().is_err());
-        first.slot.complete(SampleDone { output: Some(vec![1.0]), batch: 2 });
+        first.slot.complete(SampleDone {
+            output: Some(vec![1.0]),
+            batch: 2,
+        });
         let done = rx.try_recv().unwrap().unwrap();
-        assert_eq!(done, RequestDone { outputs: Some(vec![1.0, 2.0]), batch: 4 });
+        assert_eq!(
+            done,
+            RequestDone {
+                outputs: Some(vec![1.0, 2.0]),
+                batch: 4
+            }
+        );
 
         let (js, mut rx) = jobs(2);
         let mut it = js.into_iter();
         it.next().unwrap().slot.fail(OipError::internal("boom"));
-        it.next().unwrap().slot.complete(SampleDone { output: None, batch: 1 });
+        it.next().unwrap().slot.complete(SampleDone {
+            output: None,
+            batch: 1,
+        });
         assert_eq!(rx.try_recv().unwrap().unwrap_err().message, "boom");
 
         let (js, mut rx) = jobs(1);
-        js.into_iter().next().unwrap().slot.complete(SampleDone { output: None, batch: 1 });
+        js.into_iter().next().unwrap().slot.complete(SampleDone {
+            output: None,
+            batch: 1,
+        });
         assert_eq!(rx.try_recv().unwrap().unwrap().outputs, None);
     }
 }

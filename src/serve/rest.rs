@@ -16,7 +16,9 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use super::model::OUTPUT_NAME;
-use super::oip::json::{HEADER_CONTENT_LENGTH, decode_request, encode_response, error_body, wants_binary};
+use super::oip::json::{
+    HEADER_CONTENT_LENGTH, decode_request, encode_response, error_body, wants_binary,
+};
 use super::oip::{ErrorKind, OipError};
 use super::state::AppState;
 use crate::telemetry::METRICS_CONTENT_TYPE;
@@ -28,9 +30,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(model_metadata_v))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata_v),
+        )
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_v))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready_v),
+        )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
         .route("/metrics", get(metrics))
@@ -44,8 +52,10 @@ type St = State<Arc<AppState>>;
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut r = (status, body).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -54,7 +64,8 @@ pub fn error_response(e: &OipError) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = json_response(status, error_body(&e.message));
     if let Some(s) = e.retry_after_s {
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
     r
 }
@@ -74,7 +85,11 @@ async fn live() -> Response {
 
 async fn ready(State(s): St) -> Response {
     let ready = s.is_ready();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     json_response(status, json!({ "ready": ready }).to_string().into_bytes())
 }
 
@@ -87,8 +102,14 @@ async fn model_metadata_v(State(s): St, Path((name, version)): Path<(String, Str
 }
 
 fn metadata_of(s: &AppState, name: &str, version: Option<&str>) -> Response {
-    match s.model(name).and_then(|m| m.info.check_version(version).map(|_| m)) {
-        Ok(m) => json_response(StatusCode::OK, m.info.metadata_json().to_string().into_bytes()),
+    match s
+        .model(name)
+        .and_then(|m| m.info.check_version(version).map(|_| m))
+    {
+        Ok(m) => json_response(
+            StatusCode::OK,
+            m.info.metadata_json().to_string().into_bytes(),
+        ),
         Err(e) => error_response(&e),
     }
 }
@@ -103,10 +124,17 @@ async fn model_ready_v(State(s): St, Path((name, version)): Path<(String, String
 
 fn ready_of(s: &AppState, name: &str, version: Option<&str>) -> Response {
     match s.model_ready(name, version) {
-        Ok(true) => json_response(StatusCode::OK, json!({"name": name, "ready": true}).to_string().into_bytes()),
+        Ok(true) => json_response(
+            StatusCode::OK,
+            json!({"name": name, "ready": true})
+                .to_string()
+                .into_bytes(),
+        ),
         Ok(false) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"name": name, "ready": false}).to_string().into_bytes(),
+            json!({"name": name, "ready": false})
+                .to_string()
+                .into_bytes(),
         ),
         Err(e) => error_response(&e),
     }
@@ -126,7 +154,11 @@ async fn infer_v(
 }
 
 /// Reads the body up to the configured limit (413 beyond it).
-async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, OipError> {
+async fn read_body(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, OipError> {
     let limit = s.max_body_bytes;
     let too_large = || {
         OipError::new(
@@ -144,7 +176,9 @@ async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<byte
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(OipError::bad_request(format!("cannot read the request body: {e}"))),
+        Err(e) => Err(OipError::bad_request(format!(
+            "cannot read the request body: {e}"
+        ))),
     }
 }
 
@@ -171,7 +205,9 @@ async fn infer_common(
                 v.to_str()
                     .ok()
                     .and_then(|v| v.trim().parse::<usize>().ok())
-                    .ok_or_else(|| OipError::bad_request("Inference-Header-Content-Length is not a number"))?,
+                    .ok_or_else(|| {
+                        OipError::bad_request("Inference-Header-Content-Length is not a number")
+                    })?,
             ),
         };
         let bytes = read_body(&s, &headers, body).await?;
@@ -193,11 +229,17 @@ async fn infer_common(
             let h = r.headers_mut();
             match json_len {
                 Some(n) => {
-                    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
                     h.insert(HEADER_CONTENT_LENGTH, HeaderValue::from(n));
                 }
                 None => {
-                    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
                 }
             }
             r
@@ -208,8 +250,10 @@ async fn infer_common(
 
 async fn metrics(State(s): St) -> Response {
     let mut r = (StatusCode::OK, s.metrics.render()).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(METRICS_CONTENT_TYPE),
+    );
     r
 }
 

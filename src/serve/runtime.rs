@@ -11,10 +11,12 @@ use kube::ResourceExt;
 use super::ServeError;
 use super::model::ModelInfo;
 use super::worker::{BuiltPolicy, PolicyFactory, Timebase};
-use crate::exec::{CpuExecutor, DeviceClock, Executor, Paired, SimDevice, SimExecutor, Weights, ZeroCost};
+use crate::exec::{
+    CpuExecutor, DeviceClock, Executor, Paired, SimDevice, SimExecutor, Weights, ZeroCost,
+};
 use crate::gpu::sim::SimGpu;
-use crate::k8s::crd::{InferenceService, Policy as SpecPolicy};
-use crate::model::zoo;
+use crate::k8s::crd::{InferenceService, ModelFormat, ModelRef, Policy as SpecPolicy};
+use crate::model::{Graph, zoo};
 use crate::sim::baselines::{TritonConfig, TritonMaxClock};
 use crate::sim::bench::policies::{self, PolicyId};
 use crate::sim::bench::{Testbed, predicted_costs};
@@ -51,6 +53,27 @@ pub struct Prepared {
     pub policy: PolicyFactory,
 }
 
+/// The graph of a model reference: a zoo model, or an EALI graph IR JSON file (`file://`).
+fn load_graph(m: &ModelRef) -> Result<Graph, String> {
+    if let Some(z) = &m.zoo {
+        return zoo::build(z).map_err(|e| e.to_string());
+    }
+    let uri = m.uri.as_deref().unwrap_or_default();
+    let path = uri
+        .strip_prefix("file://")
+        .ok_or_else(|| format!("model.uri {uri}: only file:// is supported"))?;
+    if !matches!(m.format, None | Some(ModelFormat::EaliJson)) {
+        return Err(format!(
+            "model.uri {uri}: only the ealiJson format is supported"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let g: Graph =
+        serde_json::from_str(&text).map_err(|e| format!("{path}: not an EALI graph: {e}"))?;
+    g.validate().map_err(|e| format!("{path}: {e}"))?;
+    Ok(g)
+}
+
 fn policy_id(p: SpecPolicy) -> PolicyId {
     match p {
         SpecPolicy::Eali => PolicyId::Eali,
@@ -68,16 +91,14 @@ pub fn prepare(
 ) -> Result<Prepared, ServeError> {
     let spec = &isvc.spec;
     let name = isvc.name_any();
-    let zoo_name = spec.model.zoo.clone().ok_or_else(|| {
-        ServeError::Config(format!(
-            "{name}: model.uri is not supported by `eali serve` yet; use a model.zoo name (see `eali models`)"
-        ))
-    })?;
     let slo_s = f64::from(spec.slo.latency_ms) / 1000.0;
     let percentile = spec.slo.percentile / 100.0;
-    let setup = |e: String| ServeError::Model { name: name.clone(), reason: e };
+    let setup = |e: String| ServeError::Model {
+        name: name.clone(),
+        reason: e,
+    };
     if opts.zero_cost {
-        let graph = Arc::new(zoo::build(&zoo_name).map_err(|e| setup(e.to_string()))?);
+        let graph = Arc::new(load_graph(&spec.model).map_err(setup)?);
         let info = Arc::new(ModelInfo {
             name: name.clone(),
             namespace: isvc.namespace().unwrap_or_else(|| "default".into()),
@@ -105,9 +126,22 @@ pub fn prepare(
             policy: factory,
         });
     }
-    let gpu = spec.gpu.profile.clone().unwrap_or_else(|| opts.default_gpu.clone());
-    let bed = Testbed::new(&zoo_name, &gpu, spec.max_batch_size, opts.seed, &predicted_costs)
-        .map_err(|e| setup(e.to_string()))?;
+    let zoo_name = spec.model.zoo.clone().ok_or_else(|| {
+        setup("model.uri is served only with --zero-cost so far; the simulated GPU needs a model.zoo name (see `eali models`)".into())
+    })?;
+    let gpu = spec
+        .gpu
+        .profile
+        .clone()
+        .unwrap_or_else(|| opts.default_gpu.clone());
+    let bed = Testbed::new(
+        &zoo_name,
+        &gpu,
+        spec.max_batch_size,
+        opts.seed,
+        &predicted_costs,
+    )
+    .map_err(|e| setup(e.to_string()))?;
     let graph = Arc::new(bed.graph.clone());
     let info = Arc::new(ModelInfo {
         name: name.clone(),
@@ -118,7 +152,11 @@ pub fn prepare(
         percentile,
     });
     let device = SimDevice::new(
-        SimGpu::new(bed.profile.clone(), index, opts.seed.wrapping_add(u64::from(index))),
+        SimGpu::new(
+            bed.profile.clone(),
+            index,
+            opts.seed.wrapping_add(u64::from(index)),
+        ),
         DeviceClock::Wall(timebase.epoch),
     );
     let sim = SimExecutor::new(device.clone(), graph.clone());
@@ -129,7 +167,8 @@ pub fn prepare(
                 Some(p) => Weights::load(&graph, p).map_err(|e| setup(e.to_string()))?,
                 None => Weights::seeded(&graph, opts.seed),
             };
-            let cpu = CpuExecutor::new(graph.clone(), Arc::new(weights)).map_err(|e| setup(e.to_string()))?;
+            let cpu = CpuExecutor::new(graph.clone(), Arc::new(weights))
+                .map_err(|e| setup(e.to_string()))?;
             Box::new(Paired {
                 device: sim,
                 compute: cpu,
@@ -146,7 +185,9 @@ pub fn prepare(
             _ => None,
         };
         let unit_names = match chain {
-            Some(c) if c.len() == policy.units().len() => c.names().iter().map(|s| s.to_string()).collect(),
+            Some(c) if c.len() == policy.units().len() => {
+                c.names().iter().map(|s| s.to_string()).collect()
+            }
             _ if policy.units().len() == 1 => vec!["model".to_string()],
             _ => Vec::new(),
         };

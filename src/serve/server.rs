@@ -54,9 +54,10 @@ impl Server {
         let mut workers = Vec::new();
         for (i, isvc) in config.services.iter().enumerate() {
             let (isvc, ropts) = (isvc.clone(), opts.runtime.clone());
-            let prepared = tokio::task::spawn_blocking(move || prepare(&isvc, i as u32, &ropts, timebase))
-                .await
-                .map_err(|e| ServeError::Worker(e.to_string()))??;
+            let prepared =
+                tokio::task::spawn_blocking(move || prepare(&isvc, i as u32, &ropts, timebase))
+                    .await
+                    .map_err(|e| ServeError::Worker(e.to_string()))??;
             let name = config.services[i].name_any();
             let queue = Arc::new(Queue::new(opts.queue_capacity));
             let executor = prepared.executor.name();

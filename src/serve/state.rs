@@ -53,7 +53,11 @@ impl AppState {
 
     /// Every model's worker is up and the server is not draining.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.models.values().all(|m| m.stats.ready.load(Ordering::Relaxed))
+        !self.is_draining()
+            && self
+                .models
+                .values()
+                .all(|m| m.stats.ready.load(Ordering::Relaxed))
     }
 
     pub fn model_ready(&self, name: &str, version: Option<&str>) -> Result<bool, OipError> {
@@ -64,7 +68,11 @@ impl AppState {
 
     /// Counts a request refused before it reached a model (malformed body, too large).
     pub fn count_refused(&self, model: &str, err: &OipError) {
-        let label = if self.models.contains_key(model) { model } else { UNKNOWN_MODEL };
+        let label = if self.models.contains_key(model) {
+            model
+        } else {
+            UNKNOWN_MODEL
+        };
         self.metrics.request(label, outcome_of(err));
     }
 
@@ -77,16 +85,26 @@ impl AppState {
         started: Instant,
     ) -> Result<InferResponse, OipError> {
         let result = self.infer_inner(model, version, req).await;
-        let label = if self.models.contains_key(model) { model } else { UNKNOWN_MODEL };
+        let label = if self.models.contains_key(model) {
+            model
+        } else {
+            UNKNOWN_MODEL
+        };
         match &result {
             Ok(_) => {
                 let secs = started.elapsed().as_secs_f64();
                 self.metrics.request(label, outcome::OK);
-                self.metrics.request_seconds.with_label_values(&[label]).observe(secs);
+                self.metrics
+                    .request_seconds
+                    .with_label_values(&[label])
+                    .observe(secs);
                 if let Some(m) = self.models.get(model)
                     && secs > m.info.slo_s
                 {
-                    self.metrics.slo_violations.with_label_values(&[label]).inc();
+                    self.metrics
+                        .slo_violations
+                        .with_label_values(&[label])
+                        .inc();
                 }
             }
             Err(e) => self.metrics.request(label, outcome_of(e)),
@@ -136,7 +154,11 @@ impl AppState {
             Err(SubmitError::Draining) => return Err(draining()),
             Err(SubmitError::Full { queued }) => {
                 let rate = m.stats.throughput();
-                let wait = if rate > 0.0 { queued as f64 / rate } else { 1.0 };
+                let wait = if rate > 0.0 {
+                    queued as f64 / rate
+                } else {
+                    1.0
+                };
                 let mut e = OipError::new(
                     ErrorKind::QueueFull,
                     format!("model '{model}' queue is full ({queued} waiting); retry later"),

@@ -195,7 +195,9 @@ impl Worker {
             .as_ref()
             .map_or_else(|| "none".to_string(), |d| d.lock().info().uuid.clone());
         let m = &s.metrics;
-        m.slo_seconds.with_label_values(&[&s.info.name]).set(s.info.slo_s);
+        m.slo_seconds
+            .with_label_values(&[&s.info.name])
+            .set(s.info.slo_s);
         m.slo_percentile
             .with_label_values(&[&s.info.name])
             .set(s.info.percentile);
@@ -288,9 +290,10 @@ impl Worker {
             }
             let now = self.now_s();
             // Requests already past their deadline are answered now, whatever the policy says.
-            let (expired, kept): (Vec<Job>, Vec<Job>) = q.jobs.drain(..).partition(|j| j.deadline_s < now);
-            q.jobs.extend(kept);
-            if !expired.is_empty() {
+            if q.jobs.iter().any(|j| j.deadline_s < now) {
+                let (expired, kept): (Vec<Job>, Vec<Job>) =
+                    q.jobs.drain(..).partition(|j| j.deadline_s < now);
+                q.jobs.extend(kept);
                 drop(q);
                 reject_late(expired);
                 continue;
@@ -404,7 +407,10 @@ impl Worker {
         let start = self.now_s();
         let e0 = self.device.as_ref().and_then(|d| d.lock().energy_mj().ok());
         if let Some(mj) = e0 {
-            let clock = self.device.as_ref().map_or(0, |d| d.current_mhz().unwrap_or(0));
+            let clock = self
+                .device
+                .as_ref()
+                .map_or(0, |d| d.current_mhz().unwrap_or(0));
             self.counter_read(start, mj, clock);
         }
         for call in &plan.set_calls {
@@ -427,7 +433,10 @@ impl Worker {
                 units: &units,
             };
             // The executor is moved out for the call so the hook can borrow the worker.
-            let mut exec = std::mem::replace(&mut hook.worker.executor, Box::new(crate::exec::ZeroCost::new()));
+            let mut exec = std::mem::replace(
+                &mut hook.worker.executor,
+                Box::new(crate::exec::ZeroCost::new()),
+            );
             let r = exec.run_batch(&req, &mut hook);
             hook.worker.executor = exec;
             r
@@ -438,7 +447,8 @@ impl Worker {
             Err(e) => {
                 tracing::error!(model = %self.info.name, error = %e, batch, "batch failed");
                 for j in jobs {
-                    j.slot.fail(OipError::internal(format!("batch failed: {e}")));
+                    j.slot
+                        .fail(OipError::internal(format!("batch failed: {e}")));
                 }
                 return;
             }
@@ -461,15 +471,21 @@ impl Worker {
             .batch_size
             .with_label_values(&[&self.info.name])
             .observe(f64::from(batch));
-        let energy_j = match (e0, self.device.as_ref().and_then(|d| d.lock().energy_mj().ok())) {
+        let energy_j = match (
+            e0,
+            self.device.as_ref().and_then(|d| d.lock().energy_mj().ok()),
+        ) {
             (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1000.0,
             _ => 0.0,
         };
         let exec_s = (run.end_s - run.start_s).max(1e-9);
         let rate = f64::from(batch) / exec_s;
         let prev = self.stats.throughput();
-        self.stats
-            .set_throughput(if prev > 0.0 { 0.8 * prev + 0.2 * rate } else { rate });
+        self.stats.set_throughput(if prev > 0.0 {
+            0.8 * prev + 0.2 * rate
+        } else {
+            rate
+        });
         let done = BatchDone {
             start_s: run.start_s,
             end_s: run.end_s,

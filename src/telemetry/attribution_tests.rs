@@ -60,8 +60,14 @@ fn power_model_interpolates_batches_and_picks_the_nearest_clock() {
         layers: vec!["a".into(), "b".into()],
         batches: vec![1, 4],
         clocks_mhz: vec![500, 1000],
-        time_s: vec![vec![vec![2.0, 1.0], vec![8.0, 4.0]], vec![vec![1.0, 1.0], vec![1.0, 1.0]]],
-        energy_j: vec![vec![vec![20.0, 30.0], vec![80.0, 120.0]], vec![vec![10.0, 10.0], vec![10.0, 10.0]]],
+        time_s: vec![
+            vec![vec![2.0, 1.0], vec![8.0, 4.0]],
+            vec![vec![1.0, 1.0], vec![1.0, 1.0]],
+        ],
+        energy_j: vec![
+            vec![vec![20.0, 30.0], vec![80.0, 120.0]],
+            vec![vec![10.0, 10.0], vec![10.0, 10.0]],
+        ],
         idle_power_w: vec![30.0, 40.0],
         batch_overhead_s: vec![0.0, 0.0],
     };
@@ -95,10 +101,18 @@ impl Feed<'_> {
 
 impl UnitHook for Feed<'_> {
     fn unit_end(&mut self, r: &UnitRecord) {
-        let s = self.model.segment(self.units[r.unit].clone(), self.batch, r.clock_mhz, r.start_s, r.end_s);
+        let s = self.model.segment(
+            self.units[r.unit].clone(),
+            self.batch,
+            r.clock_mhz,
+            r.start_s,
+            r.end_s,
+        );
         self.attr.busy(s);
         let idle = self.model.idle_w(r.clock_mhz);
-        let a = self.attr.reading(r.end_s, r.energy_counter_mj.unwrap_or(0), idle);
+        let a = self
+            .attr
+            .reading(r.end_s, r.energy_counter_mj.unwrap_or(0), idle);
         self.take(a);
     }
 }
@@ -114,7 +128,9 @@ fn per_unit_energy_within_five_percent_of_ground_truth() {
     // Eight units of about equal layer count.
     let cuts: Vec<usize> = (0..=8).map(|i| i * n / 8).collect();
     let units: Vec<Range<usize>> = cuts.windows(2).map(|w| w[0]..w[1]).collect();
-    let unit_of_layer: Vec<usize> = (0..n).map(|l| units.iter().position(|u| u.contains(&l)).unwrap()).collect();
+    let unit_of_layer: Vec<usize> = (0..n)
+        .map(|l| units.iter().position(|u| u.contains(&l)).unwrap())
+        .collect();
 
     let device = SimDevice::new(SimGpu::new(profile.clone(), 0, 5), DeviceClock::Virtual);
     let mut exec = SimExecutor::new(device.clone(), graph.clone());
@@ -146,7 +162,14 @@ fn per_unit_energy_within_five_percent_of_ground_truth() {
             unit_of_layer: &unit_of_layer,
         };
         let run = exec
-            .run_batch(&BatchRequest { batch, input: None, units: &units }, &mut feed)
+            .run_batch(
+                &BatchRequest {
+                    batch,
+                    input: None,
+                    units: &units,
+                },
+                &mut feed,
+            )
             .unwrap();
         for r in &run.units {
             truth_j[r.unit] += r.truth_energy_j.unwrap();
@@ -165,6 +188,10 @@ fn per_unit_energy_within_five_percent_of_ground_truth() {
     }
     for (u, (a, t)) in attributed.iter().zip(&truth_j).enumerate() {
         let err = (a / t - 1.0).abs();
-        assert!(err < 0.05, "unit {u}: attributed {a:.3} J, truth {t:.3} J ({:.1} %)", 100.0 * err);
+        assert!(
+            err < 0.05,
+            "unit {u}: attributed {a:.3} J, truth {t:.3} J ({:.1} %)",
+            100.0 * err
+        );
     }
 }

@@ -71,43 +71,89 @@ impl Metrics {
         let batch_buckets = (0..=10).map(|i| f64::from(1u32 << i)).collect();
         let m = Self {
             requests: IntCounterVec::new(
-                opts("eali_requests_total", "Infer requests by outcome (ok, bad_request, not_found, too_large, queue_full, deadline, draining, error)."),
+                opts(
+                    "eali_requests_total",
+                    "Infer requests by outcome (ok, bad_request, not_found, too_large, queue_full, deadline, draining, error).",
+                ),
                 &["model", "outcome"],
             )?,
             request_seconds: HistogramVec::new(
-                HistogramOpts::new("eali_request_duration_seconds", "Infer request latency from receipt to response, successful requests.")
-                    .buckets(latency_buckets),
+                HistogramOpts::new(
+                    "eali_request_duration_seconds",
+                    "Infer request latency from receipt to response, successful requests.",
+                )
+                .buckets(latency_buckets),
                 model,
             )?,
             batch_size: HistogramVec::new(
-                HistogramOpts::new("eali_batch_size", "Requests per executed batch.").buckets(batch_buckets),
+                HistogramOpts::new("eali_batch_size", "Requests per executed batch.")
+                    .buckets(batch_buckets),
                 model,
             )?,
-            queue_depth: IntGaugeVec::new(opts("eali_queue_depth", "Requests waiting in the model's queue."), model)?,
-            slo_seconds: GaugeVec::new(opts("eali_slo_latency_seconds", "Latency SLO target."), model)?,
-            slo_percentile: GaugeVec::new(opts("eali_slo_percentile", "Percentile the SLO applies to (0-1)."), model)?,
+            queue_depth: IntGaugeVec::new(
+                opts("eali_queue_depth", "Requests waiting in the model's queue."),
+                model,
+            )?,
+            slo_seconds: GaugeVec::new(
+                opts("eali_slo_latency_seconds", "Latency SLO target."),
+                model,
+            )?,
+            slo_percentile: GaugeVec::new(
+                opts(
+                    "eali_slo_percentile",
+                    "Percentile the SLO applies to (0-1).",
+                ),
+                model,
+            )?,
             slo_violations: IntCounterVec::new(
-                opts("eali_slo_violations_total", "Successful requests slower than the SLO latency."),
+                opts(
+                    "eali_slo_violations_total",
+                    "Successful requests slower than the SLO latency.",
+                ),
                 model,
             )?,
             saturated: IntGaugeVec::new(
-                opts("eali_saturated", "1 while the scheduler cannot meet the SLO at the observed load."),
+                opts(
+                    "eali_saturated",
+                    "1 while the scheduler cannot meet the SLO at the observed load.",
+                ),
                 model,
             )?,
-            gpu_energy: CounterVec::new(opts("eali_gpu_energy_joules_total", "GPU energy counter since the server started."), gpu)?,
+            gpu_energy: CounterVec::new(
+                opts(
+                    "eali_gpu_energy_joules_total",
+                    "GPU energy counter since the server started.",
+                ),
+                gpu,
+            )?,
             gpu_idle_energy: CounterVec::new(
-                opts("eali_gpu_idle_energy_joules_total", "Counted GPU energy attributed to idle time between units."),
+                opts(
+                    "eali_gpu_idle_energy_joules_total",
+                    "Counted GPU energy attributed to idle time between units.",
+                ),
                 gpu,
             )?,
             gpu_power: GaugeVec::new(opts("eali_gpu_power_watts", "GPU board power."), gpu)?,
             clock_target: GaugeVec::new(
-                opts("eali_gpu_clock_target_hertz", "Graphics clock last requested (0 = GPU default)."),
+                opts(
+                    "eali_gpu_clock_target_hertz",
+                    "Graphics clock last requested (0 = GPU default).",
+                ),
                 gpu,
             )?,
-            clock_actual: GaugeVec::new(opts("eali_gpu_clock_hertz", "Graphics clock in force."), gpu)?,
-            clock_switches: IntCounterVec::new(opts("eali_gpu_clock_switches_total", "Clock set-calls issued."), gpu)?,
+            clock_actual: GaugeVec::new(
+                opts("eali_gpu_clock_hertz", "Graphics clock in force."),
+                gpu,
+            )?,
+            clock_switches: IntCounterVec::new(
+                opts("eali_gpu_clock_switches_total", "Clock set-calls issued."),
+                gpu,
+            )?,
             layer_energy: CounterVec::new(
-                opts("eali_layer_energy_joules_total", "GPU energy attributed to each layer: the energy counter over unit windows, split by the power model."),
+                opts(
+                    "eali_layer_energy_joules_total",
+                    "GPU energy attributed to each layer: the energy counter over unit windows, split by the power model.",
+                ),
                 &["namespace", "service", "model", "unit", "layer"],
             )?,
             registry,

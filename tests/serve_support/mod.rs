@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use eali::k8s::crd::{GpuSelector, InferenceServiceSpec, ModelRef, Policy, PodResources, Replicas, Slo};
+use eali::k8s::crd::{
+    GpuSelector, InferenceServiceSpec, ModelRef, PodResources, Policy, Replicas, Slo,
+};
 use eali::serve::state::AppState;
 use eali::serve::{Compute, RuntimeOptions, ServeConfig, ServeError, ServeOptions, Server};
 use http_body_util::{BodyExt, Full};
@@ -17,12 +19,22 @@ use hyper_util::rt::TokioExecutor;
 
 pub fn spec(zoo: &str, slo_ms: u32, max_batch: u32, policy: Policy) -> InferenceServiceSpec {
     InferenceServiceSpec {
-        model: ModelRef { zoo: Some(zoo.into()), uri: None, format: None },
-        slo: Slo { latency_ms: slo_ms, percentile: 99.0 },
+        model: ModelRef {
+            zoo: Some(zoo.into()),
+            uri: None,
+            format: None,
+        },
+        slo: Slo {
+            latency_ms: slo_ms,
+            percentile: 99.0,
+        },
         max_batch_size: max_batch,
         replicas: Replicas::default(),
         policy,
-        gpu: GpuSelector { profile: Some("v100-sxm2".into()), ..GpuSelector::default() },
+        gpu: GpuSelector {
+            profile: Some("v100-sxm2".into()),
+            ..GpuSelector::default()
+        },
         resources: PodResources::default(),
         image: None,
     }
@@ -63,7 +75,13 @@ pub async fn start(name: &str, spec: InferenceServiceSpec, opts: ServeOptions) -
     let task = tokio::spawn(server.run(async {
         let _ = rx.await;
     }));
-    Running { http, grpc, state, stop: Some(tx), task }
+    Running {
+        http,
+        grpc,
+        state,
+        stop: Some(tx),
+        task,
+    }
 }
 
 impl Running {
@@ -109,11 +127,18 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, String)], body: 
     for (k, v) in headers {
         b = b.header(*k, v);
     }
-    let resp = client().request(b.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+    let resp = client()
+        .request(b.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub async fn get(url: &str) -> Reply {
@@ -121,7 +146,13 @@ pub async fn get(url: &str) -> Reply {
 }
 
 pub async fn post_json(url: &str, body: &serde_json::Value) -> Reply {
-    request("POST", url, &[("content-type", "application/json".into())], body.to_string().into_bytes()).await
+    request(
+        "POST",
+        url,
+        &[("content-type", "application/json".into())],
+        body.to_string().into_bytes(),
+    )
+    .await
 }
 
 /// A JSON infer body with one FP32 input of `dims` filled with `fill`.

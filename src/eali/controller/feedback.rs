@@ -19,7 +19,13 @@ pub struct MarginConfig {
 
 impl Default for MarginConfig {
     fn default() -> Self {
-        Self { initial: 0.1, min: 0.05, max: 0.5, violation_target: 0.01, guard_frac: 0.05 }
+        Self {
+            initial: 0.1,
+            min: 0.05,
+            max: 0.5,
+            violation_target: 0.01,
+            guard_frac: 0.05,
+        }
     }
 }
 
@@ -48,7 +54,13 @@ pub struct MarginController {
 impl MarginController {
     pub fn new(cfg: MarginConfig, slo_s: f64, percentile: f64) -> Self {
         let margin = cfg.initial.clamp(cfg.min, cfg.max);
-        Self { cfg, slo_s, percentile, margin, latencies: Vec::new() }
+        Self {
+            cfg,
+            slo_s,
+            percentile,
+            margin,
+            latencies: Vec::new(),
+        }
     }
 
     pub fn margin(&self) -> f64 {
@@ -80,7 +92,13 @@ impl MarginController {
             self.margin = (self.margin - 0.01).max(self.cfg.min);
         }
         self.latencies.clear();
-        Some(MarginUpdate { requests: n, violation_rate: rate, tail_latency_s: tail, margin_before: before, margin_after: self.margin })
+        Some(MarginUpdate {
+            requests: n,
+            violation_rate: rate,
+            tail_latency_s: tail,
+            margin_before: before,
+            margin_after: self.margin,
+        })
     }
 }
 
@@ -96,7 +114,10 @@ const CLAMP: (f64, f64) = (0.25, 4.0);
 
 impl Corrector {
     pub fn new(weight: f64) -> Self {
-        Self { weight: weight.clamp(0.0, 1.0), value: Corrections::default() }
+        Self {
+            weight: weight.clamp(0.0, 1.0),
+            value: Corrections::default(),
+        }
     }
 
     pub fn value(&self) -> Corrections {
@@ -149,7 +170,14 @@ mod tests {
 
     #[test]
     fn comfortable_tail_shrinks_the_margin_by_one_point() {
-        let mut m = MarginController::new(MarginConfig { initial: 0.2, ..MarginConfig::default() }, 0.1, 0.99);
+        let mut m = MarginController::new(
+            MarginConfig {
+                initial: 0.2,
+                ..MarginConfig::default()
+            },
+            0.1,
+            0.99,
+        );
         // Tail 0.05 s < (1 − 0.2)·0.1 − 0.005 = 0.075 s.
         for _ in 0..200 {
             m.record(0.05);
@@ -163,7 +191,14 @@ mod tests {
         let u = m.end_period().unwrap();
         assert_eq!(u.margin_after, u.margin_before);
         // Never below the floor.
-        let mut low = MarginController::new(MarginConfig { initial: 0.05, ..MarginConfig::default() }, 0.1, 0.99);
+        let mut low = MarginController::new(
+            MarginConfig {
+                initial: 0.05,
+                ..MarginConfig::default()
+            },
+            0.1,
+            0.99,
+        );
         low.record(0.001);
         low.end_period();
         assert_eq!(low.margin(), 0.05);
@@ -179,7 +214,11 @@ mod tests {
             // The real GPU is 20 % slower and 10 % hungrier than the model; predictions made
             // with `used` scale accordingly.
             let (raw_t, raw_e) = (0.010, 2.0);
-            c.observe(used, (raw_t * used.time, raw_e * used.energy), (raw_t * 1.2, raw_e * 1.1));
+            c.observe(
+                used,
+                (raw_t * used.time, raw_e * used.energy),
+                (raw_t * 1.2, raw_e * 1.1),
+            );
         }
         assert!((c.value().time - 1.2).abs() < 1e-6);
         assert!((c.value().energy - 1.1).abs() < 1e-6);

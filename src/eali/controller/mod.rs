@@ -64,7 +64,10 @@ impl ControllerConfig {
             planner,
             table: TableConfig::default(),
             rate: RateConfig::default(),
-            margin: MarginConfig { violation_target: 1.0 - planner.percentile, ..MarginConfig::default() },
+            margin: MarginConfig {
+                violation_target: 1.0 - planner.percentile,
+                ..MarginConfig::default()
+            },
             control_period_s: 1.0,
             hysteresis: 0.03,
             correction_weight: 0.2,
@@ -102,7 +105,14 @@ pub struct BatchReport {
 }
 
 impl BatchReport {
-    pub fn new(plan: &Plan, batch: u32, done_at: f64, observed_time_s: f64, observed_energy_j: f64, latencies_s: Vec<f64>) -> Self {
+    pub fn new(
+        plan: &Plan,
+        batch: u32,
+        done_at: f64,
+        observed_time_s: f64,
+        observed_energy_j: f64,
+        latencies_s: Vec<f64>,
+    ) -> Self {
         Self {
             done_at,
             batch,
@@ -167,24 +177,43 @@ impl Controller {
         start_s: f64,
     ) -> Result<Self, EaliError> {
         if chain.len() != unit_costs.num_units() {
-            return Err(EaliError::UnitMismatch { chain: chain.len(), table: unit_costs.num_units() });
+            return Err(EaliError::UnitMismatch {
+                chain: chain.len(),
+                table: unit_costs.num_units(),
+            });
         }
-        if !(config.control_period_s > 0.0 && config.hysteresis >= 0.0 && config.resolve_tolerance >= 0.0) {
-            return Err(EaliError::BadConfig("control period > 0, hysteresis and tolerance ≥ 0".into()));
+        if !(config.control_period_s > 0.0
+            && config.hysteresis >= 0.0
+            && config.resolve_tolerance >= 0.0)
+        {
+            return Err(EaliError::BadConfig(
+                "control period > 0, hysteresis and tolerance ≥ 0".into(),
+            ));
         }
         let switch = SwitchCost::from_latency(&switch_latency);
         let planner = Planner::new(unit_costs, switch, config.planner)?;
-        let table_cfg = TableConfig { z: config.rate.z, window_s: config.rate.window_s, ..config.table.clone() };
+        let table_cfg = TableConfig {
+            z: config.rate.z,
+            window_s: config.rate.window_s,
+            ..config.table.clone()
+        };
         let mut table = PlanTable::new(planner, table_cfg, Corrections::default())?;
         let rate = RateEstimator::new(config.rate, start_s);
-        let margin = MarginController::new(config.margin, config.planner.slo_s, config.planner.percentile);
+        let margin = MarginController::new(
+            config.margin,
+            config.planner.slo_s,
+            config.planner.percentile,
+        );
         let current = table.lookup(rate.estimate(), margin.margin());
         let planned_bucket = table.bucket(rate.estimate());
         Ok(Self {
             planned_bucket,
             corrector: Corrector::new(config.correction_weight),
             next_tick: start_s + config.control_period_s,
-            clock: ClockBelief { at: None, pending: None },
+            clock: ClockBelief {
+                at: None,
+                pending: None,
+            },
             switch,
             stats: ControllerStats::default(),
             last_margin_update: None,
@@ -218,12 +247,19 @@ impl Controller {
             Some(t) if queued > 0 => t,
             _ => {
                 self.note_hold(now, hold);
-                return Action::WaitUntil { until: self.next_tick, hold_clock_mhz: hold };
+                return Action::WaitUntil {
+                    until: self.next_tick,
+                    hold_clock_mhz: hold,
+                };
             }
         };
         if queued >= best.batch || best.saturated {
             let batch = queued.min(best.batch);
-            let plan = if batch == best.batch { best.clone() } else { self.current.for_queue(batch).clone() };
+            let plan = if batch == best.batch {
+                best.clone()
+            } else {
+                self.current.for_queue(batch).clone()
+            };
             return self.dispatch(batch, plan);
         }
         let plan = self.current.for_queue(queued);
@@ -234,7 +270,10 @@ impl Controller {
             return self.dispatch(queued, plan);
         }
         self.note_hold(now, hold);
-        Action::WaitUntil { until: deadline.min(self.next_tick), hold_clock_mhz: hold }
+        Action::WaitUntil {
+            until: deadline.min(self.next_tick),
+            hold_clock_mhz: hold,
+        }
     }
 
     /// A batch finished: feeds α, the margin controller and the clock belief.
@@ -250,7 +289,10 @@ impl Controller {
         for &l in &report.latencies_s {
             self.margin.record(l);
         }
-        self.clock = ClockBelief { at: Some(report.exit_clock_mhz), pending: None };
+        self.clock = ClockBelief {
+            at: Some(report.exit_clock_mhz),
+            pending: None,
+        };
         self.advance(report.done_at);
     }
 
@@ -322,7 +364,9 @@ impl Controller {
     fn sync_corrections(&mut self) {
         let (now, used) = (self.corrector.value(), self.table.corrections());
         let drift = |a: f64, b: f64| (a / b - 1.0).abs();
-        if drift(now.time, used.time) > self.config.resolve_tolerance || drift(now.energy, used.energy) > self.config.resolve_tolerance {
+        if drift(now.time, used.time) > self.config.resolve_tolerance
+            || drift(now.energy, used.energy) > self.config.resolve_tolerance
+        {
             self.table.set_corrections(now);
             self.stats.table_resolves += 1;
         }
@@ -331,7 +375,11 @@ impl Controller {
     /// Picks the plan for the current estimate and margin, with hysteresis.
     fn replan(&mut self) {
         self.stats.replans += 1;
-        let (rate, upper, margin) = (self.rate.estimate(), self.rate.upper(), self.margin.margin());
+        let (rate, upper, margin) = (
+            self.rate.estimate(),
+            self.rate.upper(),
+            self.margin.margin(),
+        );
         self.planned_bucket = self.table.bucket(rate);
         let req = PlanRequest {
             rate,
@@ -358,7 +406,11 @@ impl Controller {
             (None, _) => true,
             (Some(c), _) if !c.feasible || self.current.best.saturated => true,
             (Some(_), None) => false,
-            (Some(c), Some(n)) => n.feasible && n.energy_per_request_j < c.energy_per_request_j * (1.0 - self.config.hysteresis),
+            (Some(c), Some(n)) => {
+                n.feasible
+                    && n.energy_per_request_j
+                        < c.energy_per_request_j * (1.0 - self.config.hysteresis)
+            }
         };
         if adopt {
             self.current = candidate;
@@ -372,7 +424,11 @@ impl Controller {
             Some((target, effective)) if now >= effective => Some(target),
             _ => self.clock.at,
         };
-        if plan.preset_entry && at_now != Some(plan.entry_clock_mhz()) { self.switch.reserve_s } else { 0.0 }
+        if plan.preset_entry && at_now != Some(plan.entry_clock_mhz()) {
+            self.switch.reserve_s
+        } else {
+            0.0
+        }
     }
 
     fn note_hold(&mut self, now: f64, hold: u32) {
@@ -381,10 +437,10 @@ impl Controller {
             None => self.clock.at == Some(hold),
         };
         if !already {
-            if let Some((target, effective)) = self.clock.pending {
-                if now >= effective {
-                    self.clock.at = Some(target);
-                }
+            if let Some((target, effective)) = self.clock.pending
+                && now >= effective
+            {
+                self.clock.at = Some(target);
             }
             self.clock.pending = Some((hold, now + self.switch.lead_s));
         }

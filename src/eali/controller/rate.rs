@@ -99,7 +99,11 @@ impl RateEstimator {
     pub fn window_rate(&mut self, now: f64) -> f64 {
         self.evict(now);
         let span = (now - self.since).min(self.cfg.window_s);
-        if span <= 0.0 { self.estimate } else { self.arrivals.len() as f64 / span }
+        if span <= 0.0 {
+            self.estimate
+        } else {
+            self.arrivals.len() as f64 / span
+        }
     }
 
     /// Control tick: fold the window rate into the EWMA.
@@ -144,8 +148,10 @@ impl RateEstimator {
         let recent = self.arrivals.len() - self.arrivals.partition_point(|&a| a <= from);
         let expected = self.estimate * w;
         let observed = recent as f64;
-        let ratio_hit = observed > expected * self.cfg.change_ratio || observed * self.cfg.change_ratio < expected;
-        let noise_hit = (observed - expected).abs() > self.cfg.change_sigmas * expected.max(1.0).sqrt();
+        let ratio_hit = observed > expected * self.cfg.change_ratio
+            || observed * self.cfg.change_ratio < expected;
+        let noise_hit =
+            (observed - expected).abs() > self.cfg.change_sigmas * expected.max(1.0).sqrt();
         if !(ratio_hit && noise_hit) {
             return None;
         }
@@ -173,7 +179,11 @@ impl RateEstimator {
         self.arrivals.drain(..cut);
         // One mean gap before the first arrival of the new regime, so count/span is unbiased.
         self.since = self.arrivals.front().map_or(now, |&a| a - 1.0 / rate);
-        self.estimate = if after >= FRESH_MIN as f64 { rate } else { (observed / w).max(MIN_RATE) };
+        self.estimate = if after >= FRESH_MIN as f64 {
+            rate
+        } else {
+            (observed / w).max(MIN_RATE)
+        };
         self.seeded = true;
         self.fresh = true;
         Some(rate)

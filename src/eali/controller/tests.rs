@@ -27,7 +27,11 @@ fn costs() -> (UnitChain, UnitCostTable) {
 }
 
 fn switch() -> SwitchLatency {
-    SwitchLatency { call_median_s: 0.0002, total_median_s: 0.001, total_p95_s: 0.0015 }
+    SwitchLatency {
+        call_median_s: 0.0002,
+        total_median_s: 0.001,
+        total_p95_s: 0.0015,
+    }
 }
 
 fn poisson(rate: f64, from: f64, to: f64, seed: u64) -> Vec<f64> {
@@ -60,7 +64,10 @@ fn run(ctl: &mut Controller, arrivals: &[f64], slow: f64, hungry: f64) -> Trace 
     let mut busy: Option<(f64, Vec<f64>, Plan, u32)> = None;
     let mut wake = f64::INFINITY;
     let mut i = 0;
-    let mut trace = Trace { done: Vec::new(), batches: Vec::new() };
+    let mut trace = Trace {
+        done: Vec::new(),
+        batches: Vec::new(),
+    };
     loop {
         let next_arrival = arrivals.get(i).copied().unwrap_or(f64::INFINITY);
         let next_done = busy.as_ref().map_or(f64::INFINITY, |b| b.0);
@@ -73,8 +80,10 @@ fn run(ctl: &mut Controller, arrivals: &[f64], slow: f64, hungry: f64) -> Trace 
             let lat: Vec<f64> = reqs.iter().map(|a| t - a).collect();
             trace.done.extend(lat.iter().map(|l| (t, *l)));
             // The GPU deviates from the raw model, not from the α-corrected prediction.
-            let (obs_t, obs_e) =
-                (plan.exec_time_s / plan.corrections.time * slow, plan.batch_energy_j / plan.corrections.energy * hungry);
+            let (obs_t, obs_e) = (
+                plan.exec_time_s / plan.corrections.time * slow,
+                plan.batch_energy_j / plan.corrections.energy * hungry,
+            );
             let report = BatchReport::new(&plan, n, t, obs_t, obs_e, lat);
             ctl.on_batch_done(&report);
         } else if now == next_arrival {
@@ -89,13 +98,24 @@ fn run(ctl: &mut Controller, arrivals: &[f64], slow: f64, hungry: f64) -> Trace 
             match ctl.next_action(now, queue.len() as u32, oldest) {
                 Action::Dispatch { batch, plan } => {
                     let reqs: Vec<f64> = queue.drain(..batch as usize).collect();
-                    trace.batches.push((now, batch, plan.batch, plan.energy_per_request_j));
-                    busy = Some((now + plan.exec_time_s / plan.corrections.time * slow, reqs, plan, batch));
+                    trace
+                        .batches
+                        .push((now, batch, plan.batch, plan.energy_per_request_j));
+                    busy = Some((
+                        now + plan.exec_time_s / plan.corrections.time * slow,
+                        reqs,
+                        plan,
+                        batch,
+                    ));
                     wake = f64::INFINITY;
                 }
                 Action::WaitUntil { until, .. } => {
                     // With an empty queue, only the next control tick matters.
-                    wake = if queue.is_empty() && i >= arrivals.len() { f64::INFINITY } else { until.max(now) };
+                    wake = if queue.is_empty() && i >= arrivals.len() {
+                        f64::INFINITY
+                    } else {
+                        until.max(now)
+                    };
                 }
             }
         }
@@ -120,16 +140,40 @@ fn reacts_to_a_rate_step() {
     assert_eq!(trace.done.len(), arrivals.len());
     assert!(ctl.stats().rate_changes >= 1, "{:?}", ctl.stats());
     // The estimate follows the new rate and the plan batches more.
-    assert!((ctl.rate_estimate() / high - 1.0).abs() < 0.2, "{} vs {high}", ctl.rate_estimate());
+    assert!(
+        (ctl.rate_estimate() / high - 1.0).abs() < 0.2,
+        "{} vs {high}",
+        ctl.rate_estimate()
+    );
     let batch_at = |from: f64, to: f64| {
-        let v: Vec<u32> = trace.batches.iter().filter(|b| b.0 >= from && b.0 < to).map(|b| b.2).collect();
+        let v: Vec<u32> = trace
+            .batches
+            .iter()
+            .filter(|b| b.0 >= from && b.0 < to)
+            .map(|b| b.2)
+            .collect();
         v.iter().map(|&b| f64::from(b)).sum::<f64>() / v.len().max(1) as f64
     };
-    assert!(batch_at(7.0, 12.0) > batch_at(2.0, 6.0), "{} vs {}", batch_at(7.0, 12.0), batch_at(2.0, 6.0));
+    assert!(
+        batch_at(7.0, 12.0) > batch_at(2.0, 6.0),
+        "{} vs {}",
+        batch_at(7.0, 12.0),
+        batch_at(2.0, 6.0)
+    );
     // Reacted quickly: a larger batch within a quarter second of the step (the short window),
     // well before the next control tick.
-    let before = trace.batches.iter().filter(|b| b.0 < 6.0).map(|b| b.2).next_back().unwrap();
-    let first_larger = trace.batches.iter().find(|b| b.0 >= 6.0 && b.2 > before).map(|b| b.0);
+    let before = trace
+        .batches
+        .iter()
+        .filter(|b| b.0 < 6.0)
+        .map(|b| b.2)
+        .next_back()
+        .unwrap();
+    let first_larger = trace
+        .batches
+        .iter()
+        .find(|b| b.0 >= 6.0 && b.2 > before)
+        .map(|b| b.0);
     assert!(first_larger.is_some_and(|t| t < 6.25), "{first_larger:?}");
     // With an exact model the SLO holds.
     let mut lat: Vec<f64> = trace.done.iter().map(|d| d.1).collect();
@@ -141,7 +185,13 @@ fn reacts_to_a_rate_step() {
 fn partial_batches_wait_until_the_deadline() {
     let (chain, uc) = costs();
     let slo = 0.2;
-    let cap = Planner::new(uc.clone(), SwitchCost::from_latency(&switch()), PlannerConfig::new(slo)).unwrap().max_clock_capacity();
+    let cap = Planner::new(
+        uc.clone(),
+        SwitchCost::from_latency(&switch()),
+        PlannerConfig::new(slo),
+    )
+    .unwrap()
+    .max_clock_capacity();
     // Start from a known moderate rate so that the best plan batches several requests.
     let mut cfg = ControllerConfig::new(slo);
     cfg.rate.initial_rate = cap * 0.2;
@@ -150,7 +200,10 @@ fn partial_batches_wait_until_the_deadline() {
     let best = ctl.current_plan().clone();
     assert!(best.batch > 1, "{best:?}");
     match ctl.next_action(0.5, 1, Some(0.5)) {
-        Action::WaitUntil { until, hold_clock_mhz } => {
+        Action::WaitUntil {
+            until,
+            hold_clock_mhz,
+        } => {
             let p1 = ctl.current_plans().for_queue(1).clone();
             let deadline = 0.5 + (1.0 - ctl.margin()) * slo - p1.exec_time_s;
             // The clock is not known yet, so a switch reserve is kept as well.
@@ -177,14 +230,46 @@ fn aimd_margin_follows_violations() {
     let m0 = ctl.margin();
     // A period with 10 % of requests over the SLO: m ← 2m + 0.02 at the tick.
     let lat: Vec<f64> = (0..100).map(|i| if i < 10 { 0.12 } else { 0.05 }).collect();
-    ctl.on_batch_done(&BatchReport::new(&plan, plan.batch, 0.9, plan.exec_time_s, plan.batch_energy_j, lat));
-    ctl.on_batch_done(&BatchReport::new(&plan, plan.batch, 1.0, plan.exec_time_s, plan.batch_energy_j, vec![]));
-    assert!((ctl.margin() - (2.0 * m0 + 0.02)).abs() < 1e-12, "{} vs {m0}", ctl.margin());
+    ctl.on_batch_done(&BatchReport::new(
+        &plan,
+        plan.batch,
+        0.9,
+        plan.exec_time_s,
+        plan.batch_energy_j,
+        lat,
+    ));
+    ctl.on_batch_done(&BatchReport::new(
+        &plan,
+        plan.batch,
+        1.0,
+        plan.exec_time_s,
+        plan.batch_energy_j,
+        vec![],
+    ));
+    assert!(
+        (ctl.margin() - (2.0 * m0 + 0.02)).abs() < 1e-12,
+        "{} vs {m0}",
+        ctl.margin()
+    );
     // Then comfortable periods: −0.01 each, down to the floor.
     let m1 = ctl.margin();
     for k in 1..=3 {
-        ctl.on_batch_done(&BatchReport::new(&plan, plan.batch, 1.0 + k as f64 - 0.5, plan.exec_time_s, plan.batch_energy_j, vec![0.01; 50]));
-        ctl.on_batch_done(&BatchReport::new(&plan, plan.batch, 1.0 + k as f64, plan.exec_time_s, plan.batch_energy_j, vec![]));
+        ctl.on_batch_done(&BatchReport::new(
+            &plan,
+            plan.batch,
+            1.0 + k as f64 - 0.5,
+            plan.exec_time_s,
+            plan.batch_energy_j,
+            vec![0.01; 50],
+        ));
+        ctl.on_batch_done(&BatchReport::new(
+            &plan,
+            plan.batch,
+            1.0 + k as f64,
+            plan.exec_time_s,
+            plan.batch_energy_j,
+            vec![],
+        ));
     }
     assert!((ctl.margin() - (m1 - 0.03)).abs() < 1e-12);
     let u = ctl.last_margin_update().unwrap();
@@ -205,7 +290,12 @@ fn slower_gpu_is_learned_and_slo_still_holds() {
     assert!((c.energy - 1.1).abs() < 0.03, "{c:?}");
     assert!(ctl.stats().table_resolves >= 1);
     // Once α has converged (after the first seconds) the tail is back under the SLO.
-    let mut late: Vec<f64> = trace.done.iter().filter(|d| d.0 > 8.0).map(|d| d.1).collect();
+    let mut late: Vec<f64> = trace
+        .done
+        .iter()
+        .filter(|d| d.0 > 8.0)
+        .map(|d| d.1)
+        .collect();
     assert!(p99(&mut late) <= slo, "p99 {}", p99(&mut late));
 }
 
@@ -218,5 +308,10 @@ fn overload_sets_saturated() {
     let _ = run(&mut ctl, &arrivals[..arrivals.len() / 2], 1.0, 1.0);
     assert!(ctl.saturated());
     let fmax = *ctl.planner().costs().clocks_mhz.last().unwrap();
-    assert!(ctl.current_plan().unit_clocks_mhz.iter().all(|&c| c == fmax));
+    assert!(
+        ctl.current_plan()
+            .unit_clocks_mhz
+            .iter()
+            .all(|&c| c == fmax)
+    );
 }

@@ -15,14 +15,18 @@ fn steps_of(x: f64, delta: f64) -> usize {
     }
     let s = x / delta;
     let r = s.round();
-    if (s - r).abs() <= 1e-9 * s.max(1.0) { r as usize } else { s.ceil() as usize }
+    if (s - r).abs() <= 1e-9 * s.max(1.0) {
+        r as usize
+    } else {
+        s.ceil() as usize
+    }
 }
 
 /// Optimal plan (clock per unit) and its objective, or `None` when no rounded plan fits.
 pub(crate) fn solve(inst: &Instance, steps: usize) -> Option<(Vec<usize>, f64)> {
     let (n, nf) = (inst.n, inst.nf);
     let budget = inst.budget;
-    if !(budget > 0.0) || steps == 0 {
+    if budget.is_nan() || budget <= 0.0 || steps == 0 {
         return None;
     }
     let delta = budget / steps as f64;
@@ -80,7 +84,11 @@ pub(crate) fn solve(inst: &Instance, steps: usize) -> Option<(Vec<usize>, f64)> 
             let bprow = &mut bp[x * ts..(x + 1) * ts];
             for tau in d..ts {
                 let stay = cur[k * ts + tau - d];
-                let (switch, from) = if tau >= dsw { (best[tau - dsw] + sw, arg[tau - dsw]) } else { (INF, u8::MAX) };
+                let (switch, from) = if tau >= dsw {
+                    (best[tau - dsw] + sw, arg[tau - dsw])
+                } else {
+                    (INF, u8::MAX)
+                };
                 if stay <= switch {
                     row[tau] = stay + c;
                     bprow[tau] = u8::MAX;
@@ -128,7 +136,11 @@ pub(crate) fn rounded_steps(inst: &Instance, clocks: &[usize], steps: usize) -> 
     let mut total = 0usize;
     for (i, &k) in clocks.iter().enumerate() {
         total = total.saturating_add(steps_of(inst.t[inst.at(i, k)], delta));
-        let switch = if i == 0 { inst.entry_switch(k) } else { clocks[i - 1] != k };
+        let switch = if i == 0 {
+            inst.entry_switch(k)
+        } else {
+            clocks[i - 1] != k
+        };
         if switch {
             total = total.saturating_add(ds);
         }

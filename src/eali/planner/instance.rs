@@ -86,16 +86,28 @@ impl Instance {
     /// Idle-clock adjustment attached to the first unit (preset) or the last one.
     #[inline]
     pub fn first_adj(&self, clock: usize) -> f64 {
-        if self.entry == Entry::Preset { self.idle_adj[clock] } else { 0.0 }
+        if self.entry == Entry::Preset {
+            self.idle_adj[clock]
+        } else {
+            0.0
+        }
     }
     #[inline]
     pub fn last_adj(&self, clock: usize) -> f64 {
-        if self.entry == Entry::Preset { 0.0 } else { self.idle_adj[clock] }
+        if self.entry == Entry::Preset {
+            0.0
+        } else {
+            self.idle_adj[clock]
+        }
     }
 
     /// Idle clock of a plan.
     pub fn idle_clock(&self, clocks: &[usize]) -> usize {
-        if self.entry == Entry::Preset { clocks[0] } else { clocks[self.n - 1] }
+        if self.entry == Entry::Preset {
+            clocks[0]
+        } else {
+            clocks[self.n - 1]
+        }
     }
 
     /// Time and objective of a clock assignment (INF objective if it uses a pruned clock).
@@ -105,7 +117,11 @@ impl Instance {
             let x = self.at(i, k);
             time += self.t[x];
             j += self.ef[x];
-            let switch = if i == 0 { self.entry_switch(k) } else { clocks[i - 1] != k };
+            let switch = if i == 0 {
+                self.entry_switch(k)
+            } else {
+                clocks[i - 1] != k
+            };
             if switch {
                 time += self.s;
                 j += self.swf[x];
@@ -124,7 +140,11 @@ impl Instance {
         for (i, &k) in clocks.iter().enumerate() {
             let x = self.at(i, k);
             busy += self.e[x];
-            let switch = if i == 0 { self.entry_switch(k) } else { clocks[i - 1] != k };
+            let switch = if i == 0 {
+                self.entry_switch(k)
+            } else {
+                clocks[i - 1] != k
+            };
             if switch {
                 busy += self.sw[x];
             }
@@ -157,7 +177,8 @@ impl Instance {
                     && !dead[g]
                     && self.idle_adj[g] <= self.idle_adj[f]
                     && (0..n).all(|i| {
-                        dominates(self, i, g, f, 0.0, 0.0) && self.swf[self.at(i, g)] <= self.swf[self.at(i, f)]
+                        dominates(self, i, g, f, 0.0, 0.0)
+                            && self.swf[self.at(i, g)] <= self.swf[self.at(i, f)]
                     })
                     && (0..n).any(|i| {
                         let (xg, xf) = (self.at(i, g), self.at(i, f));
@@ -174,14 +195,21 @@ impl Instance {
         }
         // (2) Per-unit dominance with room for a switch in and a switch out.
         if self.s.is_finite() {
-            let max_swf: Vec<f64> =
-                (0..n).map(|i| (0..nf).map(|k| self.swf[self.at(i, k)]).filter(|x| x.is_finite()).fold(0.0, f64::max)).collect();
+            let max_swf: Vec<f64> = (0..n)
+                .map(|i| {
+                    (0..nf)
+                        .map(|k| self.swf[self.at(i, k)])
+                        .filter(|x| x.is_finite())
+                        .fold(0.0, f64::max)
+                })
+                .collect();
             for i in 0..n {
                 for f in 0..nf {
                     if self.t[self.at(i, f)] == INF || (i == 0 && Some(f) == fixed) {
                         continue;
                     }
-                    let adj_f = if i == 0 { self.first_adj(f) } else { 0.0 } + if i + 1 == n { self.last_adj(f) } else { 0.0 };
+                    let adj_f = if i == 0 { self.first_adj(f) } else { 0.0 }
+                        + if i + 1 == n { self.last_adj(f) } else { 0.0 };
                     let out_pad = if i + 1 < n { max_swf[i + 1] } else { 0.0 };
                     let gone = (0..nf).any(|g| {
                         if g == f || self.t[self.at(i, g)] == INF {

@@ -37,12 +37,28 @@ fn viterbi(inst: &Instance, mu: f64, time_only: bool, sc: &mut Scratch) -> f64 {
     sc.bp.clear();
     sc.bp.resize(n * nf, usize::MAX);
     // Cost of running unit i at clock k, and of switching into it.
-    let unit_cost = |x: usize| if time_only { inst.t[x] + 1e-9 * inst.ef[x] } else { inst.ef[x] + mu * inst.t[x] };
-    let switch_cost = |x: usize| if time_only { inst.s + 1e-9 * inst.swf[x] } else { inst.swf[x] + mu * inst.s };
+    let unit_cost = |x: usize| {
+        if time_only {
+            inst.t[x] + 1e-9 * inst.ef[x]
+        } else {
+            inst.ef[x] + mu * inst.t[x]
+        }
+    };
+    let switch_cost = |x: usize| {
+        if time_only {
+            inst.s + 1e-9 * inst.swf[x]
+        } else {
+            inst.swf[x] + mu * inst.s
+        }
+    };
     for k in 0..nf {
         let x = inst.at(0, k);
         if inst.t[x].is_finite() {
-            let entry = if inst.entry_switch(k) { switch_cost(x) } else { 0.0 };
+            let entry = if inst.entry_switch(k) {
+                switch_cost(x)
+            } else {
+                0.0
+            };
             let adj = if time_only { 0.0 } else { inst.first_adj(k) };
             sc.v[k] = unit_cost(x) + entry + adj;
         }
@@ -104,8 +120,11 @@ fn viterbi(inst: &Instance, mu: f64, time_only: bool, sc: &mut Scratch) -> f64 {
 /// optimum cannot beat it, the search stops at once (no plan, the bound says why).
 pub(crate) fn solve(inst: &Instance, sc: &mut Scratch, cutoff: f64) -> FastResult {
     let budget = inst.budget;
-    let none = FastResult { plan: None, lower_bound: INF };
-    if !(budget >= 0.0) {
+    let none = FastResult {
+        plan: None,
+        lower_bound: INF,
+    };
+    if budget.is_nan() || budget < 0.0 {
         return none;
     }
     // Unconstrained optimum: optimal if it fits.
@@ -116,16 +135,25 @@ pub(crate) fn solve(inst: &Instance, sc: &mut Scratch, cutoff: f64) -> FastResul
     let ev0 = inst.eval(&sc.clocks);
     let mut lower = v0 + inst.j_const;
     if lower >= cutoff {
-        return FastResult { plan: None, lower_bound: lower };
+        return FastResult {
+            plan: None,
+            lower_bound: lower,
+        };
     }
     if ev0.time <= budget {
-        return FastResult { plan: Some((sc.clocks.clone(), ev0.j)), lower_bound: lower };
+        return FastResult {
+            plan: Some((sc.clocks.clone(), ev0.j)),
+            lower_bound: lower,
+        };
     }
     // Fastest plan: if even that misses, nothing fits.
     viterbi(inst, 0.0, true, sc);
     let fastest = inst.eval(&sc.clocks);
     if fastest.time > budget {
-        return FastResult { plan: None, lower_bound: lower };
+        return FastResult {
+            plan: None,
+            lower_bound: lower,
+        };
     }
     let mut best: (Vec<usize>, f64) = (sc.clocks.clone(), fastest.j);
     // Bracket: μ_lo infeasible, μ_hi feasible.
@@ -167,7 +195,10 @@ pub(crate) fn solve(inst: &Instance, sc: &mut Scratch, cutoff: f64) -> FastResul
     }
     improve(inst, &mut best);
     let lower_bound = lower.min(best.1);
-    FastResult { plan: Some(best), lower_bound }
+    FastResult {
+        plan: Some(best),
+        lower_bound,
+    }
 }
 
 /// Change of (time, J) when unit `i` moves from its clock in `clocks` to `k`; O(1).

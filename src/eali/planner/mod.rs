@@ -84,7 +84,10 @@ pub struct Corrections {
 
 impl Default for Corrections {
     fn default() -> Self {
-        Self { time: 1.0, energy: 1.0 }
+        Self {
+            time: 1.0,
+            energy: 1.0,
+        }
     }
 }
 
@@ -151,27 +154,57 @@ struct Choice {
 }
 
 impl Planner {
-    pub fn new(costs: UnitCostTable, switch: SwitchCost, config: PlannerConfig) -> Result<Self, EaliError> {
+    pub fn new(
+        costs: UnitCostTable,
+        switch: SwitchCost,
+        config: PlannerConfig,
+    ) -> Result<Self, EaliError> {
         costs.validate()?;
         let c = &config;
         if !(c.slo_s > 0.0 && c.percentile > 0.0 && c.percentile < 1.0 && c.max_batch >= 1) {
-            return Err(EaliError::BadConfig("need slo > 0, percentile in (0, 1), max_batch ≥ 1".into()));
+            return Err(EaliError::BadConfig(
+                "need slo > 0, percentile in (0, 1), max_batch ≥ 1".into(),
+            ));
         }
-        if !(c.dp_steps >= 1 && c.dp_steps <= 100_000 && c.gap_tolerance >= 0.0 && c.max_clocks >= 1) {
-            return Err(EaliError::BadConfig("dp_steps in 1..=100000, gap_tolerance ≥ 0, max_clocks ≥ 1".into()));
+        if !(c.dp_steps >= 1
+            && c.dp_steps <= 100_000
+            && c.gap_tolerance >= 0.0
+            && c.max_clocks >= 1)
+        {
+            return Err(EaliError::BadConfig(
+                "dp_steps in 1..=100000, gap_tolerance ≥ 0, max_clocks ≥ 1".into(),
+            ));
         }
         if !(switch.reserve_s >= 0.0 && switch.lead_s >= 0.0) {
             return Err(EaliError::BadConfig("switch costs must be ≥ 0".into()));
         }
         let costs = select_clocks(costs, c.max_clocks.min(254));
-        let candidates: Vec<usize> =
-            costs.batches.iter().enumerate().filter(|(_, b)| **b <= c.max_batch).map(|(i, _)| i).collect();
+        let candidates: Vec<usize> = costs
+            .batches
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b <= c.max_batch)
+            .map(|(i, _)| i)
+            .collect();
         if candidates.is_empty() {
-            return Err(EaliError::BadConfig(format!("no batch size in the table is ≤ {}", c.max_batch)));
+            return Err(EaliError::BadConfig(format!(
+                "no batch size in the table is ≤ {}",
+                c.max_batch
+            )));
         }
-        let fill = FillQuantiles::new(c.percentile, costs.batches[*candidates.last().unwrap_or(&0)]);
+        let fill = FillQuantiles::new(
+            c.percentile,
+            costs.batches[*candidates.last().unwrap_or(&0)],
+        );
         let credit_w = costs.idle_power_w.iter().copied().fold(INF, f64::min);
-        Ok(Self { costs, switch, config, fill, candidates, credit_w })
+        Ok(Self {
+            costs,
+            switch,
+            config,
+            fill,
+            candidates,
+            credit_w,
+        })
     }
 
     pub fn costs(&self) -> &UnitCostTable {
@@ -185,7 +218,10 @@ impl Planner {
     }
     /// Candidate batch sizes, ascending.
     pub fn batches(&self) -> Vec<u32> {
-        self.candidates.iter().map(|&bi| self.costs.batches[bi]).collect()
+        self.candidates
+            .iter()
+            .map(|&bi| self.costs.batches[bi])
+            .collect()
     }
     /// q-quantile of the fill time for a batch at a rate (s).
     pub fn fill_wait_s(&self, batch: u32, rate: f64) -> f64 {
@@ -208,43 +244,85 @@ impl Planner {
     /// prediction a fresh plan would carry, with `feasible` telling whether it still meets the
     /// constraints. `None` if the batch size or a clock is not in the planner's grid.
     pub fn evaluate(&self, batch: u32, clocks_mhz: &[u32], req: &PlanRequest) -> Option<Plan> {
-        let bi = self.candidates.iter().copied().find(|&bi| self.costs.batches[bi] == batch)?;
+        let bi = self
+            .candidates
+            .iter()
+            .copied()
+            .find(|&bi| self.costs.batches[bi] == batch)?;
         if clocks_mhz.len() != self.costs.num_units() {
             return None;
         }
-        let clocks: Vec<usize> = clocks_mhz.iter().map(|&c| self.costs.clock_index(c)).collect::<Option<_>>()?;
+        let clocks: Vec<usize> = clocks_mhz
+            .iter()
+            .map(|&c| self.costs.clock_index(c))
+            .collect::<Option<_>>()?;
         let (latency, stable, overhead) = self.budgets(bi, req);
-        let preset_gap = if req.entry == EntryClock::Preset && clocks.first() != clocks.last() { self.switch.lead_s } else { 0.0 };
+        let preset_gap = if req.entry == EntryClock::Preset && clocks.first() != clocks.last() {
+            self.switch.lead_s
+        } else {
+            0.0
+        };
         let budget = latency.min(stable - preset_gap);
         let inst = self.instance(bi, req, budget, overhead);
         let feasible = inst.eval(&clocks).time <= budget;
         let energy = inst.exact_energy(&clocks).1;
-        Some(self.to_plan(&Choice { bi, clocks, budget, energy }, req, feasible))
+        Some(self.to_plan(
+            &Choice {
+                bi,
+                clocks,
+                budget,
+                energy,
+            },
+            req,
+            feasible,
+        ))
     }
 
     pub(super) fn budgets(&self, bi: usize, req: &PlanRequest) -> (f64, f64, f64) {
         let b = self.costs.batches[bi];
         let overhead = self.costs.batch_overhead_s[bi] * req.corrections.time;
-        let latency = (1.0 - req.margin) * self.config.slo_s - self.fill.wait_s(b, req.fill_rate) - overhead;
-        let stable = if req.rate_upper > 0.0 { f64::from(b) / req.rate_upper - overhead } else { INF };
+        let latency =
+            (1.0 - req.margin) * self.config.slo_s - self.fill.wait_s(b, req.fill_rate) - overhead;
+        let stable = if req.rate_upper > 0.0 {
+            f64::from(b) / req.rate_upper - overhead
+        } else {
+            INF
+        };
         (latency, stable, overhead)
     }
 
     pub(super) fn entry(&self, req: &PlanRequest) -> Entry {
         match req.entry {
             EntryClock::Preset => Entry::Preset,
-            EntryClock::At(mhz) => self.costs.clock_index(mhz).map_or(Entry::Unknown, Entry::Fixed),
+            EntryClock::At(mhz) => self
+                .costs
+                .clock_index(mhz)
+                .map_or(Entry::Unknown, Entry::Fixed),
         }
     }
 
     /// Prepared instance for batch index `bi` with a budget for Σt + Σs.
-    pub(super) fn instance(&self, bi: usize, req: &PlanRequest, budget: f64, overhead: f64) -> Instance {
+    pub(super) fn instance(
+        &self,
+        bi: usize,
+        req: &PlanRequest,
+        budget: f64,
+        overhead: f64,
+    ) -> Instance {
         let (n, nf) = (self.costs.num_units(), self.costs.clocks_mhz.len());
         let (at, ae) = (req.corrections.time, req.corrections.energy);
         let s = self.switch.reserve_s;
         let pc = self.credit_w;
-        let cycle = if req.rate > 0.0 { f64::from(self.costs.batches[bi]) / req.rate } else { INF };
-        let idle_est = if cycle.is_finite() { (cycle - budget.max(0.0)).max(0.0) } else { 0.0 };
+        let cycle = if req.rate > 0.0 {
+            f64::from(self.costs.batches[bi]) / req.rate
+        } else {
+            INF
+        };
+        let idle_est = if cycle.is_finite() {
+            (cycle - budget.max(0.0)).max(0.0)
+        } else {
+            0.0
+        };
         let mut inst = Instance {
             n,
             nf,
@@ -254,7 +332,12 @@ impl Planner {
             swf: vec![0.0; n * nf],
             sw: vec![0.0; n * nf],
             s,
-            idle_adj: self.costs.idle_power_w.iter().map(|p| (p - pc) * idle_est).collect(),
+            idle_adj: self
+                .costs
+                .idle_power_w
+                .iter()
+                .map(|p| (p - pc) * idle_est)
+                .collect(),
             idle_w: self.costs.idle_power_w.clone(),
             entry: self.entry(req),
             budget,
@@ -285,7 +368,9 @@ fn select_clocks(mut costs: UnitCostTable, max: usize) -> UnitCostTable {
     if nf <= max {
         return costs;
     }
-    let keep: Vec<usize> = (0..max).map(|j| ((nf - 1) * j + (max - 1) / 2) / (max - 1).max(1)).collect();
+    let keep: Vec<usize> = (0..max)
+        .map(|j| ((nf - 1) * j + (max - 1) / 2) / (max - 1).max(1))
+        .collect();
     let mut keep = if max == 1 { vec![nf - 1] } else { keep };
     if let Some(last) = keep.last_mut() {
         *last = nf - 1;

@@ -73,7 +73,11 @@ impl PlanSet {
     /// Plan for dispatching `queued` requests now: the smallest planned batch size that holds
     /// them (its time is an upper bound for fewer requests), else the largest.
     pub fn for_queue(&self, queued: u32) -> &Plan {
-        self.by_batch.iter().find(|p| p.batch >= queued).or(self.by_batch.last()).unwrap_or(&self.best)
+        self.by_batch
+            .iter()
+            .find(|p| p.batch >= queued)
+            .or(self.by_batch.last())
+            .unwrap_or(&self.best)
     }
 }
 
@@ -88,10 +92,19 @@ impl Planner {
         let mut timeline = Vec::new();
         let mut start = inst.overhead_s;
         for (i, &k) in c.clocks.iter().enumerate() {
-            let switch = if i == 0 { inst.entry_switch(k) } else { c.clocks[i - 1] != k };
+            let switch = if i == 0 {
+                inst.entry_switch(k)
+            } else {
+                c.clocks[i - 1] != k
+            };
             if switch {
                 let issue = if i == 0 { 0.0 } else { (start - lead).max(0.0) };
-                timeline.push(ClockSet { unit: i, clock_mhz: self.costs.clocks_mhz[k], issue_at_s: issue, unit_start_s: start });
+                timeline.push(ClockSet {
+                    unit: i,
+                    clock_mhz: self.costs.clocks_mhz[k],
+                    issue_at_s: issue,
+                    unit_start_s: start,
+                });
             }
             start += inst.t[inst.at(i, k)];
         }

@@ -14,7 +14,12 @@ use super::{Choice, EntryClock, PlanRequest, Planner, Solver, dp, lagrange};
 fn consider(best: &mut Option<Choice>, bi: usize, clocks: Vec<usize>, inst: &Instance) {
     let (_, energy) = inst.exact_energy(&clocks);
     if best.as_ref().is_none_or(|c| energy < c.energy) {
-        *best = Some(Choice { bi, clocks, budget: inst.budget, energy });
+        *best = Some(Choice {
+            bi,
+            clocks,
+            budget: inst.budget,
+            energy,
+        });
     }
 }
 
@@ -59,9 +64,15 @@ impl Planner {
         let by_batch = self
             .candidates
             .iter()
-            .map(|&bi| match results.iter().find(|r| r.bi == bi).and_then(|r| r.best.as_ref()) {
-                Some(c) => self.to_plan(c, req, true),
-                None => self.fastest_plan(bi, req),
+            .map(|&bi| {
+                match results
+                    .iter()
+                    .find(|r| r.bi == bi)
+                    .and_then(|r| r.best.as_ref())
+                {
+                    Some(c) => self.to_plan(c, req, true),
+                    None => self.fastest_plan(bi, req),
+                }
             })
             .collect();
         PlanSet { best, by_batch }
@@ -96,16 +107,33 @@ impl Planner {
 
     /// Phase 1 for one batch size; `None` if not even a single-clock plan fits. `cutoff_per_req`:
     /// best energy per request known from other batch sizes.
-    fn solve_fast(&self, bi: usize, req: &PlanRequest, sc: &mut lagrange::Scratch, cutoff_per_req: f64) -> Option<BatchResult> {
+    fn solve_fast(
+        &self,
+        bi: usize,
+        req: &PlanRequest,
+        sc: &mut lagrange::Scratch,
+        cutoff_per_req: f64,
+    ) -> Option<BatchResult> {
         let (latency, stable, overhead) = self.budgets(bi, req);
         let budget_uniform = latency.min(stable);
-        if !(budget_uniform >= 0.0) {
+        if budget_uniform.is_nan() || budget_uniform < 0.0 {
             return None;
         }
-        let preset_gap = if req.entry == EntryClock::Preset { self.switch.lead_s } else { 0.0 };
+        let preset_gap = if req.entry == EntryClock::Preset {
+            self.switch.lead_s
+        } else {
+            0.0
+        };
         let budget_any = latency.min(stable - preset_gap);
         let batch = f64::from(self.costs.batches[bi]);
-        let mut r = BatchResult { bi, batch, best: None, lower_bound: INF, repair: false, budget_any };
+        let mut r = BatchResult {
+            bi,
+            batch,
+            best: None,
+            lower_bound: INF,
+            repair: false,
+            budget_any,
+        };
 
         // Single-clock plans with the full budget (per-batch DVFS is exactly this set).
         let uniform = self.instance(bi, req, budget_uniform, overhead);
@@ -147,7 +175,16 @@ impl Planner {
         let inst = self.instance(bi, req, budget, overhead);
         let clocks = vec![self.costs.max_clock_index(); inst.n];
         let energy = inst.exact_energy(&clocks).1;
-        let mut p = self.to_plan(&Choice { bi, clocks, budget, energy }, req, false);
+        let mut p = self.to_plan(
+            &Choice {
+                bi,
+                clocks,
+                budget,
+                energy,
+            },
+            req,
+            false,
+        );
         p.feasible = false;
         p
     }
@@ -186,7 +223,7 @@ fn best_uniform(inst: &Instance) -> Option<Vec<usize>> {
     for k in 0..inst.nf {
         let clocks = vec![k; inst.n];
         let ev = inst.eval(&clocks);
-        if !(ev.time <= inst.budget) {
+        if ev.time.is_nan() || ev.time > inst.budget {
             continue;
         }
         let (_, e) = inst.exact_energy(&clocks);

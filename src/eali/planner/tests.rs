@@ -7,7 +7,14 @@ use crate::eali::synthetic::SyntheticGpu;
 use crate::eali::units::{UnitConfig, merge_units, single_unit};
 
 /// A random small instance: `n` units × `nf` clocks, clock k faster but costlier for most units.
-fn random_instance(seed: u64, n: usize, nf: usize, s: f64, entry: Entry, budget_frac: f64) -> Instance {
+fn random_instance(
+    seed: u64,
+    n: usize,
+    nf: usize,
+    s: f64,
+    entry: Entry,
+    budget_frac: f64,
+) -> Instance {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut t = vec![0.0; n * nf];
@@ -25,8 +32,12 @@ fn random_instance(seed: u64, n: usize, nf: usize, s: f64, entry: Entry, budget_
     }
     let pc = 40.0;
     let idle_w: Vec<f64> = (0..nf).map(|k| 40.0 + 2.0 * k as f64).collect();
-    let fastest: f64 = (0..n).map(|i| (0..nf).map(|k| t[i * nf + k]).fold(f64::INFINITY, f64::min)).sum();
-    let slowest: f64 = (0..n).map(|i| (0..nf).map(|k| t[i * nf + k]).fold(0.0, f64::max)).sum();
+    let fastest: f64 = (0..n)
+        .map(|i| (0..nf).map(|k| t[i * nf + k]).fold(f64::INFINITY, f64::min))
+        .sum();
+    let slowest: f64 = (0..n)
+        .map(|i| (0..nf).map(|k| t[i * nf + k]).fold(0.0, f64::max))
+        .sum();
     let budget = fastest + budget_frac * (slowest - fastest) + 2.0 * s;
     let cycle = budget * 1.5;
     let idle_est = (cycle - budget).max(0.0);
@@ -34,7 +45,9 @@ fn random_instance(seed: u64, n: usize, nf: usize, s: f64, entry: Entry, budget_
         n,
         nf,
         ef: (0..n * nf).map(|x| e[x] - pc * t[x]).collect(),
-        swf: (0..n * nf).map(|x| (s * (e[x] / t[x] - pc)).max(0.0)).collect(),
+        swf: (0..n * nf)
+            .map(|x| (s * (e[x] / t[x] - pc)).max(0.0))
+            .collect(),
         sw: (0..n * nf).map(|x| s * e[x] / t[x]).collect(),
         t,
         e,
@@ -53,13 +66,20 @@ fn random_instance(seed: u64, n: usize, nf: usize, s: f64, entry: Entry, budget_
 fn all_plans(n: usize, nf: usize) -> Vec<Vec<usize>> {
     let mut out = vec![vec![]];
     for _ in 0..n {
-        out = out.into_iter().flat_map(|p: Vec<usize>| (0..nf).map(move |k| [p.clone(), vec![k]].concat())).collect();
+        out = out
+            .into_iter()
+            .flat_map(|p: Vec<usize>| (0..nf).map(move |k| [p.clone(), vec![k]].concat()))
+            .collect();
     }
     out
 }
 
 fn entry_strategy() -> impl Strategy<Value = Entry> {
-    prop_oneof![Just(Entry::Preset), (0usize..5).prop_map(Entry::Fixed), Just(Entry::Unknown)]
+    prop_oneof![
+        Just(Entry::Preset),
+        (0usize..5).prop_map(Entry::Fixed),
+        Just(Entry::Unknown)
+    ]
 }
 
 proptest! {
@@ -118,7 +138,11 @@ proptest! {
     }
 }
 
-fn setup(seed: u64, n_layers: usize, s: SwitchLatency) -> (crate::eali::costs::LayerCostTable, UnitCostTable) {
+fn setup(
+    seed: u64,
+    n_layers: usize,
+    s: SwitchLatency,
+) -> (crate::eali::costs::LayerCostTable, UnitCostTable) {
     let table = SyntheticGpu::default().random_table(seed, n_layers, 0.05, 0.6);
     // One unit per layer, then merged and capped at 16.
     let per_layer = crate::eali::units::UnitChain {
@@ -137,7 +161,12 @@ fn setup(seed: u64, n_layers: usize, s: SwitchLatency) -> (crate::eali::costs::L
             .collect(),
     };
     let uc = UnitCostTable::from_layers(&per_layer, &table).unwrap();
-    let cfg = UnitConfig { switch_median_s: s.total_median_s, k: 2.0, merge_same_clock: false, ..UnitConfig::default() };
+    let cfg = UnitConfig {
+        switch_median_s: s.total_median_s,
+        k: 2.0,
+        merge_same_clock: false,
+        ..UnitConfig::default()
+    };
     let (_, merged) = merge_units(per_layer, uc, &cfg).unwrap();
     (table, merged)
 }
@@ -145,7 +174,15 @@ fn setup(seed: u64, n_layers: usize, s: SwitchLatency) -> (crate::eali::costs::L
 #[test]
 fn eali_never_costs_more_than_per_batch_dvfs() {
     for seed in 0..12 {
-        let lat = if seed % 3 == 0 { SwitchLatency::zero() } else { SwitchLatency { call_median_s: 0.0005, total_median_s: 0.002, total_p95_s: 0.003 } };
+        let lat = if seed % 3 == 0 {
+            SwitchLatency::zero()
+        } else {
+            SwitchLatency {
+                call_median_s: 0.0005,
+                total_median_s: 0.002,
+                total_p95_s: 0.003,
+            }
+        };
         let (table, units) = setup(seed, 24, lat);
         let (_, single) = single_unit(&table).unwrap();
         let cfg = PlannerConfig::new(0.25);
@@ -172,10 +209,17 @@ fn eali_never_costs_more_than_per_batch_dvfs() {
 
 #[test]
 fn feasible_plans_meet_latency_and_stability() {
-    let lat = SwitchLatency { call_median_s: 0.0005, total_median_s: 0.002, total_p95_s: 0.003 };
+    let lat = SwitchLatency {
+        call_median_s: 0.0005,
+        total_median_s: 0.002,
+        total_p95_s: 0.003,
+    };
     let (_, units) = setup(7, 30, lat);
     for solver in [Solver::Fast, Solver::Exact] {
-        let cfg = PlannerConfig { solver, ..PlannerConfig::new(0.2) };
+        let cfg = PlannerConfig {
+            solver,
+            ..PlannerConfig::new(0.2)
+        };
         let p = Planner::new(units.clone(), SwitchCost::from_latency(&lat), cfg).unwrap();
         let cap = p.max_clock_capacity();
         for frac in [0.01, 0.05, 0.2, 0.5, 0.8] {
@@ -196,11 +240,28 @@ fn feasible_plans_meet_latency_and_stability() {
 
 #[test]
 fn exact_solver_is_never_worse_than_fast() {
-    let lat = SwitchLatency { call_median_s: 0.0005, total_median_s: 0.002, total_p95_s: 0.003 };
+    let lat = SwitchLatency {
+        call_median_s: 0.0005,
+        total_median_s: 0.002,
+        total_p95_s: 0.003,
+    };
     for seed in 0..6 {
         let (_, units) = setup(100 + seed, 20, lat);
-        let fast = Planner::new(units.clone(), SwitchCost::from_latency(&lat), PlannerConfig::new(0.15)).unwrap();
-        let exact = Planner::new(units, SwitchCost::from_latency(&lat), PlannerConfig { solver: Solver::Exact, ..PlannerConfig::new(0.15) }).unwrap();
+        let fast = Planner::new(
+            units.clone(),
+            SwitchCost::from_latency(&lat),
+            PlannerConfig::new(0.15),
+        )
+        .unwrap();
+        let exact = Planner::new(
+            units,
+            SwitchCost::from_latency(&lat),
+            PlannerConfig {
+                solver: Solver::Exact,
+                ..PlannerConfig::new(0.15)
+            },
+        )
+        .unwrap();
         let cap = fast.max_clock_capacity();
         for frac in [0.05, 0.3, 0.7] {
             let req = PlanRequest::new(cap * frac, cap * frac * 1.15, 0.1);
@@ -215,7 +276,12 @@ fn exact_solver_is_never_worse_than_fast() {
 #[test]
 fn overload_is_saturated_at_max_clocks() {
     let (_, units) = setup(3, 16, SwitchLatency::zero());
-    let p = Planner::new(units, SwitchCost::from_latency(&SwitchLatency::zero()), PlannerConfig::new(0.1)).unwrap();
+    let p = Planner::new(
+        units,
+        SwitchCost::from_latency(&SwitchLatency::zero()),
+        PlannerConfig::new(0.1),
+    )
+    .unwrap();
     let rate = p.max_clock_capacity() * 3.0;
     let plan = p.plan(&PlanRequest::new(rate, rate, 0.05));
     assert!(plan.saturated && !plan.feasible);
@@ -234,8 +300,15 @@ fn timeline_issues_changes_ahead_of_unit_boundaries() {
     // Alternating compute- and memory-bound layers with cheap switches: the plan should change
     // clocks inside the batch.
     let gpu = SyntheticGpu::default();
-    let layers: Vec<(String, f64, f64)> =
-        (0..8).map(|i| (format!("l{i}"), if i % 2 == 0 { 2e-3 } else { 1e-5 }, if i % 2 == 0 { 1e-5 } else { 2e-3 })).collect();
+    let layers: Vec<(String, f64, f64)> = (0..8)
+        .map(|i| {
+            (
+                format!("l{i}"),
+                if i % 2 == 0 { 2e-3 } else { 1e-5 },
+                if i % 2 == 0 { 1e-5 } else { 2e-3 },
+            )
+        })
+        .collect();
     let table = gpu.table("alt", &layers);
     let chain = crate::eali::units::UnitChain {
         model: "alt".into(),
@@ -250,7 +323,11 @@ fn timeline_issues_changes_ahead_of_unit_boundaries() {
             .collect(),
     };
     let uc = UnitCostTable::from_layers(&chain, &table).unwrap();
-    let lat = SwitchLatency { call_median_s: 1e-5, total_median_s: 5e-5, total_p95_s: 6e-5 };
+    let lat = SwitchLatency {
+        call_median_s: 1e-5,
+        total_median_s: 5e-5,
+        total_p95_s: 6e-5,
+    };
     let p = Planner::new(uc, SwitchCost::from_latency(&lat), PlannerConfig::new(0.5)).unwrap();
     let rate = p.max_clock_capacity() * 0.5;
     let plan = p.plan(&PlanRequest::new(rate, rate, 0.1));
@@ -266,7 +343,10 @@ fn timeline_issues_changes_ahead_of_unit_boundaries() {
     // Compute-bound units get higher clocks than memory-bound ones.
     assert!(plan.unit_clocks_mhz[0] > plan.unit_clocks_mhz[1]);
     // Not preset: the entry switch is at time 0 when the GPU sits elsewhere.
-    let req = PlanRequest { entry: EntryClock::At(600), ..PlanRequest::new(rate, rate, 0.1) };
+    let req = PlanRequest {
+        entry: EntryClock::At(600),
+        ..PlanRequest::new(rate, rate, 0.1)
+    };
     let fixed = p.plan(&req);
     if fixed.unit_clocks_mhz[0] != 600 {
         assert_eq!(fixed.timeline[0].unit, 0);
@@ -277,18 +357,33 @@ fn timeline_issues_changes_ahead_of_unit_boundaries() {
 #[test]
 fn higher_rates_do_not_shrink_the_batch_and_plan_set_is_consistent() {
     let (_, units) = setup(11, 20, SwitchLatency::zero());
-    let p = Planner::new(units, SwitchCost::from_latency(&SwitchLatency::zero()), PlannerConfig::new(0.3)).unwrap();
+    let p = Planner::new(
+        units,
+        SwitchCost::from_latency(&SwitchLatency::zero()),
+        PlannerConfig::new(0.3),
+    )
+    .unwrap();
     let cap = p.max_clock_capacity();
     let low = p.plan(&PlanRequest::new(cap * 0.01, cap * 0.012, 0.1));
     let high = p.plan(&PlanRequest::new(cap * 0.5, cap * 0.55, 0.1));
-    assert!(high.batch >= low.batch, "low {} high {}", low.batch, high.batch);
+    assert!(
+        high.batch >= low.batch,
+        "low {} high {}",
+        low.batch,
+        high.batch
+    );
     // More load means less idle energy per request.
     assert!(high.energy_per_request_j < low.energy_per_request_j);
     let req = PlanRequest::new(cap * 0.2, cap * 0.22, 0.1);
     let set = p.plan_set(&req);
     assert_eq!(set.best, p.plan(&req));
     assert_eq!(set.by_batch.len(), p.batches().len());
-    let best = set.by_batch.iter().filter(|q| q.feasible).map(|q| q.energy_per_request_j).fold(f64::INFINITY, f64::min);
+    let best = set
+        .by_batch
+        .iter()
+        .filter(|q| q.feasible)
+        .map(|q| q.energy_per_request_j)
+        .fold(f64::INFINITY, f64::min);
     assert_eq!(best, set.best.energy_per_request_j);
     assert_eq!(set.for_queue(3).batch, 4);
 }

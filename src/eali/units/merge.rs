@@ -28,14 +28,26 @@ pub struct UnitConfig {
 
 impl Default for UnitConfig {
     fn default() -> Self {
-        Self { k: 10.0, switch_median_s: 0.025, max_units: 16, reference_batch: None, merge_same_clock: true }
+        Self {
+            k: 10.0,
+            switch_median_s: 0.025,
+            max_units: 16,
+            reference_batch: None,
+            merge_same_clock: true,
+        }
     }
 }
 
 impl UnitConfig {
     /// No merging beyond the cap (switches are free, no same-clock merge).
     pub fn structural_only(max_units: usize) -> Self {
-        Self { k: 0.0, switch_median_s: 0.0, max_units, reference_batch: None, merge_same_clock: false }
+        Self {
+            k: 0.0,
+            switch_median_s: 0.0,
+            max_units,
+            reference_batch: None,
+            merge_same_clock: false,
+        }
     }
 }
 
@@ -47,10 +59,15 @@ pub fn merge_units(
 ) -> Result<(UnitChain, UnitCostTable), EaliError> {
     costs.validate()?;
     if chain.len() != costs.num_units() {
-        return Err(EaliError::UnitMismatch { chain: chain.len(), table: costs.num_units() });
+        return Err(EaliError::UnitMismatch {
+            chain: chain.len(),
+            table: costs.num_units(),
+        });
     }
     if !(config.k >= 0.0 && config.switch_median_s >= 0.0 && config.max_units >= 1) {
-        return Err(EaliError::BadConfig("k and ŝ must be ≥ 0 and max_units ≥ 1".into()));
+        return Err(EaliError::BadConfig(
+            "k and ŝ must be ≥ 0 and max_units ≥ 1".into(),
+        ));
     }
     let bi = match config.reference_batch {
         None => costs.batches.len() - 1,
@@ -66,14 +83,23 @@ pub fn merge_units(
     // 1. Too short to be worth a switch.
     let threshold = config.k * config.switch_median_s;
     while chain.len() > 1 {
-        let (i, t) = (0..chain.len())
-            .map(|u| (u, time_at(&costs, u)))
-            .fold((0, f64::INFINITY), |best, x| if x.1 < best.1 { x } else { best });
+        let (i, t) = (0..chain.len()).map(|u| (u, time_at(&costs, u))).fold(
+            (0, f64::INFINITY),
+            |best, x| if x.1 < best.1 { x } else { best },
+        );
         if t >= threshold {
             break;
         }
-        let left = if i > 0 { Some(time_at(&costs, i - 1)) } else { None };
-        let right = if i + 1 < chain.len() { Some(time_at(&costs, i + 1)) } else { None };
+        let left = if i > 0 {
+            Some(time_at(&costs, i - 1))
+        } else {
+            None
+        };
+        let right = if i + 1 < chain.len() {
+            Some(time_at(&costs, i + 1))
+        } else {
+            None
+        };
         let at = match (left, right) {
             (Some(l), Some(r)) if r < l => i,
             (Some(_), _) => i - 1,
@@ -112,7 +138,11 @@ pub fn merge_units(
 /// folded in as a credit: argmin_f e − P_idle·t + μ·t. μ spans "no time pressure" to "time is
 /// worth several times the board power", which is what the arrival-rate buckets translate to.
 pub(crate) fn clock_signature(costs: &UnitCostTable, u: usize) -> Vec<usize> {
-    let p_idle = costs.idle_power_w.iter().copied().fold(f64::INFINITY, f64::min);
+    let p_idle = costs
+        .idle_power_w
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
     let p_idle = if p_idle.is_finite() { p_idle } else { 0.0 };
     let p_ref = costs
         .time_s
@@ -126,8 +156,11 @@ pub(crate) fn clock_signature(costs: &UnitCostTable, u: usize) -> Vec<usize> {
     let mut sig = Vec::with_capacity(costs.batches.len() * mus.len());
     for bi in 0..costs.batches.len() {
         for mu in mus {
-            let cost = |fi: usize| costs.energy_j[u][bi][fi] + (mu - p_idle) * costs.time_s[u][bi][fi];
-            let best = (0..costs.clocks_mhz.len()).min_by(|&a, &b| cost(a).total_cmp(&cost(b))).unwrap_or(0);
+            let cost =
+                |fi: usize| costs.energy_j[u][bi][fi] + (mu - p_idle) * costs.time_s[u][bi][fi];
+            let best = (0..costs.clocks_mhz.len())
+                .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+                .unwrap_or(0);
             sig.push(best);
         }
     }

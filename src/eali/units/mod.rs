@@ -121,9 +121,14 @@ impl UnitCostTable {
             let mut t = vec![vec![0.0; nf]; nb];
             let mut e = vec![vec![0.0; nf]; nb];
             for name in &unit.layer_names {
-                let li = layers.layers.iter().position(|l| l == name).ok_or_else(|| {
-                    EaliError::MissingLayer { model: layers.model.clone(), layer: name.clone() }
-                })?;
+                let li = layers
+                    .layers
+                    .iter()
+                    .position(|l| l == name)
+                    .ok_or_else(|| EaliError::MissingLayer {
+                        model: layers.model.clone(),
+                        layer: name.clone(),
+                    })?;
                 for bi in 0..nb {
                     for fi in 0..nf {
                         t[bi][fi] += layers.time_s[li][bi][fi];
@@ -174,9 +179,12 @@ impl UnitCostTable {
     /// The same table with only the clocks in `keep_mhz` (e.g. just f_max for a max-clock
     /// baseline). Clocks not in the table are ignored.
     pub fn restrict_clocks(&self, keep_mhz: &[u32]) -> Self {
-        let keep: Vec<usize> = (0..self.clocks_mhz.len()).filter(|&k| keep_mhz.contains(&self.clocks_mhz[k])).collect();
+        let keep: Vec<usize> = (0..self.clocks_mhz.len())
+            .filter(|&k| keep_mhz.contains(&self.clocks_mhz[k]))
+            .collect();
         let pick = |row: &Vec<f64>| keep.iter().map(|&k| row[k]).collect::<Vec<f64>>();
-        let cube = |c: &Vec<Vec<Vec<f64>>>| c.iter().map(|u| u.iter().map(pick).collect()).collect();
+        let cube =
+            |c: &Vec<Vec<Vec<f64>>>| c.iter().map(|u| u.iter().map(pick).collect()).collect();
         Self {
             clocks_mhz: keep.iter().map(|&k| self.clocks_mhz[k]).collect(),
             idle_power_w: pick(&self.idle_power_w),
@@ -205,7 +213,12 @@ impl UnitCostTable {
     /// Checks that the arrays match the axes and hold finite, non-negative numbers.
     pub fn validate(&self) -> Result<(), EaliError> {
         let (nu, nb, nf) = (self.units.len(), self.batches.len(), self.clocks_mhz.len());
-        check_axes(&self.batches, &self.clocks_mhz, &self.idle_power_w, &self.batch_overhead_s)?;
+        check_axes(
+            &self.batches,
+            &self.clocks_mhz,
+            &self.idle_power_w,
+            &self.batch_overhead_s,
+        )?;
         if nu == 0 {
             return Err(EaliError::BadTable("no units".into()));
         }
@@ -214,10 +227,17 @@ impl UnitCostTable {
     }
 }
 
-fn check_axes(batches: &[u32], clocks: &[u32], idle: &[f64], overhead: &[f64]) -> Result<(), EaliError> {
+fn check_axes(
+    batches: &[u32],
+    clocks: &[u32],
+    idle: &[f64],
+    overhead: &[f64],
+) -> Result<(), EaliError> {
     let ascending = |v: &[u32]| v.windows(2).all(|w| w[0] < w[1]);
     if batches.is_empty() || clocks.is_empty() || !ascending(batches) || !ascending(clocks) {
-        return Err(EaliError::BadTable("batches and clocks must be non-empty and ascending".into()));
+        return Err(EaliError::BadTable(
+            "batches and clocks must be non-empty and ascending".into(),
+        ));
     }
     if batches[0] == 0 {
         return Err(EaliError::BadTable("batch size 0".into()));
@@ -231,25 +251,48 @@ fn check_axes(batches: &[u32], clocks: &[u32], idle: &[f64], overhead: &[f64]) -
             batches.len()
         )));
     }
-    if idle.iter().chain(overhead).any(|x| !x.is_finite() || *x < 0.0) {
-        return Err(EaliError::BadTable("idle power or overhead not finite and ≥ 0".into()));
+    if idle
+        .iter()
+        .chain(overhead)
+        .any(|x| !x.is_finite() || *x < 0.0)
+    {
+        return Err(EaliError::BadTable(
+            "idle power or overhead not finite and ≥ 0".into(),
+        ));
     }
     Ok(())
 }
 
-fn check_cube(what: &str, cube: &[Vec<Vec<f64>>], nu: usize, nb: usize, nf: usize) -> Result<(), EaliError> {
+fn check_cube(
+    what: &str,
+    cube: &[Vec<Vec<f64>>],
+    nu: usize,
+    nb: usize,
+    nf: usize,
+) -> Result<(), EaliError> {
     let ok = cube.len() == nu
-        && cube.iter().all(|u| u.len() == nb && u.iter().all(|r| r.len() == nf && r.iter().all(|x| x.is_finite() && *x >= 0.0)));
+        && cube.iter().all(|u| {
+            u.len() == nb
+                && u.iter()
+                    .all(|r| r.len() == nf && r.iter().all(|x| x.is_finite() && *x >= 0.0))
+        });
     if ok {
         Ok(())
     } else {
-        Err(EaliError::BadTable(format!("{what} is not {nu}×{nb}×{nf} finite non-negative numbers")))
+        Err(EaliError::BadTable(format!(
+            "{what} is not {nu}×{nb}×{nf} finite non-negative numbers"
+        )))
     }
 }
 
 /// Checks a per-layer cost table's shape.
 pub fn check_layer_table(t: &LayerCostTable) -> Result<(), EaliError> {
-    check_axes(&t.batches, &t.clocks_mhz, &t.idle_power_w, &t.batch_overhead_s)?;
+    check_axes(
+        &t.batches,
+        &t.clocks_mhz,
+        &t.idle_power_w,
+        &t.batch_overhead_s,
+    )?;
     let (nl, nb, nf) = (t.layers.len(), t.batches.len(), t.clocks_mhz.len());
     if nl == 0 {
         return Err(EaliError::BadTable("no layers".into()));
@@ -263,11 +306,18 @@ pub fn structural_chain(graph: &Graph) -> Result<UnitChain, EaliError> {
     if graph.layers.is_empty() {
         return Err(EaliError::EmptyGraph(graph.name.clone()));
     }
-    Ok(UnitChain { model: graph.name.clone(), units: structure::structural_units(graph) })
+    Ok(UnitChain {
+        model: graph.name.clone(),
+        units: structure::structural_units(graph),
+    })
 }
 
 /// Structural units of `graph`, costed from `layers` and merged per `config`.
-pub fn build(graph: &Graph, layers: &LayerCostTable, config: &UnitConfig) -> Result<(UnitChain, UnitCostTable), EaliError> {
+pub fn build(
+    graph: &Graph,
+    layers: &LayerCostTable,
+    config: &UnitConfig,
+) -> Result<(UnitChain, UnitCostTable), EaliError> {
     let chain = structural_chain(graph)?;
     let costs = UnitCostTable::from_layers(&chain, layers)?;
     merge_units(chain, costs, config)
@@ -282,7 +332,10 @@ pub fn single_unit(layers: &LayerCostTable) -> Result<(UnitChain, UnitCostTable)
         layer_names: layers.layers.clone(),
         parts: vec!["all".to_string()],
     };
-    let chain = UnitChain { model: layers.model.clone(), units: vec![unit] };
+    let chain = UnitChain {
+        model: layers.model.clone(),
+        units: vec![unit],
+    };
     let costs = UnitCostTable::from_layers(&chain, layers)?;
     Ok((chain, costs))
 }

@@ -105,13 +105,16 @@ fn regions(graph: &Graph) -> Vec<Vec<LayerId>> {
         }
         preds[l.id] = ins;
     }
-    for v in 0..n {
-        if succs[v].is_empty() {
-            succs[v].push(sink);
+    for (v, out) in succs.iter_mut().enumerate().take(n) {
+        if out.is_empty() {
+            out.push(sink);
             preds[sink].push(v);
         }
     }
-    let forward: Vec<usize> = std::iter::once(src).chain(0..n).chain(std::iter::once(sink)).collect();
+    let forward: Vec<usize> = std::iter::once(src)
+        .chain(0..n)
+        .chain(std::iter::once(sink))
+        .collect();
     let backward: Vec<usize> = forward.iter().rev().copied().collect();
     let (_, dom) = DomTree::build(total, src, &forward, &preds);
     let (ipdom, pdom) = DomTree::build(total, sink, &backward, &succs);
@@ -157,15 +160,24 @@ fn is_anchor(op: &Op) -> bool {
 
 fn is_depthwise(graph: &Graph, id: LayerId) -> bool {
     match graph.layers[id].op {
-        Op::Conv2d { groups, out_channels, .. } => {
-            groups > 1 && groups == graph.input_shape_of(id).c && groups == out_channels
-        }
+        Op::Conv2d {
+            groups,
+            out_channels,
+            ..
+        } => groups > 1 && groups == graph.input_shape_of(id).c && groups == out_channels,
         _ => false,
     }
 }
 
 fn is_pointwise(op: &Op) -> bool {
-    matches!(op, Op::Conv2d { kernel: (1, 1), groups: 1, .. })
+    matches!(
+        op,
+        Op::Conv2d {
+            kernel: (1, 1),
+            groups: 1,
+            ..
+        }
+    )
 }
 
 fn is_activation(op: &Op) -> bool {
@@ -186,7 +198,10 @@ fn is_head_op(op: &Op) -> bool {
     )
 }
 fn starts_head(op: &Op) -> bool {
-    matches!(op, Op::GlobalAvgPool | Op::AvgPool { .. } | Op::Flatten | Op::Linear { .. } | Op::Dropout)
+    matches!(
+        op,
+        Op::GlobalAvgPool | Op::AvgPool { .. } | Op::Flatten | Op::Linear { .. } | Op::Dropout
+    )
 }
 
 /// A unit under construction: `core` layers name it (region members, anchors and what is glued
@@ -199,7 +214,11 @@ struct Draft {
 
 impl Draft {
     fn new(kind: UnitKind, core: Vec<LayerId>) -> Self {
-        Self { kind, all: core.clone(), core }
+        Self {
+            kind,
+            all: core.clone(),
+            core,
+        }
     }
 }
 
@@ -280,12 +299,18 @@ pub(super) fn structural_units(graph: &Graph) -> Vec<Unit> {
             }
             Item::Layer(l) => {
                 let op = &graph.layers[*l].op;
-                let after_block = drafts.last().is_some_and(|d| d.kind == UnitKind::Block && d.all.last() == d.core.last());
-                if !is_anchor(op) && (!pending.is_empty() || (after_block && matches!(op, Op::BatchNorm))) {
+                let after_block = drafts
+                    .last()
+                    .is_some_and(|d| d.kind == UnitKind::Block && d.all.last() == d.core.last());
+                if !is_anchor(op)
+                    && (!pending.is_empty() || (after_block && matches!(op, Op::BatchNorm)))
+                {
                     pending.push(*l);
                     continue;
                 }
-                let glue = is_anchor(op) && pending.is_empty() && glues_to_previous(graph, *l, drafts.last());
+                let glue = is_anchor(op)
+                    && pending.is_empty()
+                    && glues_to_previous(graph, *l, drafts.last());
                 match drafts.last_mut() {
                     Some(d) if glue => {
                         d.core.push(*l);
@@ -325,8 +350,13 @@ fn glues_to_previous(graph: &Graph, id: LayerId, prev: Option<&Draft>) -> bool {
     if prev.kind != UnitKind::Layer || !is_pointwise(&graph.layers[id].op) {
         return false;
     }
-    let last_anchor = prev.all.iter().rev().find(|&&l| is_anchor(&graph.layers[l].op));
-    last_anchor.is_some_and(|&a| is_depthwise(graph, a)) && !prev.core.iter().any(|&l| is_pointwise(&graph.layers[l].op))
+    let last_anchor = prev
+        .all
+        .iter()
+        .rev()
+        .find(|&&l| is_anchor(&graph.layers[l].op));
+    last_anchor.is_some_and(|&a| is_depthwise(graph, a))
+        && !prev.core.iter().any(|&l| is_pointwise(&graph.layers[l].op))
 }
 
 /// MobileNetV2 blocks without a residual: [1×1 expand] + [depthwise + 1×1 linear projection with
@@ -335,14 +365,25 @@ fn merge_inverted_residuals(graph: &Graph, drafts: Vec<Draft>) -> Vec<Draft> {
     let mut out: Vec<Draft> = Vec::with_capacity(drafts.len());
     for d in drafts {
         let merge = out.last().is_some_and(|prev| {
-            let prev_anchors: Vec<LayerId> =
-                prev.core.iter().copied().filter(|&l| is_anchor(&graph.layers[l].op)).collect();
-            let anchors: Vec<LayerId> =
-                d.core.iter().copied().filter(|&l| is_anchor(&graph.layers[l].op)).collect();
+            let prev_anchors: Vec<LayerId> = prev
+                .core
+                .iter()
+                .copied()
+                .filter(|&l| is_anchor(&graph.layers[l].op))
+                .collect();
+            let anchors: Vec<LayerId> = d
+                .core
+                .iter()
+                .copied()
+                .filter(|&l| is_anchor(&graph.layers[l].op))
+                .collect();
             let linear_projection = anchors.len() == 2
                 && is_depthwise(graph, anchors[0])
                 && is_pointwise(&graph.layers[anchors[1]].op)
-                && !d.all.iter().any(|&l| l > anchors[1] && is_activation(&graph.layers[l].op));
+                && !d
+                    .all
+                    .iter()
+                    .any(|&l| l > anchors[1] && is_activation(&graph.layers[l].op));
             prev.kind == UnitKind::Layer
                 && d.kind == UnitKind::Layer
                 && prev_anchors.len() == 1

@@ -4,10 +4,14 @@ use crate::model::{Conv, GraphBuilder, Pool, Shape, Tensor, zoo};
 
 fn residual(b: &mut GraphBuilder, p: &str, x: Tensor) -> Tensor {
     let c = x.shape().c;
-    let y = b.conv(format!("{p}.conv1"), x, Conv::new(c, 3).padding(1)).unwrap();
+    let y = b
+        .conv(format!("{p}.conv1"), x, Conv::new(c, 3).padding(1))
+        .unwrap();
     let y = b.batch_norm(format!("{p}.bn1"), y).unwrap();
     let y = b.relu(format!("{p}.relu1"), y).unwrap();
-    let y = b.conv(format!("{p}.conv2"), y, Conv::new(c, 3).padding(1)).unwrap();
+    let y = b
+        .conv(format!("{p}.conv2"), y, Conv::new(c, 3).padding(1))
+        .unwrap();
     let y = b.add(format!("{p}.add"), &[y, x]).unwrap();
     b.relu(format!("{p}.relu2"), y).unwrap()
 }
@@ -33,11 +37,30 @@ fn residual_net_gives_stem_blocks_head() {
     let chain = structural_chain(&g).unwrap();
     assert_eq!(chain.names(), vec!["stem", "layer1.0", "layer1.1", "head"]);
     let kinds: Vec<UnitKind> = chain.units.iter().map(|u| u.kind).collect();
-    assert_eq!(kinds, vec![UnitKind::Stem, UnitKind::Block, UnitKind::Block, UnitKind::Head]);
-    assert_eq!(chain.units[0].layer_names, vec!["conv1", "bn1", "relu", "maxpool"]);
+    assert_eq!(
+        kinds,
+        vec![
+            UnitKind::Stem,
+            UnitKind::Block,
+            UnitKind::Block,
+            UnitKind::Head
+        ]
+    );
+    assert_eq!(
+        chain.units[0].layer_names,
+        vec!["conv1", "bn1", "relu", "maxpool"]
+    );
     // The block keeps its join and the activation after it.
-    assert_eq!(chain.units[1].layer_names.last().map(String::as_str), Some("layer1.0.relu2"));
-    assert!(chain.units[1].layer_names.iter().any(|n| n == "layer1.0.add"));
+    assert_eq!(
+        chain.units[1].layer_names.last().map(String::as_str),
+        Some("layer1.0.relu2")
+    );
+    assert!(
+        chain.units[1]
+            .layer_names
+            .iter()
+            .any(|n| n == "layer1.0.add")
+    );
     assert_eq!(chain.units[3].layer_names, vec!["avgpool", "flatten", "fc"]);
     // Every layer in exactly one unit, in order.
     let all: Vec<LayerId> = chain.units.iter().flat_map(|u| u.layers.clone()).collect();
@@ -48,12 +71,20 @@ fn residual_net_gives_stem_blocks_head() {
 fn inception_module_is_one_unit() {
     let mut b = GraphBuilder::new("inc", Shape::new(8, 16, 16));
     let x = b.input();
-    let x = b.conv_bn_relu("conv1", x, Conv::new(16, 3).padding(1)).unwrap();
+    let x = b
+        .conv_bn_relu("conv1", x, Conv::new(16, 3).padding(1))
+        .unwrap();
     let b1 = b.conv_bn_relu("mod.branch1", x, Conv::new(8, 1)).unwrap();
     let b2 = b.conv_bn_relu("mod.branch2.0", x, Conv::new(4, 1)).unwrap();
-    let b2 = b.conv_bn_relu("mod.branch2.1", b2, Conv::new(8, 3).padding(1)).unwrap();
-    let b3 = b.max_pool("mod.branch3.0", x, Pool::new(3, 1).padding(1)).unwrap();
-    let b3 = b.conv_bn_relu("mod.branch3.1", b3, Conv::new(8, 1)).unwrap();
+    let b2 = b
+        .conv_bn_relu("mod.branch2.1", b2, Conv::new(8, 3).padding(1))
+        .unwrap();
+    let b3 = b
+        .max_pool("mod.branch3.0", x, Pool::new(3, 1).padding(1))
+        .unwrap();
+    let b3 = b
+        .conv_bn_relu("mod.branch3.1", b3, Conv::new(8, 1))
+        .unwrap();
     let x = b.concat("mod.concat", &[b1, b2, b3]).unwrap();
     let x = b.max_pool("pool", x, Pool::new(2, 2)).unwrap();
     let x = b.global_avg_pool("gap", x).unwrap();
@@ -62,7 +93,10 @@ fn inception_module_is_one_unit() {
     let chain = structural_chain(&g).unwrap();
     assert_eq!(chain.names(), vec!["stem", "mod", "head"]);
     // The pool between the module and the head rides with the module.
-    assert_eq!(chain.units[1].layer_names.last().map(String::as_str), Some("pool"));
+    assert_eq!(
+        chain.units[1].layer_names.last().map(String::as_str),
+        Some("pool")
+    );
     assert_eq!(chain.units[1].layers.len(), 15);
 }
 
@@ -92,13 +126,19 @@ fn plain_net_anchors_take_their_trailing_layers() {
 fn mobilenet_depthwise_pairs_and_linear_bottlenecks() {
     let mut b = GraphBuilder::new("mbv", Shape::new(3, 32, 32));
     let x = b.input();
-    let x = b.conv_bn_relu("stem", x, Conv::new(16, 3).padding(1)).unwrap();
+    let x = b
+        .conv_bn_relu("stem", x, Conv::new(16, 3).padding(1))
+        .unwrap();
     // v1 pair: depthwise then pointwise, each with BN + ReLU.
-    let x = b.conv_bn_relu("dw1", x, Conv::new(16, 3).padding(1).groups(16)).unwrap();
+    let x = b
+        .conv_bn_relu("dw1", x, Conv::new(16, 3).padding(1).groups(16))
+        .unwrap();
     let x = b.conv_bn_relu("pw1", x, Conv::new(32, 1)).unwrap();
     // v2 block without residual: expand, depthwise, linear projection (no activation).
     let x = b.conv_bn_relu("ir.expand", x, Conv::new(96, 1)).unwrap();
-    let x = b.conv_bn_relu("ir.dw", x, Conv::new(96, 3).padding(1).stride(2).groups(96)).unwrap();
+    let x = b
+        .conv_bn_relu("ir.dw", x, Conv::new(96, 3).padding(1).stride(2).groups(96))
+        .unwrap();
     let x = b.conv("ir.project", x, Conv::new(24, 1)).unwrap();
     let x = b.batch_norm("ir.bn", x).unwrap();
     let x = b.global_avg_pool("gap", x).unwrap();
@@ -127,7 +167,10 @@ fn unit_costs_sum_layer_costs() {
     }
     let mut missing = t.clone();
     missing.layers[3] = "renamed".into();
-    assert!(matches!(UnitCostTable::from_layers(&chain, &missing), Err(EaliError::MissingLayer { .. })));
+    assert!(matches!(
+        UnitCostTable::from_layers(&chain, &missing),
+        Err(EaliError::MissingLayer { .. })
+    ));
     let (single, sc) = single_unit(&t).unwrap();
     assert_eq!(single.len(), 1);
     assert!((sc.total_time_s(2, 3) - uc.total_time_s(2, 3)).abs() < 1e-12);
@@ -141,22 +184,39 @@ fn merging_short_units_and_cap() {
     let uc = UnitCostTable::from_layers(&chain, &t).unwrap();
     let total = uc.total_time_s(uc.batches.len() - 1, uc.max_clock_index());
     // A switch longer than the whole network: everything collapses into one unit.
-    let cfg = UnitConfig { switch_median_s: total, merge_same_clock: false, ..UnitConfig::default() };
+    let cfg = UnitConfig {
+        switch_median_s: total,
+        merge_same_clock: false,
+        ..UnitConfig::default()
+    };
     let (c1, u1) = merge_units(chain.clone(), uc.clone(), &cfg).unwrap();
     assert_eq!(c1.len(), 1);
     assert_eq!(u1.num_units(), 1);
-    assert_eq!(c1.units[0].parts, vec!["stem", "layer1.0", "layer1.1", "head"]);
+    assert_eq!(
+        c1.units[0].parts,
+        vec!["stem", "layer1.0", "layer1.1", "head"]
+    );
     assert_eq!(c1.units[0].name, "stem..head");
     // Free switches, cap of 2: the two adjacent units with the smallest combined time go first.
     let (c2, u2) = merge_units(chain.clone(), uc.clone(), &UnitConfig::structural_only(2)).unwrap();
     assert_eq!(c2.len(), 2);
-    assert_eq!(u2.units, c2.names().iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        u2.units,
+        c2.names().iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    );
     let t2 = u2.total_time_s(1, 4);
     assert!((t2 - uc.total_time_s(1, 4)).abs() < 1e-12);
     // A threshold between unit sizes: every surviving unit is at least that long.
-    let times: Vec<f64> = (0..uc.num_units()).map(|u| uc.time_s[u][uc.batches.len() - 1][uc.max_clock_index()]).collect();
+    let times: Vec<f64> = (0..uc.num_units())
+        .map(|u| uc.time_s[u][uc.batches.len() - 1][uc.max_clock_index()])
+        .collect();
     let mid = times.iter().copied().fold(0.0, f64::max) * 0.9;
-    let cfg = UnitConfig { k: 1.0, switch_median_s: mid, merge_same_clock: false, ..UnitConfig::default() };
+    let cfg = UnitConfig {
+        k: 1.0,
+        switch_median_s: mid,
+        merge_same_clock: false,
+        ..UnitConfig::default()
+    };
     let (_, u3) = merge_units(chain, uc, &cfg).unwrap();
     for u in 0..u3.num_units() {
         assert!(u3.time_s[u][u3.batches.len() - 1][u3.max_clock_index()] >= mid);
@@ -189,8 +249,14 @@ fn same_clock_neighbours_merge() {
             .collect(),
     };
     let uc = UnitCostTable::from_layers(&chain, &t).unwrap();
-    assert_ne!(merge::clock_signature(&uc, 1), merge::clock_signature(&uc, 2));
-    let cfg = UnitConfig { k: 0.0, ..UnitConfig::default() };
+    assert_ne!(
+        merge::clock_signature(&uc, 1),
+        merge::clock_signature(&uc, 2)
+    );
+    let cfg = UnitConfig {
+        k: 0.0,
+        ..UnitConfig::default()
+    };
     let (c, _) = merge_units(chain, uc, &cfg).unwrap();
     assert_eq!(c.names(), vec!["a..b", "c..d"]);
 }
@@ -212,7 +278,12 @@ fn zoo_resnet50_has_stem_16_blocks_head() {
     assert_eq!(blocks, want);
     assert!(chain.units[1..17].iter().all(|u| u.kind == UnitKind::Block));
     // Projection shortcut inside the first block of each stage.
-    assert!(chain.units[1].layer_names.iter().any(|n| n.contains("downsample")));
+    assert!(
+        chain.units[1]
+            .layer_names
+            .iter()
+            .any(|n| n.contains("downsample"))
+    );
     // The N_max cap then brings it to 16.
     let t = SyntheticGpu::default().graph_table(&g);
     let (c, u) = build(&g, &t, &UnitConfig::structural_only(16)).unwrap();
@@ -224,8 +295,17 @@ fn zoo_vgg16_has_conv_and_fc_units() {
     let g = zoo::build("vgg16").unwrap();
     let chain = structural_chain(&g).unwrap();
     assert_eq!(chain.len(), 16);
-    let convs = chain.units.iter().filter(|u| u.name.starts_with("features.")).count();
-    let fcs: Vec<&str> = chain.units.iter().map(|u| u.name.as_str()).filter(|n| n.starts_with("classifier.")).collect();
+    let convs = chain
+        .units
+        .iter()
+        .filter(|u| u.name.starts_with("features."))
+        .count();
+    let fcs: Vec<&str> = chain
+        .units
+        .iter()
+        .map(|u| u.name.as_str())
+        .filter(|n| n.starts_with("classifier."))
+        .collect();
     assert_eq!(convs, 13);
     assert_eq!(fcs, vec!["classifier.0", "classifier.3", "classifier.6"]);
 }
@@ -251,7 +331,10 @@ fn zoo_googlenet_has_nine_inception_units() {
     let names = chain.names();
     assert_eq!(names.first(), Some(&"stem"));
     assert_eq!(names.last(), Some(&"head"));
-    assert_eq!(names.iter().filter(|n| n.starts_with("inception")).count(), 9);
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("inception")).count(),
+        9
+    );
     assert_eq!(chain.len(), 11);
 }
 
@@ -259,9 +342,17 @@ fn zoo_googlenet_has_nine_inception_units() {
 fn zoo_densenet_dense_layers_and_preactivated_transitions() {
     let g = zoo::build("densenet121").unwrap();
     let chain = structural_chain(&g).unwrap();
-    let dense = chain.units.iter().filter(|u| u.name.contains(".denselayer")).count();
+    let dense = chain
+        .units
+        .iter()
+        .filter(|u| u.name.contains(".denselayer"))
+        .count();
     assert_eq!(dense, 6 + 12 + 24 + 16);
-    let transitions: Vec<&Unit> = chain.units.iter().filter(|u| u.name.contains("transition")).collect();
+    let transitions: Vec<&Unit> = chain
+        .units
+        .iter()
+        .filter(|u| u.name.contains("transition"))
+        .collect();
     assert_eq!(transitions.len(), 3);
     // BN and ReLU before the transition conv belong to the transition (pre-activation).
     for t in transitions {
@@ -279,9 +370,16 @@ fn zoo_mobilenet_v2_blocks() {
     // expand + linear bottleneck), then the last 1×1 conv and the head.
     let names = chain.names();
     for i in 3..=18 {
-        assert!(names.contains(&format!("features.{i}").as_str()), "features.{i} in {names:?}");
+        assert!(
+            names.contains(&format!("features.{i}").as_str()),
+            "features.{i} in {names:?}"
+        );
     }
     assert_eq!(names.last(), Some(&"head"));
-    let blocks = chain.units.iter().filter(|u| u.kind == UnitKind::Block).count();
+    let blocks = chain
+        .units
+        .iter()
+        .filter(|u| u.kind == UnitKind::Block)
+        .count();
     assert_eq!(blocks, 10, "residual inverted-residual blocks");
 }

@@ -228,7 +228,9 @@ enum Sender {
         model: String,
     },
     Grpc {
-        client: pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>,
+        client: pb::grpc_inference_service_client::GrpcInferenceServiceClient<
+            tonic::transport::Channel,
+        >,
         model: String,
     },
 }
@@ -261,9 +263,10 @@ impl Sender {
                     url: base.clone(),
                     reason: e.to_string(),
                 })?;
-                let client = pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel)
-                    .max_decoding_message_size(256 << 20)
-                    .max_encoding_message_size(256 << 20);
+                let client =
+                    pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel)
+                        .max_decoding_message_size(256 << 20)
+                        .max_encoding_message_size(256 << 20);
                 Ok(Sender::Grpc {
                     client,
                     model: cfg.model.clone(),
@@ -279,7 +282,12 @@ impl Sender {
             reason,
         };
         let dims: Vec<i64> = match self {
-            Sender::Rest { client, base, model, .. } => {
+            Sender::Rest {
+                client,
+                base,
+                model,
+                ..
+            } => {
                 let uri: hyper::Uri = format!("{base}/v2/models/{model}")
                     .parse()
                     .map_err(|_| fail("bad URL".into()))?;
@@ -292,9 +300,13 @@ impl Sender {
                     .map_err(|e| fail(e.to_string()))?
                     .to_bytes();
                 if !status.is_success() {
-                    return Err(fail(format!("{status}: {}", String::from_utf8_lossy(&body))));
+                    return Err(fail(format!(
+                        "{status}: {}",
+                        String::from_utf8_lossy(&body)
+                    )));
                 }
-                let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))?;
                 v["inputs"][0]["shape"]
                     .as_array()
                     .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
@@ -320,7 +332,9 @@ impl Sender {
         let dims: Vec<i64> = dims.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
         let n: i64 = dims.iter().product();
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x1a9e);
-        let values = (0..n.max(0)).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let values = (0..n.max(0))
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
         Ok(Input { dims, values })
     }
 
@@ -358,7 +372,9 @@ impl Sender {
                     parameters: Default::default(),
                     contents: None,
                 }],
-                raw_input_contents: vec![input.values.iter().flat_map(|v| v.to_le_bytes()).collect()],
+                raw_input_contents: vec![
+                    input.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ],
                 ..Default::default()
             }),
         }
@@ -375,7 +391,10 @@ impl Sender {
                 let req = req
                     .body(Full::new(bytes.clone()))
                     .map_err(|e| format!("request: {e}"))?;
-                let resp = client.request(req).await.map_err(|_| "transport".to_string())?;
+                let resp = client
+                    .request(req)
+                    .await
+                    .map_err(|_| "transport".to_string())?;
                 let status = resp.status();
                 // Read the whole response: the latency includes receiving it.
                 resp.into_body()
@@ -417,7 +436,8 @@ mod tests {
             timeout_s: 1.0,
         };
         let arrivals: Vec<f64> = (0..100).map(|i| f64::from(i) * 0.01).collect();
-        let mut outcomes: Vec<Outcome> = (0..98).map(|i| Ok(0.001 * f64::from(i % 10 + 1))).collect();
+        let mut outcomes: Vec<Outcome> =
+            (0..98).map(|i| Ok(0.001 * f64::from(i % 10 + 1))).collect();
         outcomes.push(Err("429".into()));
         outcomes.push(Err("429".into()));
         let r = report(&cfg, &arrivals, &outcomes, 2.0);

@@ -2,8 +2,8 @@
 //! conversion to and from the transport-independent request and response.
 
 use super::{
-    Datatype, InferInput, InferRequest, InferResponse, OipError, Param, Params,
-    RequestedOutput, TensorData, decode_raw, element_count,
+    Datatype, InferInput, InferRequest, InferResponse, OipError, Param, Params, RequestedOutput,
+    TensorData, decode_raw, element_count,
 };
 
 /// Types and service stubs generated from `proto/grpc_predict_v2.proto`.
@@ -98,7 +98,10 @@ pub fn decode_request(req: pb::ModelInferRequest) -> Result<InferRequest, OipErr
                 }
             }
             (None, None) => {
-                return Err(OipError::bad_request(format!("input '{}' has no data", i.name)));
+                return Err(OipError::bad_request(format!(
+                    "input '{}' has no data",
+                    i.name
+                )));
             }
         };
         inputs.push(InferInput {
@@ -160,7 +163,11 @@ mod tests {
     use super::*;
     use crate::serve::oip::{ErrorKind, OutputTensor};
 
-    fn input(shape: Vec<i64>, datatype: &str, contents: Option<pb::InferTensorContents>) -> pb::model_infer_request::InferInputTensor {
+    fn input(
+        shape: Vec<i64>,
+        datatype: &str,
+        contents: Option<pb::InferTensorContents>,
+    ) -> pb::model_infer_request::InferInputTensor {
         pb::model_infer_request::InferInputTensor {
             name: "input".into(),
             datatype: datatype.into(),
@@ -188,22 +195,40 @@ mod tests {
         assert_eq!(r.timeout_us(), Ok(Some(100)));
         assert_eq!(r.id.as_deref(), Some("x"));
 
-        let typed = pb::InferTensorContents { fp32_contents: vec![3.0, 4.0, 5.0], ..Default::default() };
+        let typed = pb::InferTensorContents {
+            fp32_contents: vec![3.0, 4.0, 5.0],
+            ..Default::default()
+        };
         let req = pb::ModelInferRequest {
             inputs: vec![input(vec![3], "FP32", Some(typed))],
             ..Default::default()
         };
-        assert_eq!(decode_request(req).unwrap().inputs[0].data, TensorData::Fp32(vec![3.0, 4.0, 5.0]));
+        assert_eq!(
+            decode_request(req).unwrap().inputs[0].data,
+            TensorData::Fp32(vec![3.0, 4.0, 5.0])
+        );
     }
 
     #[test]
     fn invalid_requests() {
-        let typed = pb::InferTensorContents { fp32_contents: vec![3.0], ..Default::default() };
+        let typed = pb::InferTensorContents {
+            fp32_contents: vec![3.0],
+            ..Default::default()
+        };
         let cases = vec![
             // Count mismatch, unknown datatype, no data, raw count mismatch, raw size mismatch.
-            pb::ModelInferRequest { inputs: vec![input(vec![2], "FP32", Some(typed.clone()))], ..Default::default() },
-            pb::ModelInferRequest { inputs: vec![input(vec![1], "F32", Some(typed.clone()))], ..Default::default() },
-            pb::ModelInferRequest { inputs: vec![input(vec![1], "FP32", None)], ..Default::default() },
+            pb::ModelInferRequest {
+                inputs: vec![input(vec![2], "FP32", Some(typed.clone()))],
+                ..Default::default()
+            },
+            pb::ModelInferRequest {
+                inputs: vec![input(vec![1], "F32", Some(typed.clone()))],
+                ..Default::default()
+            },
+            pb::ModelInferRequest {
+                inputs: vec![input(vec![1], "FP32", None)],
+                ..Default::default()
+            },
             pb::ModelInferRequest {
                 inputs: vec![input(vec![1], "FP32", None)],
                 raw_input_contents: vec![vec![0; 4], vec![0; 4]],
@@ -231,8 +256,14 @@ mod tests {
             model_name: "m".into(),
             model_version: "1".into(),
             id: None,
-            parameters: [("simulated".to_string(), Param::Bool(false))].into_iter().collect(),
-            outputs: vec![OutputTensor { name: "output".into(), shape: vec![1, 1], data: vec![2.5] }],
+            parameters: [("simulated".to_string(), Param::Bool(false))]
+                .into_iter()
+                .collect(),
+            outputs: vec![OutputTensor {
+                name: "output".into(),
+                shape: vec![1, 1],
+                data: vec![2.5],
+            }],
         });
         assert_eq!(r.raw_output_contents, vec![2.5f32.to_le_bytes().to_vec()]);
         assert_eq!(r.outputs[0].shape, vec![1, 1]);

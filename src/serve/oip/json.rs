@@ -11,8 +11,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{
-    Datatype, InferInput, InferRequest, InferResponse, OipError, Param, Params,
-    RequestedOutput, TensorData, decode_raw, element_count,
+    Datatype, InferInput, InferRequest, InferResponse, OipError, Param, Params, RequestedOutput,
+    TensorData, decode_raw, element_count,
 };
 
 /// Header naming the length of the JSON part of a binary-extension body.
@@ -91,12 +91,16 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
         let parameters = params(i.parameters, "input")?;
         let binary_size = match parameters.get("binary_data_size") {
             None => None,
-            Some(p) => Some(p.as_int().and_then(|v| usize::try_from(v).ok()).ok_or_else(|| {
-                OipError::bad_request(format!(
-                    "input '{}': binary_data_size must be a non-negative integer",
-                    i.name
-                ))
-            })?),
+            Some(p) => Some(
+                p.as_int()
+                    .and_then(|v| usize::try_from(v).ok())
+                    .ok_or_else(|| {
+                        OipError::bad_request(format!(
+                            "input '{}': binary_data_size must be a non-negative integer",
+                            i.name
+                        ))
+                    })?,
+            ),
         };
         let data = match (binary_size, i.data) {
             (Some(_), Some(_)) => {
@@ -119,7 +123,10 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
             }
             (None, Some(raw)) => decode_json_data(&i.name, datatype, &i.shape, raw)?,
             (None, None) => {
-                return Err(OipError::bad_request(format!("input '{}' has no data", i.name)));
+                return Err(OipError::bad_request(format!(
+                    "input '{}' has no data",
+                    i.name
+                )));
             }
         };
         inputs.push(InferInput {
@@ -167,7 +174,9 @@ fn decode_json_data(
     let (count, data) = if datatype == Datatype::Fp32 {
         let mut values = Vec::with_capacity(n.min(1 << 24));
         let mut de = serde_json::Deserializer::from_str(raw.get());
-        Flatten { out: &mut values }.deserialize(&mut de).map_err(bad)?;
+        Flatten { out: &mut values }
+            .deserialize(&mut de)
+            .map_err(bad)?;
         (values.len(), TensorData::Fp32(values))
     } else {
         let mut count = 0usize;
@@ -301,8 +310,12 @@ pub fn wants_binary(req: &InferRequest, name: &str) -> bool {
         .find(|o| o.name == name)
         .and_then(|o| o.parameters.get("binary_data"))
         .and_then(Param::as_bool);
-    own.or_else(|| req.parameters.get("binary_data_output").and_then(Param::as_bool))
-        .unwrap_or(false)
+    own.or_else(|| {
+        req.parameters
+            .get("binary_data_output")
+            .and_then(Param::as_bool)
+    })
+    .unwrap_or(false)
 }
 
 /// Encodes a response. Outputs for which `binary(name)` holds are appended as raw little-endian

@@ -17,15 +17,22 @@ fn json_request_with_nested_and_flat_data() {
     .unwrap();
     assert_eq!(r.id.as_deref(), Some("r1"));
     assert_eq!(r.timeout_us(), Ok(Some(5000)));
-    assert_eq!(r.inputs[0].data, TensorData::Fp32(vec![1.0, 2.0, 3.5, -4.0]));
+    assert_eq!(
+        r.inputs[0].data,
+        TensorData::Fp32(vec![1.0, 2.0, 3.5, -4.0])
+    );
     assert_eq!(r.inputs[0].shape, vec![1, 2, 2]);
     // The output's own parameter wins over the request-wide one.
     assert!(!wants_binary(&r, "output"));
     assert!(wants_binary(&r, "other"));
 
-    let flat = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}]}"#)
-        .unwrap();
-    assert_eq!(flat.inputs[0].data, TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0]));
+    let flat =
+        decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}]}"#)
+            .unwrap();
+    assert_eq!(
+        flat.inputs[0].data,
+        TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0])
+    );
     assert!(flat.outputs.is_empty());
 }
 
@@ -44,12 +51,30 @@ fn other_datatypes_are_counted_not_decoded() {
 fn bad_requests_say_why() {
     let cases = [
         ("{", "malformed"),
-        (r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1]}]}"#, "1 values for shape [2], expected 2"),
-        (r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FLOAT32","data":[1,2]}]}"#, "unknown datatype"),
-        (r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,"a"]}]}"#, "data"),
-        (r#"{"inputs":[{"name":"x","shape":[-2],"datatype":"FP32","data":[]}]}"#, "negative"),
-        (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#, "has no data"),
-        (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"parameters":{"p":[1]}}"#, "parameter 'p'"),
+        (
+            r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1]}]}"#,
+            "1 values for shape [2], expected 2",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FLOAT32","data":[1,2]}]}"#,
+            "unknown datatype",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,"a"]}]}"#,
+            "data",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[-2],"datatype":"FP32","data":[]}]}"#,
+            "negative",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+            "has no data",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"parameters":{"p":[1]}}"#,
+            "parameter 'p'",
+        ),
         (r#"{"inputs":{"name":"x"}}"#, "malformed"),
         (r#"{"outputs":[]}"#, "malformed"),
     ];
@@ -79,12 +104,22 @@ fn binary_extension_request() {
     assert!(decode_request(&body, Some(body.len() + 1)).is_err());
     let mut extra = body.clone();
     extra.push(0);
-    assert!(decode_request(&extra, Some(header.len())).unwrap_err().message.contains("not claimed"));
+    assert!(
+        decode_request(&extra, Some(header.len()))
+            .unwrap_err()
+            .message
+            .contains("not claimed")
+    );
     assert!(decode_request(&body[..body.len() - 1], Some(header.len())).is_err());
     let wrong = r#"{"inputs":[{"name":"a","shape":[3],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
     let mut body = wrong.as_bytes().to_vec();
     body.extend([0u8; 8]);
-    assert!(decode_request(&body, Some(wrong.len())).unwrap_err().message.contains("expected 12"));
+    assert!(
+        decode_request(&body, Some(wrong.len()))
+            .unwrap_err()
+            .message
+            .contains("expected 12")
+    );
 }
 
 #[test]
@@ -93,7 +128,9 @@ fn responses_in_json_and_binary() {
         model_name: "m".into(),
         model_version: "1".into(),
         id: Some("r".into()),
-        parameters: [("simulated".to_string(), Param::Bool(true))].into_iter().collect(),
+        parameters: [("simulated".to_string(), Param::Bool(true))]
+            .into_iter()
+            .collect(),
         outputs: vec![OutputTensor {
             name: "output".into(),
             shape: vec![1, 2],

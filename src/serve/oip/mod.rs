@@ -255,8 +255,9 @@ pub fn element_count(shape: &[i64]) -> Result<usize, OipError> {
         )));
     }
     shape.iter().try_fold(1usize, |acc, &d| {
-        let d = usize::try_from(d)
-            .map_err(|_| OipError::bad_request(format!("shape {shape:?} has a negative dimension")))?;
+        let d = usize::try_from(d).map_err(|_| {
+            OipError::bad_request(format!("shape {shape:?} has a negative dimension"))
+        })?;
         acc.checked_mul(d)
             .ok_or_else(|| OipError::bad_request(format!("shape {shape:?} is too large")))
     })
@@ -298,14 +299,17 @@ pub fn decode_raw(
 fn check_bytes_elements(name: &str, shape: &[i64], bytes: &[u8], n: usize) -> Result<(), OipError> {
     let (mut at, mut count) = (0usize, 0usize);
     while at < bytes.len() {
-        let len_bytes = bytes
-            .get(at..at + 4)
-            .ok_or_else(|| OipError::bad_request(format!("input '{name}': truncated BYTES element")))?;
-        let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+        let len_bytes = bytes.get(at..at + 4).ok_or_else(|| {
+            OipError::bad_request(format!("input '{name}': truncated BYTES element"))
+        })?;
+        let len =
+            u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
         at = at
             .checked_add(4 + len)
             .filter(|&e| e <= bytes.len())
-            .ok_or_else(|| OipError::bad_request(format!("input '{name}': truncated BYTES element")))?;
+            .ok_or_else(|| {
+                OipError::bad_request(format!("input '{name}': truncated BYTES element"))
+            })?;
         count += 1;
     }
     if count != n {
@@ -314,6 +318,21 @@ fn check_bytes_elements(name: &str, shape: &[i64], bytes: &[u8], n: usize) -> Re
         )));
     }
     Ok(())
+}
+
+/// Runs every request decoder on arbitrary bytes: the REST JSON decoder, the binary tensor data
+/// extension (header length from the first two bytes), and the gRPC decoder (protobuf, then the
+/// request conversion). The fuzz target (`fuzz/`) and its CI stand-in call this; it must return
+/// for any input, never panic.
+pub fn fuzz_decoders(data: &[u8]) {
+    let _ = json::decode_request(data, None);
+    if data.len() >= 2 {
+        let header_len = usize::from(u16::from_le_bytes([data[0], data[1]]));
+        let _ = json::decode_request(&data[2..], Some(header_len));
+    }
+    if let Ok(req) = <grpc::pb::ModelInferRequest as prost::Message>::decode(data) {
+        let _ = grpc::decode_request(req);
+    }
 }
 
 #[cfg(test)]
@@ -325,7 +344,10 @@ mod tests {
         for d in Datatype::ALL {
             assert_eq!(Datatype::parse(d.as_str()), Ok(d));
         }
-        assert_eq!(Datatype::parse("FLOAT").unwrap_err().kind, ErrorKind::BadRequest);
+        assert_eq!(
+            Datatype::parse("FLOAT").unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
         assert_eq!(Datatype::Fp32.size(), Some(4));
         assert_eq!(Datatype::Bytes.size(), None);
     }
@@ -336,7 +358,10 @@ mod tests {
         assert_eq!(element_count(&[]), Ok(1));
         assert!(element_count(&[2, -1]).is_err());
         assert!(element_count(&[i64::MAX, i64::MAX]).is_err());
-        let bytes: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(
             decode_raw("x", Datatype::Fp32, &[1, 2], &bytes),
             Ok(TensorData::Fp32(vec![1.5, -2.0]))
@@ -348,7 +373,10 @@ mod tests {
         );
         // Two BYTES elements: "ab" and "".
         let b = [2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0];
-        assert_eq!(decode_raw("s", Datatype::Bytes, &[2], &b), Ok(TensorData::Other));
+        assert_eq!(
+            decode_raw("s", Datatype::Bytes, &[2], &b),
+            Ok(TensorData::Other)
+        );
         assert!(decode_raw("s", Datatype::Bytes, &[3], &b).is_err());
         assert!(decode_raw("s", Datatype::Bytes, &[1], &b[..5]).is_err());
     }
@@ -359,7 +387,8 @@ mod tests {
         assert_eq!(r.timeout_us(), Ok(None));
         r.parameters.insert("timeout".into(), Param::Int(2500));
         assert_eq!(r.timeout_us(), Ok(Some(2500)));
-        r.parameters.insert("timeout".into(), Param::Str("soon".into()));
+        r.parameters
+            .insert("timeout".into(), Param::Str("soon".into()));
         assert!(r.timeout_us().is_err());
     }
 }

@@ -113,13 +113,13 @@ pub fn format_table(checks: &[CalibrationCheck]) -> String {
         .unwrap_or(4)
         .max(5);
     let mut out = format!(
-        "{:<w$}  {:>12}  {:>12}  {:<6} {:<16} {:<4}  source\n",
+        "{:<w$}  {:>12}  {:>12}  {:<6} {:<20} {:<4}  source\n",
         "check", "published", "simulated", "unit", "tolerance", "ok"
     );
     for c in checks {
         let _ = writeln!(
             out,
-            "{:<w$}  {:>12}  {:>12}  {:<6} {:<16} {:<4}  {}",
+            "{:<w$}  {:>12}  {:>12}  {:<6} {:<20} {:<4}  {}",
             c.name,
             fmt_num(c.published),
             fmt_num(c.simulated),

@@ -1,0 +1,248 @@
+//! Serving overhead: `eali serve` with a zero-cost model against a bare hyper echo server on the
+//! same machine, both over REST with the same request bodies and the same client.
+//!
+//! 1. Peak throughput: closed loop, `CONNS` clients sending back to back for `SECS` seconds.
+//!    Target (DESIGN.md §5): eali ≥ 50 % of the echo server's requests per second.
+//! 2. Latency at half the echo server's peak: open loop (Poisson), p50/p99 of both.
+//!    Target: eali's p99 at most 1 ms above the echo server's.
+//!
+//! `cargo bench --bench serving` (env `SERVING_SECS`, `SERVING_CONNS` to change the run). This is
+//! a measurement, not a test: it prints the figures and the verdict, and never fails on them.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use eali::k8s::crd::{
+    GpuSelector, InferenceServiceSpec, ModelFormat, ModelRef, PodResources, Policy, Replicas, Slo,
+};
+use eali::model::{Conv, GraphBuilder, Shape};
+use eali::serve::{Compute, RuntimeOptions, ServeConfig, ServeOptions, Server};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Exp};
+
+fn env(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A bare hyper HTTP/1 server answering every request with a fixed small JSON body after reading
+/// the request body: the floor any HTTP inference server sits on.
+async fn echo_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                        br#"{"model_name":"echo","model_version":"1","outputs":[]}"#,
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `eali serve` with a tiny model (3×8×8 input, 10 classes) and the zero-cost executor.
+async fn eali_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let mut b = GraphBuilder::new("tiny", Shape::new(3, 8, 8));
+    let x = b.input();
+    let y = b.conv("conv", x, Conv::new(8, 3).padding(1)).unwrap();
+    let y = b.global_avg_pool("gap", y).unwrap();
+    let y = b.flatten("flatten", y).unwrap();
+    b.linear("fc", y, 10, true).unwrap();
+    let path = dir.join("tiny.json");
+    std::fs::write(&path, serde_json::to_string(&b.finish().unwrap()).unwrap()).unwrap();
+    let spec = InferenceServiceSpec {
+        model: ModelRef {
+            zoo: None,
+            uri: Some(format!("file://{}", path.display())),
+            format: Some(ModelFormat::EaliJson),
+        },
+        slo: Slo {
+            latency_ms: 50,
+            percentile: 99.0,
+        },
+        max_batch_size: 64,
+        replicas: Replicas::default(),
+        policy: Policy::MaxPerformance,
+        gpu: GpuSelector::default(),
+        resources: PodResources::default(),
+        image: None,
+    };
+    let opts = ServeOptions {
+        http: SocketAddr::from(([127, 0, 0, 1], 0)),
+        grpc: None,
+        runtime: RuntimeOptions {
+            compute: Compute::None,
+            default_gpu: "v100-sxm2".into(),
+            seed: 1,
+            weights: None,
+            zero_cost: true,
+        },
+        queue_capacity: 1 << 16,
+        deadline_factor: 100.0,
+        max_body_bytes: 1 << 20,
+    };
+    let server = Server::bind(&ServeConfig::single("tiny", spec).unwrap(), opts)
+        .await
+        .unwrap();
+    let addr = server.http_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+fn body() -> Bytes {
+    let values: Vec<f32> = (0..3 * 8 * 8).map(|i| i as f32 / 192.0).collect();
+    serde_json::json!({"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": values}]})
+        .to_string()
+        .into()
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build(c)
+}
+
+async fn one(c: &HttpClient, uri: &hyper::Uri, body: &Bytes) -> bool {
+    let req = hyper::Request::post(uri.clone())
+        .header("content-type", "application/json")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    match c.request(req).await {
+        Ok(r) => {
+            let ok = r.status().is_success();
+            ok && r.into_body().collect().await.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// Closed loop: `conns` clients back to back for `secs`; successful requests per second.
+async fn peak(uri: hyper::Uri, conns: usize, secs: f64) -> f64 {
+    let (c, b) = (client(), body());
+    // Warm the connections up.
+    for _ in 0..conns {
+        one(&c, &uri, &b).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let (c, b, u, stop, done) = (
+                c.clone(),
+                b.clone(),
+                uri.clone(),
+                stop.clone(),
+                done.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if one(&c, &u, &b).await {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = done.load(Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    for t in tasks {
+        let _ = t.await;
+    }
+    n as f64 / elapsed
+}
+
+/// Open loop at `rate` for `secs`: (p50, p99) latency in ms of successful requests.
+async fn latency(uri: hyper::Uri, rate: f64, secs: f64, seed: u64) -> (f64, f64) {
+    let (c, b) = (client(), body());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let exp = Exp::new(rate).unwrap();
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let mut t = 0.0;
+    let mut tasks = Vec::new();
+    while t < secs {
+        t += exp.sample(&mut rng);
+        let at = start + Duration::from_secs_f64(t);
+        let (c, b, u) = (c.clone(), b.clone(), uri.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let ok = one(&c, &u, &b).await;
+            ok.then(|| at.elapsed().as_secs_f64() * 1e3)
+        }));
+    }
+    let mut lat: Vec<f64> = Vec::new();
+    for task in tasks {
+        if let Ok(Some(l)) = task.await {
+            lat.push(l);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        lat.get(((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len().max(1)) - 1)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (q(0.5), q(0.99))
+}
+
+fn main() {
+    let secs = env("SERVING_SECS", 5.0);
+    let conns = env("SERVING_CONNS", 32.0) as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("eali-serving-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    rt.block_on(async {
+        let echo = echo_server().await;
+        let (eali, stop) = eali_server(&dir).await;
+        let echo_uri: hyper::Uri = format!("http://{echo}/v2/models/tiny/infer").parse().unwrap();
+        let eali_uri: hyper::Uri = format!("http://{eali}/v2/models/tiny/infer").parse().unwrap();
+        println!("serving overhead: {conns} connections, {secs} s per measurement, same client and body");
+        let echo_rps = peak(echo_uri.clone(), conns, secs).await;
+        let eali_rps = peak(eali_uri.clone(), conns, secs).await;
+        let ratio = eali_rps / echo_rps;
+        println!("peak throughput   hyper echo {echo_rps:>9.0} req/s   eali serve {eali_rps:>9.0} req/s   ratio {:.1} % (target >= 50 %: {})",
+            100.0 * ratio, if ratio >= 0.5 { "met" } else { "NOT met" });
+        let half = echo_rps / 2.0;
+        let (e50, e99) = latency(echo_uri, half, secs, 1).await;
+        let (s50, s99) = latency(eali_uri, half, secs, 1).await;
+        println!("at {half:.0} req/s     hyper echo p50 {e50:.3} ms p99 {e99:.3} ms   eali serve p50 {s50:.3} ms p99 {s99:.3} ms   added p99 {:.3} ms (target <= 1 ms: {})",
+            s99 - e99, if s99 - e99 <= 1.0 { "met" } else { "NOT met" });
+        let _ = stop.send(());
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

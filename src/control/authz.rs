@@ -1,0 +1,215 @@
+//! Who may control a GPU: the pod that holds it according to the kubelet. The chain is
+//! peer pid (SO_PEERCRED, from tonic's `UdsConnectInfo`) → `/proc/<pid>/cgroup` → pod UID →
+//! [`PodDirectory`] → namespace/name → pod-resources `List` → does that pod hold this GPU for
+//! our resource? Every failure along the way denies (fail closed). Decisions are cached per
+//! (pid, GPU) for a short time: set-calls come tens of times a second, a pod's allocation does
+//! not change that fast, and a pid is not reused within seconds.
+//!
+//! The check is per pod, not per container: pod-resources names containers, cgroups carry
+//! container IDs, and matching the two needs the container runtime. Containers of one pod
+//! share its GPU allocation anyway unless each requests its own.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+
+use super::ControlError;
+use super::identity::pod_of_cgroup;
+use crate::deviceplugin::podresources::ListPodResourcesRequest;
+use crate::deviceplugin::podresources::pod_resources_lister_client::PodResourcesListerClient;
+use crate::deviceplugin::{POD_RESOURCES_SOCKET, RESOURCE_NAME, uds};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PodName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for PodName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Pod UID → namespace/name (pod-resources names pods, cgroups carry UIDs).
+pub trait PodDirectory: Send + Sync + 'static {
+    fn lookup<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Option<PodName>, ControlError>>;
+}
+
+/// A fixed map (tests, and nodes where the agent has no API access but a known pod set).
+#[derive(Debug, Default)]
+pub struct StaticPodDirectory(Mutex<HashMap<String, PodName>>);
+
+impl StaticPodDirectory {
+    pub fn insert(&self, uid: &str, namespace: &str, name: &str) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(
+            uid.to_string(),
+            PodName {
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+        );
+    }
+}
+
+impl PodDirectory for StaticPodDirectory {
+    fn lookup<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Option<PodName>, ControlError>> {
+        let found = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(uid)
+            .cloned();
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+/// The pods of this node from the API server (`spec.nodeName=<node>`).
+pub struct KubePodDirectory {
+    pub client: kube::Client,
+    pub node: String,
+}
+
+impl PodDirectory for KubePodDirectory {
+    fn lookup<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Option<PodName>, ControlError>> {
+        Box::pin(async move {
+            use k8s_openapi::api::core::v1::Pod;
+            let api: kube::Api<Pod> = kube::Api::all(self.client.clone());
+            let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={}", self.node));
+            let pods = api
+                .list(&lp)
+                .await
+                .map_err(|e| ControlError::Directory(e.to_string()))?;
+            Ok(pods.items.into_iter().find_map(|p| {
+                let m = p.metadata;
+                (m.uid.as_deref() == Some(uid)).then(|| PodName {
+                    namespace: m.namespace.unwrap_or_default(),
+                    name: m.name.unwrap_or_default(),
+                })
+            }))
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(PodName),
+    Deny(String),
+}
+
+pub struct Authorizer {
+    proc_root: PathBuf,
+    pod_resources: PathBuf,
+    resource_name: String,
+    directory: Arc<dyn PodDirectory>,
+    cache_ttl: Duration,
+    cache: Mutex<HashMap<(u32, String), (Instant, Decision)>>,
+}
+
+impl Authorizer {
+    /// With the node's defaults: `/proc`, the kubelet's pod-resources socket, `eali.dev/gpu`,
+    /// a 2 s decision cache.
+    pub fn new(directory: Arc<dyn PodDirectory>) -> Self {
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            pod_resources: PathBuf::from(POD_RESOURCES_SOCKET),
+            resource_name: RESOURCE_NAME.into(),
+            directory,
+            cache_ttl: Duration::from_secs(2),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads `<root>/<pid>/cgroup` instead of `/proc` (the agent's own /proc when it runs in
+    /// a container with the host's mounted elsewhere, or a test's).
+    pub fn with_proc_root(mut self, root: PathBuf) -> Self {
+        self.proc_root = root;
+        self
+    }
+
+    pub fn with_pod_resources_socket(mut self, path: PathBuf) -> Self {
+        self.pod_resources = path;
+        self
+    }
+
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// May the process `pid` control GPU `uuid`?
+    pub async fn check(&self, pid: Option<i32>, uuid: &str) -> Decision {
+        let Some(pid) = pid.and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0) else {
+            return Decision::Deny("caller's process is not visible (no peer credentials)".into());
+        };
+        let key = (pid, uuid.to_string());
+        if let Some((at, d)) = self.cache().get(&key)
+            && at.elapsed() < self.cache_ttl
+        {
+            return d.clone();
+        }
+        let decision = self.decide(pid, uuid).await;
+        self.cache().insert(key, (Instant::now(), decision.clone()));
+        decision
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, String), (Instant, Decision)>> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn decide(&self, pid: u32, uuid: &str) -> Decision {
+        let path = self.proc_root.join(pid.to_string()).join("cgroup");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => return Decision::Deny(format!("cannot read {}: {e}", path.display())),
+        };
+        let Some(pod) = pod_of_cgroup(&text) else {
+            return Decision::Deny(format!("process {pid} is not in a Kubernetes pod"));
+        };
+        let name = match self.directory.lookup(&pod.uid).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return Decision::Deny(format!("pod {} is not on this node", pod.uid)),
+            Err(e) => return Decision::Deny(e.to_string()),
+        };
+        match self.holders(uuid).await {
+            Ok(holders) if holders.contains(&name) => Decision::Allow(name),
+            Ok(holders) => Decision::Deny(format!(
+                "pod {name} (process {pid}) does not hold GPU {uuid}; held by {}",
+                if holders.is_empty() {
+                    "no pod".to_string()
+                } else {
+                    holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                }
+            )),
+            Err(e) => Decision::Deny(e.to_string()),
+        }
+    }
+
+    /// Pods the kubelet has allocated GPU `uuid` to, for our resource.
+    pub async fn holders(&self, uuid: &str) -> Result<Vec<PodName>, ControlError> {
+        let channel = uds::connect(&self.pod_resources).await?;
+        let list = PodResourcesListerClient::new(channel)
+            .list(ListPodResourcesRequest {})
+            .await
+            .map_err(|s| ControlError::PodResources(s.to_string()))?
+            .into_inner();
+        Ok(list
+            .pod_resources
+            .into_iter()
+            .filter(|p| {
+                p.containers.iter().any(|c| {
+                    c.devices.iter().any(|d| {
+                        d.resource_name == self.resource_name && d.device_ids.iter().any(|i| i == uuid)
+                    })
+                })
+            })
+            .map(|p| PodName {
+                namespace: p.namespace,
+                name: p.name,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,49 @@
+//! The agent <-> serving-pod control socket: a gRPC server per GPU on a Unix socket
+//! (`<root>/<uuid>/control.sock` on the node; the device plugin's Allocate mounts the
+//! directory into the pod that gets the GPU). The pod sends clock set-calls and its unit
+//! timings; the agent sets clocks through the GPU backend, with the clock guard's write-ahead
+//! record, and returns the effective clocks and the energy counter.
+//!
+//! Only the container that holds the GPU may control it. The socket is reachable by anyone who
+//! can see the file, so authorization is by peer credentials: SO_PEERCRED gives the caller's
+//! pid, `/proc/<pid>/cgroup` its pod UID, a [`PodDirectory`] the pod's namespace and name, and
+//! the kubelet's pod-resources API `List` which pod holds the GPU. Anyone else gets
+//! PERMISSION_DENIED.
+//!
+//! - [`identity`]: cgroup parsing (pod UID and container ID from every cgroup layout in use).
+//! - [`authz`]: the authorizer (pid → pod → holder check), with a short decision cache.
+//! - [`service`]: the `GpuControl` service and the per-GPU server.
+//! - [`client`]: the serving pod's side.
+
+pub mod authz;
+pub mod client;
+pub mod identity;
+pub mod service;
+
+/// Generated types of the control protocol (package `eali.control.v1`).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("eali.control.v1");
+}
+
+pub use authz::{Authorizer, Decision, PodDirectory, PodName, StaticPodDirectory};
+pub use client::ControlClient;
+pub use identity::{PodRef, pod_of_cgroup};
+pub use service::{AttributedTiming, ControlServer, ControlService};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Socket(#[from] crate::deviceplugin::DevicePluginError),
+    #[error("cannot read {path}: {source}")]
+    Proc {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kubelet pod-resources API: {0}")]
+    PodResources(String),
+    #[error("pod lookup: {0}")]
+    Directory(String),
+    #[error("control call failed: {0}")]
+    Rpc(#[from] tonic::Status),
+}

@@ -1,0 +1,248 @@
+//! The control socket end to end: a serving process that holds the GPU (per a fake kubelet
+//! pod-resources server speaking the real v1 API) sets clocks through the socket and gets the
+//! effective clocks and energy back, with every lock recorded by the clock guard first; a caller
+//! whose pod does not hold the GPU, or that is not in a pod at all, gets PERMISSION_DENIED.
+//!
+//! The caller is this test process (its real SO_PEERCRED pid); since it is not really in a
+//! pod, the authorizer reads `<tmp>/proc/<pid>/cgroup`, written here in the kubelet's layout.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eali::control::proto::UnitTiming;
+use eali::control::{
+    Authorizer, ControlClient, ControlError, ControlServer, ControlService, StaticPodDirectory,
+};
+use eali::deviceplugin::podresources as pr;
+use eali::deviceplugin::podresources::pod_resources_lister_server::{
+    PodResourcesLister, PodResourcesListerServer,
+};
+use eali::deviceplugin::{SharedGpu, uds};
+use eali::gpu::clockguard::{ClockGuard, ClockResetter, LockEntry, LockKind};
+use eali::gpu::sim::{GpuProfile, SimGpu};
+use eali::gpu::{GpuBackend, GpuError};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+const POD_UID: &str = "7d3b1a52-90e4-4c1f-8a6e-2f0c9b4d5e61";
+
+/// The kubelet's pod-resources API with a settable answer.
+#[derive(Clone, Default)]
+struct FakePodResources(Arc<Mutex<Vec<pr::PodResources>>>);
+
+impl FakePodResources {
+    fn set_holder(&self, namespace: &str, name: &str, gpu: &str) {
+        *self.0.lock().unwrap() = vec![pr::PodResources {
+            name: name.into(),
+            namespace: namespace.into(),
+            containers: vec![pr::ContainerResources {
+                name: "serve".into(),
+                devices: vec![
+                    pr::ContainerDevices {
+                        resource_name: "example.com/nic".into(),
+                        device_ids: vec!["nic0".into()],
+                        topology: None,
+                    },
+                    pr::ContainerDevices {
+                        resource_name: "eali.dev/gpu".into(),
+                        device_ids: vec![gpu.into()],
+                        topology: None,
+                    },
+                ],
+                cpu_ids: vec![],
+                memory: vec![],
+            }],
+        }];
+    }
+}
+
+#[tonic::async_trait]
+impl PodResourcesLister for FakePodResources {
+    async fn list(
+        &self,
+        _: Request<pr::ListPodResourcesRequest>,
+    ) -> Result<Response<pr::ListPodResourcesResponse>, Status> {
+        Ok(Response::new(pr::ListPodResourcesResponse {
+            pod_resources: self.0.lock().unwrap().clone(),
+        }))
+    }
+    async fn get_allocatable_resources(
+        &self,
+        _: Request<pr::AllocatableResourcesRequest>,
+    ) -> Result<Response<pr::AllocatableResourcesResponse>, Status> {
+        Err(Status::unimplemented("not used"))
+    }
+    async fn get(
+        &self,
+        _: Request<pr::GetPodResourcesRequest>,
+    ) -> Result<Response<pr::GetPodResourcesResponse>, Status> {
+        Err(Status::unimplemented("not used"))
+    }
+}
+
+/// Resets the simulated GPU the guard recorded.
+struct SimResetter(Arc<Mutex<SimGpu>>);
+
+impl ClockResetter for SimResetter {
+    fn reset(&self, entry: &LockEntry) -> Result<(), GpuError> {
+        let mut g = self.0.lock().unwrap();
+        match entry.kind {
+            LockKind::Graphics => g.reset_locked_clocks().map(|_| ()),
+            LockKind::Application => g.reset_application_clocks().map(|_| ()),
+            LockKind::Memory => Ok(()),
+        }
+    }
+    fn all_gpus(&self) -> Result<Vec<LockEntry>, GpuError> {
+        let g = self.0.lock().unwrap();
+        Ok(vec![LockEntry::new(&g.info().uuid, 0, LockKind::Graphics, 0, 0)])
+    }
+}
+
+fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("eali-ctl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn write_cgroup(proc_root: &Path, contents: &str) {
+    let dir = proc_root.join(std::process::id().to_string());
+    std::fs::create_dir_all(&dir).expect("proc dir");
+    std::fs::write(dir.join("cgroup"), contents).expect("cgroup file");
+}
+
+fn in_pod(uid: &str) -> String {
+    let u = uid.replace('-', "_");
+    format!(
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-0a1b2c.scope\n"
+    )
+}
+
+fn denied(r: Result<impl std::fmt::Debug, ControlError>) -> String {
+    match r {
+        Err(ControlError::Rpc(s)) if s.code() == tonic::Code::PermissionDenied => {
+            s.message().to_string()
+        }
+        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
+    let dir = temp_dir();
+    let proc_root = dir.join("proc");
+
+    // The kubelet side: pod-resources says serving/resnet-0 holds the GPU.
+    let sim = Arc::new(Mutex::new(SimGpu::new(
+        GpuProfile::builtin("v100-sxm2").expect("profile"),
+        0,
+        3,
+    )));
+    let uuid = sim.lock().unwrap().info().uuid.clone();
+    let pods = FakePodResources::default();
+    pods.set_holder("serving", "resnet-0", &uuid);
+    let pr_sock = dir.join("pod-resources.sock");
+    let listener = uds::bind(&pr_sock).expect("bind");
+    let pr_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(PodResourcesListerServer::new(pods.clone()))
+            .serve_with_incoming(UnixListenerStream::new(listener)),
+    );
+
+    // The agent side.
+    let (guard, _) = ClockGuard::start(
+        &dir.join("clock-locks.json"),
+        Arc::new(SimResetter(sim.clone())),
+    )
+    .expect("guard");
+    let directory = Arc::new(StaticPodDirectory::default());
+    directory.insert(POD_UID, "serving", "resnet-0");
+    let authz = Authorizer::new(directory)
+        .with_proc_root(proc_root.clone())
+        .with_pod_resources_socket(pr_sock)
+        .with_cache_ttl(Duration::ZERO);
+    let (tx, mut timings) = tokio::sync::mpsc::unbounded_channel();
+    let shared: SharedGpu = sim.clone();
+    let svc = ControlService::new(shared, guard.clone(), Arc::new(authz), Some(tx));
+    let socket = dir.join("control").join(&uuid).join("control.sock");
+    let server = ControlServer::spawn(&socket, svc).expect("control server");
+
+    // The serving pod: its process is in resnet-0's cgroup.
+    write_cgroup(&proc_root, &in_pod(POD_UID));
+    let mut client = ControlClient::connect(&socket, &uuid).await.expect("connect");
+    let clocks = {
+        let g = sim.lock().unwrap();
+        let mem = g.supported_memory_clocks().expect("memory clocks")[0];
+        g.supported_graphics_clocks(mem).expect("graphics clocks")
+    };
+    let low = clocks[clocks.len() * 3 / 4];
+    let st = client.set_clocks(low, low).await.expect("holder may set clocks");
+    println!("SetClocks({low},{low}) -> {st:?}");
+    assert_eq!((st.locked_min_mhz, st.locked_max_mhz), (low, low));
+    assert_eq!(st.applied_mhz, low);
+    assert!(st.call_latency_s > 0.0 && st.effective_at_s > st.device_time_s - st.call_latency_s);
+    let rec = guard.locked();
+    assert_eq!(rec.len(), 1, "the lock is recorded before it is made");
+    assert_eq!((rec[0].uuid.as_str(), rec[0].kind, rec[0].max_mhz), (uuid.as_str(), LockKind::Graphics, low));
+
+    {
+        // The energy counter advances with work done on the GPU.
+        use eali::gpu::{LayerExecutor, LayerWork, WorkKind};
+        let work = LayerWork { kind: WorkKind::Conv, flops: 4e12, bytes: 2e9, batch: 8 };
+        sim.lock().unwrap().run_layer(&work, 10).expect("run");
+    }
+    let st2 = client.status().await.expect("status");
+    assert!(st2.energy_mj > st.energy_mj, "{} -> {}", st.energy_mj, st2.energy_mj);
+    assert_eq!(st2.graphics_mhz, low, "the lock is in force after the settle time");
+
+    let t = |unit, s: f64, e: f64| UnitTiming {
+        gpu_uuid: uuid.clone(),
+        model: "resnet50".into(),
+        unit,
+        batch: 8,
+        start_unix_s: s,
+        end_unix_s: e,
+        clock_mhz: low,
+    };
+    let summary = client
+        .report_timings(vec![t(0, 1.0, 1.01), t(1, 1.01, 1.03), t(2, 1.03, 1.02)])
+        .await
+        .expect("timings");
+    assert_eq!((summary.received, summary.rejected), (2, 1));
+    let first = timings.recv().await.expect("attributed timing");
+    assert_eq!(first.pod.to_string(), "serving/resnet-0");
+
+    let st = client.reset_clocks().await.expect("reset");
+    assert_eq!((st.locked_min_mhz, st.locked_max_mhz), (0, 0));
+    assert!(guard.locked().is_empty(), "the record is cleared after the reset");
+
+    // The GPU is reassigned to another pod: the same caller is refused.
+    pods.set_holder("serving", "other-0", &uuid);
+    let why = denied(client.set_clocks(low, low).await);
+    println!("refused caller (pod does not hold the GPU): {why}");
+    assert!(why.contains("serving/resnet-0") && why.contains("serving/other-0"), "{why}");
+    assert!(guard.locked().is_empty(), "a refused call records nothing");
+    denied(client.status().await);
+
+    // A process outside any pod, and one in an unknown pod, are refused too.
+    pods.set_holder("serving", "resnet-0", &uuid);
+    write_cgroup(&proc_root, "0::/user.slice/user-0.slice/session-1.scope\n");
+    let why = denied(client.set_clocks(low, low).await);
+    println!("refused caller (not in a pod): {why}");
+    write_cgroup(&proc_root, &in_pod("00000000-0000-4000-8000-000000000000"));
+    let why = denied(client.set_clocks(low, low).await);
+    println!("refused caller (unknown pod): {why}");
+
+    // A wrong GPU UUID on an authorized call is a bad request, not a permission matter.
+    write_cgroup(&proc_root, &in_pod(POD_UID));
+    let mut wrong = ControlClient::connect(&socket, "GPU-other").await.expect("connect");
+    match wrong.set_clocks(low, low).await {
+        Err(ControlError::Rpc(s)) => assert_eq!(s.code(), tonic::Code::InvalidArgument),
+        other => panic!("{other:?}"),
+    }
+
+    server.shutdown().await;
+    assert!(!socket.exists(), "socket removed on shutdown");
+    pr_server.abort();
+}
