@@ -26,6 +26,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 const POD_UID: &str = "7d3b1a52-90e4-4c1f-8a6e-2f0c9b4d5e61";
+const OTHER_UID: &str = "0c4f9e11-5a2b-4d7e-9f10-3b6a8c2d4e07";
 
 /// The kubelet's pod-resources API with a settable answer.
 #[derive(Clone, Default)]
@@ -95,19 +96,29 @@ impl ClockResetter for SimResetter {
     }
     fn all_gpus(&self) -> Result<Vec<LockEntry>, GpuError> {
         let g = self.0.lock().unwrap();
-        Ok(vec![LockEntry::new(&g.info().uuid, 0, LockKind::Graphics, 0, 0)])
+        Ok(vec![LockEntry::new(
+            &g.info().uuid,
+            0,
+            LockKind::Graphics,
+            0,
+            0,
+        )])
     }
 }
 
-fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("eali-ctl-{}", std::process::id()));
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("eali-ctl-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
 
 fn write_cgroup(proc_root: &Path, contents: &str) {
-    let dir = proc_root.join(std::process::id().to_string());
+    write_cgroup_of(proc_root, std::process::id(), contents);
+}
+
+fn write_cgroup_of(proc_root: &Path, pid: u32, contents: &str) {
+    let dir = proc_root.join(pid.to_string());
     std::fs::create_dir_all(&dir).expect("proc dir");
     std::fs::write(dir.join("cgroup"), contents).expect("cgroup file");
 }
@@ -128,11 +139,23 @@ fn denied(r: Result<impl std::fmt::Debug, ControlError>) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
-    let dir = temp_dir();
-    let proc_root = dir.join("proc");
+/// The kubelet's pod-resources server and the agent's control server for one simulated GPU.
+struct Node {
+    dir: PathBuf,
+    proc_root: PathBuf,
+    sim: Arc<Mutex<SimGpu>>,
+    uuid: String,
+    pods: FakePodResources,
+    guard: Arc<ClockGuard>,
+    socket: PathBuf,
+    timings: tokio::sync::mpsc::UnboundedReceiver<eali::control::AttributedTiming>,
+    server: ControlServer,
+    pr_server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
 
+fn start_node(tag: &str) -> Node {
+    let dir = temp_dir(tag);
+    let proc_root = dir.join("proc");
     // The kubelet side: pod-resources says serving/resnet-0 holds the GPU.
     let sim = Arc::new(Mutex::new(SimGpu::new(
         GpuProfile::builtin("v100-sxm2").expect("profile"),
@@ -149,7 +172,6 @@ async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
             .add_service(PodResourcesListerServer::new(pods.clone()))
             .serve_with_incoming(UnixListenerStream::new(listener)),
     );
-
     // The agent side.
     let (guard, _) = ClockGuard::start(
         &dir.join("clock-locks.json"),
@@ -158,43 +180,98 @@ async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
     .expect("guard");
     let directory = Arc::new(StaticPodDirectory::default());
     directory.insert(POD_UID, "serving", "resnet-0");
+    directory.insert(OTHER_UID, "serving", "other-0");
     let authz = Authorizer::new(directory)
         .with_proc_root(proc_root.clone())
         .with_pod_resources_socket(pr_sock)
         .with_cache_ttl(Duration::ZERO);
-    let (tx, mut timings) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, timings) = tokio::sync::mpsc::unbounded_channel();
     let shared: SharedGpu = sim.clone();
     let svc = ControlService::new(shared, guard.clone(), Arc::new(authz), Some(tx));
     let socket = dir.join("control").join(&uuid).join("control.sock");
     let server = ControlServer::spawn(&socket, svc).expect("control server");
+    Node {
+        dir,
+        proc_root,
+        sim,
+        uuid,
+        pods,
+        guard,
+        socket,
+        timings,
+        server,
+        pr_server,
+    }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
+    let Node {
+        dir,
+        proc_root,
+        sim,
+        uuid,
+        pods,
+        guard,
+        socket,
+        mut timings,
+        server,
+        pr_server,
+    } = start_node("main");
     // The serving pod: its process is in resnet-0's cgroup.
     write_cgroup(&proc_root, &in_pod(POD_UID));
-    let mut client = ControlClient::connect(&socket, &uuid).await.expect("connect");
+    let mut client = ControlClient::connect(&socket, &uuid)
+        .await
+        .expect("connect");
     let clocks = {
         let g = sim.lock().unwrap();
         let mem = g.supported_memory_clocks().expect("memory clocks")[0];
         g.supported_graphics_clocks(mem).expect("graphics clocks")
     };
     let low = clocks[clocks.len() * 3 / 4];
-    let st = client.set_clocks(low, low).await.expect("holder may set clocks");
+    let st = client
+        .set_clocks(low, low)
+        .await
+        .expect("holder may set clocks");
     println!("SetClocks({low},{low}) -> {st:?}");
-    assert_eq!((st.locked_min_mhz, st.locked_max_mhz), (low, low));
     assert_eq!(st.applied_mhz, low);
-    assert!(st.call_latency_s > 0.0 && st.effective_at_s > st.device_time_s - st.call_latency_s);
+    assert!(st.call_latency_s > 0.0);
+    // The status reports what is in force now: the lock lands ~20 ms after the call returns.
+    assert!(st.effective_at_s > st.device_time_s);
+    assert_eq!((st.locked_min_mhz, st.locked_max_mhz), (0, 0));
     let rec = guard.locked();
     assert_eq!(rec.len(), 1, "the lock is recorded before it is made");
-    assert_eq!((rec[0].uuid.as_str(), rec[0].kind, rec[0].max_mhz), (uuid.as_str(), LockKind::Graphics, low));
+    assert_eq!(
+        (rec[0].uuid.as_str(), rec[0].kind, rec[0].max_mhz),
+        (uuid.as_str(), LockKind::Graphics, low)
+    );
 
     {
         // The energy counter advances with work done on the GPU.
         use eali::gpu::{LayerExecutor, LayerWork, WorkKind};
-        let work = LayerWork { kind: WorkKind::Conv, flops: 4e12, bytes: 2e9, batch: 8 };
+        let work = LayerWork {
+            kind: WorkKind::Conv,
+            flops: 4e12,
+            bytes: 2e9,
+            batch: 8,
+        };
         sim.lock().unwrap().run_layer(&work, 10).expect("run");
     }
     let st2 = client.status().await.expect("status");
-    assert!(st2.energy_mj > st.energy_mj, "{} -> {}", st.energy_mj, st2.energy_mj);
-    assert_eq!(st2.graphics_mhz, low, "the lock is in force after the settle time");
+    assert!(
+        st2.energy_mj > st.energy_mj,
+        "{} -> {}",
+        st.energy_mj,
+        st2.energy_mj
+    );
+    assert!(st2.device_time_s > st.effective_at_s);
+    assert_eq!(
+        (st2.locked_min_mhz, st2.locked_max_mhz),
+        (low, low),
+        "the lock is in force after the settle time"
+    );
+    assert!(st2.graphics_mhz <= low);
+    println!("GetStatus after work -> {st2:?}");
 
     let t = |unit, s: f64, e: f64| UnitTiming {
         gpu_uuid: uuid.clone(),
@@ -213,15 +290,29 @@ async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
     let first = timings.recv().await.expect("attributed timing");
     assert_eq!(first.pod.to_string(), "serving/resnet-0");
 
-    let st = client.reset_clocks().await.expect("reset");
+    client.reset_clocks().await.expect("reset");
+    assert!(
+        guard.locked().is_empty(),
+        "the record is cleared after the reset"
+    );
+    {
+        use eali::gpu::LayerExecutor;
+        sim.lock()
+            .unwrap()
+            .idle(0.1)
+            .expect("idle past the settle time");
+    }
+    let st = client.status().await.expect("status");
     assert_eq!((st.locked_min_mhz, st.locked_max_mhz), (0, 0));
-    assert!(guard.locked().is_empty(), "the record is cleared after the reset");
 
     // The GPU is reassigned to another pod: the same caller is refused.
     pods.set_holder("serving", "other-0", &uuid);
     let why = denied(client.set_clocks(low, low).await);
     println!("refused caller (pod does not hold the GPU): {why}");
-    assert!(why.contains("serving/resnet-0") && why.contains("serving/other-0"), "{why}");
+    assert!(
+        why.contains("serving/resnet-0") && why.contains("serving/other-0"),
+        "{why}"
+    );
     assert!(guard.locked().is_empty(), "a refused call records nothing");
     denied(client.status().await);
 
@@ -236,7 +327,9 @@ async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
 
     // A wrong GPU UUID on an authorized call is a bad request, not a permission matter.
     write_cgroup(&proc_root, &in_pod(POD_UID));
-    let mut wrong = ControlClient::connect(&socket, "GPU-other").await.expect("connect");
+    let mut wrong = ControlClient::connect(&socket, "GPU-other")
+        .await
+        .expect("connect");
     match wrong.set_clocks(low, low).await {
         Err(ControlError::Rpc(s)) => assert_eq!(s.code(), tonic::Code::InvalidArgument),
         other => panic!("{other:?}"),
@@ -245,4 +338,110 @@ async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
     server.shutdown().await;
     assert!(!socket.exists(), "socket removed on shutdown");
     pr_server.abort();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Set in the environment of the child processes [`serving_process`] runs in.
+const CHILD_ENV: &str = "EALI_TEST_CONTROL_CHILD";
+
+/// The serving process: started by [`a_second_process_is_refused`] with Allocate's environment,
+/// it waits for "go" on stdin (its cgroup file is written by then), sets a clock through
+/// `EALI_CONTROL_SOCKET` and prints the outcome.
+#[tokio::test]
+#[ignore = "runs only as a child process of a_second_process_is_refused"]
+async fn serving_process() {
+    if std::env::var(CHILD_ENV).is_err() {
+        panic!("run by a_second_process_is_refused, not directly");
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("go line");
+    let mhz: u32 = line.trim().parse().expect("a clock in MHz");
+    let mut client = ControlClient::from_env()
+        .await
+        .expect("EALI_CONTROL_SOCKET set")
+        .expect("connect");
+    match client.set_clocks(mhz, mhz).await {
+        Ok(st) => println!("RESULT allowed applied_mhz={}", st.applied_mhz),
+        Err(ControlError::Rpc(s)) => println!("RESULT {:?} {}", s.code(), s.message()),
+        Err(e) => println!("RESULT error {e}"),
+    }
+}
+
+/// Starts the serving process with `envs`, files its pid under `pod_uid`, and returns what it
+/// printed.
+fn run_serving_process(
+    proc_root: &Path,
+    envs: &std::collections::HashMap<String, String>,
+    pod_uid: &str,
+    mhz: u32,
+) -> String {
+    use std::io::Write;
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = std::process::Command::new(exe)
+        .args(["serving_process", "--exact", "--ignored", "--nocapture"])
+        .envs(envs)
+        .env(CHILD_ENV, "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the serving process");
+    write_cgroup_of(proc_root, child.id(), &in_pod(pod_uid));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{mhz}\n").as_bytes())
+        .expect("go");
+    let out = child.wait_with_output().expect("serving process ends");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("RESULT ").map(str::to_string))
+        .unwrap_or_else(|| panic!("no RESULT line in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_is_refused() {
+    let node = start_node("procs");
+    // Allocate's answer for this GPU, with the host path standing in for the container path
+    // (no container here).
+    let alloc = eali::deviceplugin::AllocateConfig {
+        host_control_root: node.dir.join("control"),
+        container_control_root: node.dir.join("control"),
+        cdi_kind: None,
+    };
+    let envs = alloc
+        .container_response(std::slice::from_ref(&node.uuid))
+        .envs;
+    assert_eq!(
+        envs.get("EALI_CONTROL_SOCKET").map(PathBuf::from),
+        Some(node.socket.clone())
+    );
+    let mhz = {
+        let g = node.sim.lock().unwrap();
+        let mem = g.supported_memory_clocks().expect("memory clocks")[0];
+        let c = g.supported_graphics_clocks(mem).expect("graphics clocks");
+        c[c.len() / 2]
+    };
+    let (proc_root, pods) = (node.proc_root.clone(), node.pods.clone());
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        let first = run_serving_process(&proc_root, &envs, POD_UID, mhz);
+        let second = run_serving_process(&proc_root, &envs, OTHER_UID, mhz);
+        drop(pods);
+        (first, second)
+    })
+    .await
+    .expect("children");
+    println!("process in serving/resnet-0 (holds the GPU): {first}");
+    println!("process in serving/other-0: {second}");
+    assert_eq!(first, format!("allowed applied_mhz={mhz}"));
+    assert!(second.starts_with("PermissionDenied"), "{second}");
+    assert!(second.contains("serving/other-0"), "{second}");
+    assert_eq!(
+        node.guard.locked().len(),
+        1,
+        "only the holder's lock is recorded"
+    );
+    node.server.shutdown().await;
+    node.pr_server.abort();
+    let _ = std::fs::remove_dir_all(&node.dir);
 }

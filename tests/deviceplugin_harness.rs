@@ -113,9 +113,9 @@ async fn registers_with_consistent_options_and_advertises_gpus_with_numa() {
 
     let ev = kubelet
         .wait_for(Duration::from_secs(5), |e| match e {
-            KubeletEvent::Registered { request, options, .. } => {
-                Some((request.clone(), options.clone()))
-            }
+            KubeletEvent::Registered {
+                request, options, ..
+            } => Some((request.clone(), *options)),
             _ => None,
         })
         .await
@@ -124,14 +124,23 @@ async fn registers_with_consistent_options_and_advertises_gpus_with_numa() {
     assert_eq!(req.version, "v1beta1");
     assert_eq!(req.resource_name, "eali.dev/gpu");
     assert_eq!(req.endpoint, "eali-gpu.sock", "a file name, not a path");
-    assert_eq!(req.options, options, "Register and GetDevicePluginOptions agree");
-    assert_eq!(options.map(|o| o.get_preferred_allocation_available), Some(true));
+    assert_eq!(
+        req.options, options,
+        "Register and GetDevicePluginOptions agree"
+    );
+    assert_eq!(
+        options.map(|o| o.get_preferred_allocation_available),
+        Some(true)
+    );
 
     let (list, _) = devices(&mut kubelet, Duration::from_secs(5)).await;
     let got: Vec<_> = list
         .iter()
         .map(|d| {
-            let numa = d.topology.as_ref().map(|t| t.nodes.iter().map(|n| n.id).collect::<Vec<_>>());
+            let numa = d
+                .topology
+                .as_ref()
+                .map(|t| t.nodes.iter().map(|n| n.id).collect::<Vec<_>>());
             (d.id.as_str(), d.health.as_str(), numa)
         })
         .collect();
@@ -144,7 +153,10 @@ async fn registers_with_consistent_options_and_advertises_gpus_with_numa() {
     );
     assert!(dir.join("eali-gpu.sock").exists());
     plugin.shutdown().await;
-    assert!(!dir.join("eali-gpu.sock").exists(), "socket removed on shutdown");
+    assert!(
+        !dir.join("eali-gpu.sock").exists(),
+        "socket removed on shutdown"
+    );
     // Stopping advertises an empty list before the stream ends.
     let (last, _) = devices(&mut kubelet, Duration::from_secs(2)).await;
     assert!(last.is_empty());
@@ -214,7 +226,10 @@ async fn health_change_reaches_list_and_watch_within_a_second_and_recovers() {
 
     let (list, at) = devices(&mut kubelet, Duration::from_secs(3)).await;
     assert_eq!(health(&list, &victim), "Healthy");
-    println!("healthy again after {:?} (quiet period 400 ms)", at.duration_since(injected));
+    println!(
+        "healthy again after {:?} (quiet period 400 ms)",
+        at.duration_since(injected)
+    );
 
     // Allocate refuses the GPU while it is Unhealthy.
     sims[1].lock().unwrap().inject_fault(Fault::Lost);
@@ -267,8 +282,14 @@ async fn allocate_and_preferred_allocation_contents() {
         .into_inner();
     assert_eq!(resp.container_responses.len(), 1);
     let c = &resp.container_responses[0];
-    assert_eq!(c.envs.get("NVIDIA_VISIBLE_DEVICES").map(String::as_str), Some("GPU-b1"));
-    assert_eq!(c.envs.get("EALI_GPU_UUID").map(String::as_str), Some("GPU-b1"));
+    assert_eq!(
+        c.envs.get("NVIDIA_VISIBLE_DEVICES").map(String::as_str),
+        Some("GPU-b1")
+    );
+    assert_eq!(
+        c.envs.get("EALI_GPU_UUID").map(String::as_str),
+        Some("GPU-b1")
+    );
     assert_eq!(
         c.envs.get("EALI_CONTROL_SOCKET").map(String::as_str),
         Some("/run/eali/GPU-b1/control.sock")
@@ -281,8 +302,14 @@ async fn allocate_and_preferred_allocation_contents() {
             read_only: false,
         }]
     );
-    assert!(dir.join("control/GPU-b1").is_dir(), "mount source exists before the container starts");
-    println!("Allocate(GPU-b1) -> envs {:?} mounts {:?}", c.envs, c.mounts);
+    assert!(
+        dir.join("control/GPU-b1").is_dir(),
+        "mount source exists before the container starts"
+    );
+    println!(
+        "Allocate(GPU-b1) -> envs {:?} mounts {:?}",
+        c.envs, c.mounts
+    );
 
     let err = client
         .allocate(proto::AllocateRequest {
@@ -316,9 +343,21 @@ async fn allocate_and_preferred_allocation_contents() {
         .map(|r| r.device_i_ds)
         .collect();
     println!("GetPreferredAllocation -> {got:?}");
-    assert_eq!(got[0], vec!["GPU-a0", "GPU-a1"], "two on one NUMA node, best fit");
-    assert_eq!(got[1], vec!["GPU-b0", "GPU-b1", "GPU-b2"], "three H100 on node 1, not the A100");
-    assert_eq!(got[2], vec!["GPU-b2", "GPU-b0"], "the must-include GPU's own group");
+    assert_eq!(
+        got[0],
+        vec!["GPU-a0", "GPU-a1"],
+        "two on one NUMA node, best fit"
+    );
+    assert_eq!(
+        got[1],
+        vec!["GPU-b0", "GPU-b1", "GPU-b2"],
+        "three H100 on node 1, not the A100"
+    );
+    assert_eq!(
+        got[2],
+        vec!["GPU-b2", "GPU-b0"],
+        "the must-include GPU's own group"
+    );
     plugin.shutdown().await;
 }
 
@@ -360,7 +399,10 @@ async fn re_registers_when_the_kubelet_drops_the_stream() {
     devices(&mut kubelet, Duration::from_secs(5)).await;
     let dropped = kubelet.drop_stream();
     let (_, at) = registered(&mut kubelet, Duration::from_secs(3)).await;
-    println!("re-registered {:?} after the stream dropped", at.duration_since(dropped));
+    println!(
+        "re-registered {:?} after the stream dropped",
+        at.duration_since(dropped)
+    );
     assert_eq!(
         plugin.stats.borrow().last_restart,
         Some(eali::deviceplugin::runner::RestartReason::StreamDropped)

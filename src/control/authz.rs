@@ -45,13 +45,16 @@ pub struct StaticPodDirectory(Mutex<HashMap<String, PodName>>);
 
 impl StaticPodDirectory {
     pub fn insert(&self, uid: &str, namespace: &str, name: &str) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(
-            uid.to_string(),
-            PodName {
-                namespace: namespace.into(),
-                name: name.into(),
-            },
-        );
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                uid.to_string(),
+                PodName {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                },
+            );
     }
 }
 
@@ -78,7 +81,8 @@ impl PodDirectory for KubePodDirectory {
         Box::pin(async move {
             use k8s_openapi::api::core::v1::Pod;
             let api: kube::Api<Pod> = kube::Api::all(self.client.clone());
-            let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={}", self.node));
+            let lp =
+                kube::api::ListParams::default().fields(&format!("spec.nodeName={}", self.node));
             let pods = api
                 .list(&lp)
                 .await
@@ -181,7 +185,11 @@ impl Authorizer {
                 if holders.is_empty() {
                     "no pod".to_string()
                 } else {
-                    holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    holders
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             )),
             Err(e) => Decision::Deny(e.to_string()),
@@ -202,7 +210,8 @@ impl Authorizer {
             .filter(|p| {
                 p.containers.iter().any(|c| {
                     c.devices.iter().any(|d| {
-                        d.resource_name == self.resource_name && d.device_ids.iter().any(|i| i == uuid)
+                        d.resource_name == self.resource_name
+                            && d.device_ids.iter().any(|i| i == uuid)
                     })
                 })
             })

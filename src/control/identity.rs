@@ -91,8 +91,14 @@ mod tests {
 
     #[test]
     fn processes_outside_pods_have_none() {
-        assert_eq!(pod_of_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n"), None);
-        assert_eq!(pod_of_cgroup("0::/kubepods.slice/kubepods-podnotauid.slice\n"), None);
+        assert_eq!(
+            pod_of_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n"),
+            None
+        );
+        assert_eq!(
+            pod_of_cgroup("0::/kubepods.slice/kubepods-podnotauid.slice\n"),
+            None
+        );
         assert_eq!(pod_of_cgroup("garbage"), None);
     }
 }

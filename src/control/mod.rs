@@ -14,10 +14,12 @@
 //! - [`authz`]: the authorizer (pid → pod → holder check), with a short decision cache.
 //! - [`service`]: the `GpuControl` service and the per-GPU server.
 //! - [`client`]: the serving pod's side.
+//! - [`node`]: the per-node runtime (device plugin + health + control servers) the agent runs.
 
 pub mod authz;
 pub mod client;
 pub mod identity;
+pub mod node;
 pub mod service;
 
 /// Generated types of the control protocol (package `eali.control.v1`).
@@ -29,6 +31,7 @@ pub mod proto {
 pub use authz::{Authorizer, Decision, PodDirectory, PodName, StaticPodDirectory};
 pub use client::ControlClient;
 pub use identity::{PodRef, pod_of_cgroup};
+pub use node::{NodeConfig, run_node};
 pub use service::{AttributedTiming, ControlServer, ControlService};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,8 @@ pub enum ControlError {
     PodResources(String),
     #[error("pod lookup: {0}")]
     Directory(String),
+    #[error("{0} task failed")]
+    Task(String),
     #[error("control call failed: {0}")]
     Rpc(#[from] tonic::Status),
 }

@@ -14,10 +14,10 @@ use tonic::transport::Server;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::ControlError;
 use super::authz::{Authorizer, Decision, PodName};
 use super::proto;
 use super::proto::gpu_control_server::{GpuControl, GpuControlServer};
-use super::ControlError;
 use crate::deviceplugin::{SharedGpu, uds};
 use crate::gpu::clockguard::{ClockGuard, LockEntry, LockKind};
 use crate::gpu::{ClockChange, GpuBackend, GpuError};
@@ -41,9 +41,13 @@ fn gpu_status(e: GpuError) -> Status {
     match e {
         GpuError::InvalidArgument(m) => Status::invalid_argument(m),
         GpuError::NotSupported { .. } => Status::unimplemented(e.to_string()),
-        GpuError::GpuLost { .. } | GpuError::DriverNotLoaded(_) => Status::unavailable(e.to_string()),
+        GpuError::GpuLost { .. } | GpuError::DriverNotLoaded(_) => {
+            Status::unavailable(e.to_string())
+        }
         // The agent's own missing privilege is not the caller's: not PERMISSION_DENIED.
-        GpuError::NoPermission { .. } | GpuError::Other(_) => Status::failed_precondition(e.to_string()),
+        GpuError::NoPermission { .. } | GpuError::Other(_) => {
+            Status::failed_precondition(e.to_string())
+        }
     }
 }
 
@@ -81,20 +85,35 @@ fn apply_clocks(
     }
     let change = if arch.has_locked_clocks() {
         guard
-            .before_set(LockEntry::new(&uuid, index, LockKind::Graphics, min_mhz, max_mhz))
+            .before_set(LockEntry::new(
+                &uuid,
+                index,
+                LockKind::Graphics,
+                min_mhz,
+                max_mhz,
+            ))
             .map_err(internal)?;
         gpu.set_locked_clocks(min_mhz, max_mhz)
     } else {
         let memory = gpu.clocks().map_err(gpu_status)?.memory_mhz;
         guard
-            .before_set(LockEntry::new(&uuid, index, LockKind::Application, max_mhz, max_mhz))
+            .before_set(LockEntry::new(
+                &uuid,
+                index,
+                LockKind::Application,
+                max_mhz,
+                max_mhz,
+            ))
             .map_err(internal)?;
         gpu.set_application_clocks(memory, max_mhz)
     };
     change.map(Some).map_err(gpu_status)
 }
 
-fn read_status(gpu: &dyn GpuBackend, change: Option<ClockChange>) -> Result<proto::ClockStatus, Status> {
+fn read_status(
+    gpu: &dyn GpuBackend,
+    change: Option<ClockChange>,
+) -> Result<proto::ClockStatus, Status> {
     let c = gpu.clocks().map_err(gpu_status)?;
     let (lmin, lmax) = c.locked.unwrap_or((0, 0));
     Ok(proto::ClockStatus {
@@ -227,9 +246,7 @@ impl GpuControl for ControlService {
                 });
             }
         }
-        let energy_mj = self
-            .on_gpu(|g, _| Ok(g.energy_mj().unwrap_or(0)))
-            .await?;
+        let energy_mj = self.on_gpu(|g, _| Ok(g.energy_mj().unwrap_or(0))).await?;
         Ok(Response::new(proto::TimingsSummary {
             received,
             rejected,
@@ -250,12 +267,12 @@ impl ControlServer {
     /// per call from the peer's credentials, and the serving container may run as any user.
     pub fn spawn(path: &Path, service: ControlService) -> Result<Self, ControlError> {
         let listener = uds::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(|source| {
-            ControlError::Proc {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(
+            |source| ControlError::Proc {
                 path: path.to_path_buf(),
                 source,
-            }
-        })?;
+            },
+        )?;
         let (stop, mut rx) = watch::channel(false);
         let task = tokio::spawn(
             Server::builder()

@@ -72,15 +72,14 @@ impl DeviceTable {
 
     /// Sets a device's health; returns whether it changed (only changes wake the streams).
     pub fn set_health(&self, uuid: &str, health: Health) -> bool {
-        self.tx.send_if_modified(|devs| {
-            match devs.iter_mut().find(|d| d.uuid == uuid) {
+        self.tx
+            .send_if_modified(|devs| match devs.iter_mut().find(|d| d.uuid == uuid) {
                 Some(d) if d.health != health => {
                     d.health = health;
                     true
                 }
                 _ => false,
-            }
-        })
+            })
     }
 
     pub fn snapshot(&self) -> Vec<PluginDevice> {
@@ -157,10 +156,7 @@ pub fn preferred_allocation(
         };
         (class, fit)
     });
-    let mut rest = ranked
-        .into_iter()
-        .flat_map(|(_, ids)| ids)
-        .chain(unknown);
+    let mut rest = ranked.into_iter().flat_map(|(_, ids)| ids).chain(unknown);
     for _ in 0..need {
         match rest.next() {
             Some(id) => chosen.push(id),
@@ -241,7 +237,10 @@ mod tests {
         assert!(rx.has_changed().unwrap_or(false));
         let resp = DeviceTable::response(&rx.borrow_and_update());
         assert_eq!(resp.devices[0].health, "Unhealthy");
-        assert_eq!(resp.devices[0].topology.as_ref().map(|t| t.nodes[0].id), Some(0));
+        assert_eq!(
+            resp.devices[0].topology.as_ref().map(|t| t.nodes[0].id),
+            Some(0)
+        );
         assert!(!t.set_health("missing", Health::Unhealthy));
     }
 }

@@ -84,7 +84,10 @@ impl Registration for RegistrationService {
         let task_req = req.clone();
         // The kubelet connects back after Register returns, in its own goroutine.
         let handle = tokio::spawn(async move { run_endpoint(task_shared, task_req, path).await });
-        let mut ep = shared.endpoint.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ep = shared
+            .endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some((_, old)) = ep.replace((req.endpoint.clone(), handle)) {
             old.abort();
         }

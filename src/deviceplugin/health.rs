@@ -114,10 +114,8 @@ impl HealthMonitor {
                 }
                 // An event wait that fails means the GPU cannot be watched: NVIDIA's plugin
                 // marks it Unhealthy too.
-                Err(e) if !self.policy.disabled => Some(HealthEvent::Lost {
-                    at_s: g.now_s(),
-                })
-                .inspect(|_| tracing::debug!(%uuid, error = %e, "health event poll failed")),
+                Err(e) if !self.policy.disabled => Some(HealthEvent::Lost { at_s: g.now_s() })
+                    .inspect(|_| tracing::debug!(%uuid, error = %e, "health event poll failed")),
                 Err(_) => None,
             };
             let health = if let Some(event) = critical {
@@ -127,10 +125,9 @@ impl HealthMonitor {
                 }
                 Health::Unhealthy
             } else if self.table.get(&uuid).map(|d| d.health) == Some(Health::Unhealthy) {
-                let quiet = self
-                    .last_critical
-                    .get(&uuid)
-                    .is_none_or(|t| now.saturating_duration_since(*t) >= self.policy.recovery_quiet);
+                let quiet = self.last_critical.get(&uuid).is_none_or(|t| {
+                    now.saturating_duration_since(*t) >= self.policy.recovery_quiet
+                });
                 // The re-probe: the GPU must answer a query, not just stay silent.
                 if quiet && g.clocks().is_ok() {
                     tracing::info!(%uuid, "GPU answers again after a quiet period: Healthy");
@@ -221,10 +218,15 @@ mod tests {
 
     #[test]
     fn switches_parse_like_nvidia_env_vars() {
-        let p = HealthPolicy::default().with_switches("48, 79", "13").unwrap();
+        let p = HealthPolicy::default()
+            .with_switches("48, 79", "13")
+            .unwrap();
         assert!(p.ignored_xids.contains(&48) && p.ignored_xids.contains(&79));
         assert!(!p.ignored_xids.contains(&13));
-        assert!(p.is_critical(&HealthEvent::Xid { code: 13, at_s: 0.0 }));
+        assert!(p.is_critical(&HealthEvent::Xid {
+            code: 13,
+            at_s: 0.0
+        }));
         let off = HealthPolicy::default().with_switches("all", "").unwrap();
         assert!(!off.is_critical(&HealthEvent::DoubleBitEcc { at_s: 0.0 }));
         assert!(HealthPolicy::default().with_switches("x1", "").is_err());

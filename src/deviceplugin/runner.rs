@@ -149,7 +149,9 @@ impl DevicePluginRunner {
             let outcome = self.register_and_watch(&streams, &mut shutdown).await;
             let _ = stop_tx.send(true);
             match server.await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "device plugin server ended with an error"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "device plugin server ended with an error")
+                }
                 Err(e) => tracing::warn!(error = %e, "device plugin server task failed"),
                 Ok(Ok(())) => {}
             }
@@ -245,7 +247,9 @@ impl DevicePluginRunner {
         let what = || kubelet.display().to_string();
         let channel = tokio::time::timeout(self.cfg.register_timeout, uds::connect(&kubelet))
             .await
-            .map_err(|_| DevicePluginError::Config(format!("connecting to {} timed out", what())))??;
+            .map_err(|_| {
+                DevicePluginError::Config(format!("connecting to {} timed out", what()))
+            })??;
         let request = proto::RegisterRequest {
             version: API_VERSION.into(),
             endpoint: self.cfg.socket_name.clone(),
@@ -266,4 +270,3 @@ impl DevicePluginRunner {
         }
     }
 }
-

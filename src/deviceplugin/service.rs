@@ -233,7 +233,9 @@ impl DevicePlugin for PluginService {
         let mut container_responses = Vec::new();
         for c in &request.get_ref().container_requests {
             if c.devices_ids.is_empty() {
-                return Err(Status::invalid_argument("container request names no device"));
+                return Err(Status::invalid_argument(
+                    "container request names no device",
+                ));
             }
             for id in &c.devices_ids {
                 match self.table.get(id) {

@@ -57,8 +57,8 @@ impl CpuExecutor {
 
     /// Runs the whole network on `batch` samples; returns `batch × output` values.
     pub fn forward(&self, input: &[f32], batch: u32) -> Result<Vec<f32>, ExecError> {
-        let units = [0..self.graph.layers.len()];
-        self.forward_units(input, batch, &units, &mut |_, _| {})
+        let all = 0..self.graph.layers.len();
+        self.forward_units(input, batch, std::slice::from_ref(&all), &mut |_, _| {})
     }
 
     /// Runs the network unit by unit, calling `boundary(unit, started)` before (true) and after

@@ -221,7 +221,8 @@ mod tests {
     fn units_follow_the_simulator_and_the_split_does_not_matter() {
         let g = Arc::new(zoo::build("resnet18").unwrap());
         let n = g.layers.len();
-        let whole = [0..n];
+        let all = 0..n;
+        let whole = std::slice::from_ref(&all);
         let split = [0..10, 10..40, 40..n];
         let run = |units: &[Range<usize>]| {
             let mut ex = SimExecutor::new(device(DeviceClock::Virtual), g.clone());
@@ -238,7 +239,7 @@ mod tests {
             let truth: f64 = r.units.iter().filter_map(|u| u.truth_energy_j).sum();
             (r, truth)
         };
-        let (a, ea) = run(&whole);
+        let (a, ea) = run(whole);
         let (b, eb) = run(&split);
         assert!(a.outputs.is_none());
         assert_eq!(b.units.len(), 3);
@@ -265,7 +266,7 @@ mod tests {
                 &BatchRequest {
                     batch: 4,
                     input: None,
-                    units: &[0..n],
+                    units: std::slice::from_ref(&(0..n)),
                 },
                 &mut NoHook,
             )

@@ -17,6 +17,8 @@ pub mod workload;
 #[cfg(test)]
 mod des_tests;
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod testdev;
 
 pub use des::{SimConfig, SimError, run};

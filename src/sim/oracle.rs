@@ -168,8 +168,8 @@ fn to_batch_plan(p: &Plan) -> BatchPlan {
     }
 }
 
-/// Pareto sets of plans per batch size `1..=max_batch` (sizes missing from the planner's grid
-/// borrow the next larger size's plans, whose times bound theirs).
+/// Pareto sets of plans per batch size `1..=max_batch`; sizes missing from the planner's grid
+/// get none (the DP skips them).
 fn pareto_options(planner: &Planner, batches: &[u32], max_batch: u32, rate: f64) -> Vec<Vec<PlanOption>> {
     let mut per_grid: Vec<Vec<PlanOption>> = vec![Vec::new(); batches.len()];
     let option = |p: &Plan| PlanOption {
@@ -216,12 +216,11 @@ fn pareto_options(planner: &Planner, batches: &[u32], max_batch: u32, rate: f64)
         }
         *opts = kept;
     }
-    (1..=max_batch)
-        .map(|b| {
-            let j = batches.partition_point(|&g| g < b);
-            per_grid.get(j).cloned().unwrap_or_default()
-        })
-        .collect()
+    let mut out = vec![Vec::new(); max_batch as usize];
+    for (&b, opts) in batches.iter().zip(per_grid) {
+        out[b as usize - 1] = opts;
+    }
+    out
 }
 
 /// Forward DP over prefixes of the trace; `labels[j]` = non-dominated ways to serve the first j
@@ -252,6 +251,9 @@ fn dp(arrivals: &[f64], options: &[Vec<PlanOption>], l_eff: f64, lead_s: f64, id
             let deadline = arrivals[i] + l_eff;
             if ready > deadline {
                 break;
+            }
+            if options[b - 1].is_empty() {
+                continue;
             }
             for (li, lab) in from.iter().enumerate() {
                 for (oi, o) in options[b - 1].iter().enumerate() {

@@ -112,7 +112,7 @@ impl Attributor {
         let idle_weight = idle_w.max(0.0) * ((to - from) - busy_s).max(0.0);
         let total: f64 = idle_weight + weights.iter().map(|w| w.1).sum::<f64>();
         let mut out = Attribution::default();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             out.idle_j = joules;
         } else {
             out.idle_j = joules * idle_weight / total;

@@ -192,9 +192,15 @@ impl Controller {
         }
         let switch = SwitchCost::from_latency(&switch_latency);
         let planner = Planner::new(unit_costs, switch, config.planner)?;
+        // Slow models on small GPUs can top out below the default 1 req/s floor.
+        let rate_min = config
+            .table
+            .rate_min
+            .min(planner.max_clock_capacity() / 100.0);
         let table_cfg = TableConfig {
             z: config.rate.z,
             window_s: config.rate.window_s,
+            rate_min,
             ..config.table.clone()
         };
         let mut table = PlanTable::new(planner, table_cfg, Corrections::default())?;

@@ -75,6 +75,27 @@ pub struct SimGpu {
     call_ln: (f64, f64),
     settle_ln: (f64, f64),
     settle_floor_s: f64,
+    cap_cache: Box<[CapEntry; CAP_SLOTS]>,
+}
+
+/// One remembered power-cap search.
+#[derive(Debug, Clone, Copy, Default)]
+struct CapEntry {
+    parts: WorkParts,
+    f_req: u32,
+    limit_w: f64,
+    f_eff: u32,
+}
+
+const CAP_SLOTS: usize = 64;
+
+fn cap_slot(parts: &WorkParts, f_req: u32, limit_w: f64) -> usize {
+    let h = parts.comp_s.to_bits()
+        ^ parts.mem_s.to_bits().rotate_left(17)
+        ^ parts.fixed_s.to_bits().rotate_left(31)
+        ^ limit_w.to_bits().rotate_left(43)
+        ^ u64::from(f_req).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 58) as usize % CAP_SLOTS
 }
 
 /// z-score of the 99th percentile of a standard normal.
@@ -144,6 +165,7 @@ impl SimGpu {
             call_ln,
             settle_ln,
             settle_floor_s,
+            cap_cache: Box::new([CapEntry::default(); CAP_SLOTS]),
             profile,
         }
     }
@@ -370,17 +392,33 @@ impl SimGpu {
 
     /// Effective clock, capped flag, time and energy of `parts` when `f_req` is asked for.
     #[inline]
-    fn capped(&self, parts: &WorkParts, f_req: u32) -> (u32, bool, f64, f64) {
-        let curve = &self.profile.physics().curve;
+    fn capped(&mut self, parts: &WorkParts, f_req: u32) -> (u32, bool, f64, f64) {
+        let curve = self.profile.physics().curve;
         let (t, e) = curve.time_energy(parts, curve.x(f64::from(f_req)));
         if t <= 0.0 || e <= self.power_limit_w * t {
             return (f_req, false, t, e);
         }
-        let (f, capped) = self
-            .profile
-            .power_capped_clock(parts, f_req, self.power_limit_w);
+        // Capped work repeats (every batch of a power-capped T4): remember the search.
+        let slot = cap_slot(parts, f_req, self.power_limit_w);
+        let entry = &self.cap_cache[slot];
+        let f =
+            if entry.f_req == f_req && entry.limit_w == self.power_limit_w && entry.parts == *parts
+            {
+                entry.f_eff
+            } else {
+                let (f, _) = self
+                    .profile
+                    .power_capped_clock(parts, f_req, self.power_limit_w);
+                self.cap_cache[slot] = CapEntry {
+                    parts: *parts,
+                    f_req,
+                    limit_w: self.power_limit_w,
+                    f_eff: f,
+                };
+                f
+            };
         let (t, e) = curve.time_energy(parts, curve.x(f64::from(f)));
-        (f, capped, t, e)
+        (f, true, t, e)
     }
 
     /// Runs work with the given parts from now; `noise_scale` scales the profile's noise.

@@ -273,7 +273,7 @@ pub fn decode_raw(
     let n = element_count(shape)?;
     match datatype.size() {
         Some(size) => {
-            let want = n.checked_mul(size).unwrap_or(usize::MAX);
+            let want = n.saturating_mul(size);
             if bytes.len() != want {
                 return Err(OipError::bad_request(format!(
                     "input '{name}': {} bytes of {datatype} data for shape {shape:?}, expected {want}",

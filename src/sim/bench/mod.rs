@@ -52,12 +52,13 @@ pub struct SuiteSpec {
 }
 
 impl SuiteSpec {
-    /// ResNet-50 on a V100, two loads, one SLO, Poisson and bursty arrivals.
+    /// ResNet-50 and MobileNetV2 on a V100 and an A100, two loads, one SLO, Poisson and bursty
+    /// arrivals.
     pub fn quick() -> Self {
         Self {
             name: "quick".into(),
-            models: vec!["resnet50".into()],
-            gpus: vec!["v100-sxm2".into()],
+            models: vec!["resnet50".into(), "mobilenet_v2".into()],
+            gpus: vec!["v100-sxm2".into(), "a100-sxm4".into()],
             loads: vec![0.3, 0.7],
             slos_ms: vec![100.0],
             workloads: vec![WorkloadKind::Poisson, WorkloadKind::bursty()],

@@ -22,6 +22,9 @@ use super::BenchError;
 pub const TABLE_CLOCKS: usize = 16;
 /// Batch sizes the online policies plan over (what the profiler measures by default).
 pub const PLAN_BATCHES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
+/// Batch sizes the oracle chooses from: every size up to 6, then about 25 % apart (the DP's cost
+/// grows with their number).
+pub const ORACLE_BATCHES: [u32; 16] = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64];
 /// Set-calls sampled to measure the switch latency, as the agent does at start-up.
 const SWITCH_SAMPLES: usize = 400;
 
@@ -36,7 +39,7 @@ pub struct Testbed {
     pub switch: SwitchLatency,
     /// Costs the online policies plan over.
     pub predicted: LayerCostTable,
-    /// Ground truth for the oracle (every batch size `1..=max_batch`).
+    /// Ground truth for the oracle (at [`ORACLE_BATCHES`]).
     pub truth: LayerCostTable,
     /// EALI's merged unit chain (from predicted costs) and its unit cost table.
     pub eali_chain: (UnitChain, UnitCostTable),
@@ -68,10 +71,10 @@ impl Testbed {
         }
         let clocks = spread_clocks(profile.supported_clocks_mhz(), TABLE_CLOCKS);
         let batches: Vec<u32> = PLAN_BATCHES.iter().copied().filter(|&b| b <= max_batch).collect();
-        let all_batches: Vec<u32> = (1..=max_batch).collect();
+        let oracle_batches: Vec<u32> = ORACLE_BATCHES.iter().copied().filter(|&b| b <= max_batch).collect();
         let switch = measure_switch(&profile, seed);
         let predicted = predicted(&graph, &profile, &batches, &clocks)?;
-        let truth = truth::layer_table(&graph, &profile, &all_batches, &clocks);
+        let truth = truth::layer_table(&graph, &profile, &oracle_batches, &clocks);
         let unit_cfg = UnitConfig { switch_median_s: switch.total_median_s, ..UnitConfig::default() };
         let setup = |e: crate::eali::EaliError| BenchError::Setup(format!("{model} on {gpu}: {e}"));
         let eali_chain = units::build(&graph, &predicted, &unit_cfg).map_err(setup)?;
