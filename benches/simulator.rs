@@ -28,7 +28,14 @@ fn bench_des(c: &mut Criterion) {
             b.iter(|| {
                 let mut gpu = gpu0.clone();
                 let mut p = policies::build(id, &bed, slo, &arrivals).expect("policy");
-                run(&mut gpu, &spans, p.as_mut(), &arrivals, &SimConfig::new(slo)).expect("run")
+                run(
+                    &mut gpu,
+                    &spans,
+                    p.as_mut(),
+                    &arrivals,
+                    &SimConfig::new(slo),
+                )
+                .expect("run")
             })
         });
     }

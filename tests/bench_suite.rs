@@ -56,8 +56,19 @@ fn suite_runs_every_policy_on_every_case() {
     assert_eq!(s.cases, 4);
     let json = serde_json::to_value(&recs).unwrap();
     for key in [
-        "model", "gpu", "workload", "load", "slo_ms", "policy", "requests", "energy_per_request_j", "p50_ms",
-        "p99_ms", "slo_attainment", "switches", "saturated",
+        "model",
+        "gpu",
+        "workload",
+        "load",
+        "slo_ms",
+        "policy",
+        "requests",
+        "energy_per_request_j",
+        "p50_ms",
+        "p99_ms",
+        "slo_attainment",
+        "switches",
+        "saturated",
     ] {
         assert!(json[0].get(key).is_some(), "record lacks {key}");
     }

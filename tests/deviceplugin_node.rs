@@ -9,7 +9,6 @@ use std::time::Duration;
 use eali::control::{Authorizer, ControlClient, ControlError, NodeConfig, StaticPodDirectory};
 use eali::deviceplugin::harness::{FakeKubelet, KubeletEvent};
 use eali::deviceplugin::{AllocateConfig, PluginConfig, SharedGpu, proto};
-use eali::gpu::GpuBackend;
 use eali::gpu::GpuError;
 use eali::gpu::clockguard::{ClockGuard, ClockResetter, LockEntry};
 use eali::gpu::sim::{GpuProfile, SimGpu};

@@ -1,6 +1,7 @@
 //! `eali agent`: the node agent. For now it runs the InferenceService controller behind a Lease
 //! (one active instance per cluster) after startup checks (CRD installed, RBAC complete); the
-//! device plugin, telemetry and clock actuator join it in later work.
+//! device plugin and control sockets run beside it with `--device-plugin`; telemetry joins
+//! them in later work.
 
 use std::time::Duration;
 
@@ -49,6 +50,13 @@ pub struct Args {
     /// Run the startup checks, print the result and exit.
     #[arg(long)]
     pub check_only: bool,
+    /// Also run the node side: the `eali.dev/gpu` device plugin and the per-GPU control sockets
+    /// over the GPUs NVML finds (every agent of the DaemonSet, leader or not).
+    #[arg(long)]
+    pub device_plugin: bool,
+    /// This node's name, to find the pods that call the control sockets [default: $NODE_NAME].
+    #[arg(long)]
+    pub node_name: Option<String>,
 }
 
 fn env_or(value: Option<String>, var: &str) -> Option<String> {
@@ -116,6 +124,26 @@ async fn agent(args: Args) -> anyhow::Result<()> {
         scale_cooldown: Duration::from_secs(args.scale_cooldown_secs),
         namespace: args.watch_namespace,
     };
+    // One shutdown signal for the controller and the node side.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await.map(|_| ());
+    };
+    let node = if args.device_plugin {
+        let node_name = env_or(args.node_name, "NODE_NAME")
+            .context("--device-plugin needs the node name (--node-name or $NODE_NAME)")?;
+        Some(tokio::spawn(run_node_side(
+            client.clone(),
+            node_name,
+            stopped(stop_rx.clone()),
+        )))
+    } else {
+        None
+    };
     tracing::info!(%identity, %namespace, lease = %lease_cfg.name, "agent started; waiting for the lease");
     let work_client = client.clone();
     lease::run_while_leader(
@@ -128,10 +156,64 @@ async fn agent(args: Args) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        shutdown_signal(),
+        stopped(stop_rx),
     )
     .await?;
+    if let Some(node) = node {
+        node.await.context("node side task")??;
+    }
     tracing::info!(%identity, "agent stopped; lease released");
+    Ok(())
+}
+
+/// The node side: GPUs from NVML, clocks recovered before anything else touches them, then the
+/// device plugin and control sockets until `shutdown`.
+async fn run_node_side(
+    client: kube::Client,
+    node_name: String,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+
+    use crate::control::authz::KubePodDirectory;
+    use crate::control::{Authorizer, NodeConfig, run_node};
+    use crate::deviceplugin::SharedGpu;
+    use crate::gpu::clockguard::{ClockGuard, DEFAULT_RECORD, RECORD_ENV};
+    use crate::gpu::nvml::{NvmlResetter, NvmlSystem, OpenOptions};
+
+    let sys = NvmlSystem::global(None).context("NVML is needed for the device plugin")?;
+    let record = std::env::var(RECORD_ENV).unwrap_or_else(|_| DEFAULT_RECORD.into());
+    let (guard, report) = ClockGuard::start(
+        std::path::Path::new(&record),
+        Arc::new(NvmlResetter::new(sys)),
+    )?;
+    if !report.reset.is_empty() || !report.is_clean() {
+        tracing::warn!(?report, "reset clocks a previous agent left locked");
+    }
+    // No `install_exit_hooks`: its SIGTERM handler exits at once, before the lease is released
+    // and the sockets removed; `run_node` resets every clock on the graceful path instead, and a
+    // SIGKILL is covered by the recovery above on the next start.
+    let (opened, failed) = sys.open_all(&OpenOptions::default())?;
+    for (index, e) in &failed {
+        tracing::warn!(index, error = %e, "GPU not advertised: cannot open it");
+    }
+    let gpus: Vec<SharedGpu> = opened
+        .into_iter()
+        .map(|g| Arc::new(Mutex::new(g)) as SharedGpu)
+        .collect();
+    let authz = Authorizer::new(Arc::new(KubePodDirectory {
+        client,
+        node: node_name,
+    }));
+    run_node(
+        NodeConfig::default(),
+        gpus,
+        guard,
+        Arc::new(authz),
+        None,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 

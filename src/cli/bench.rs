@@ -60,20 +60,27 @@ fn spec_from(args: &Args) -> anyhow::Result<SuiteSpec> {
         spec.gpus = args.gpu.clone();
     }
     if !args.load.is_empty() {
-        if let Some(l) = args.load.iter().find(|l| !(**l > 0.0 && **l <= 2.0)) {
+        if let Some(l) = args
+            .load
+            .iter()
+            .find(|l| !(0.0..=2.0).contains(*l) || **l == 0.0)
+        {
             bail!("load {l} is outside (0, 2]");
         }
         spec.loads = args.load.clone();
     }
     if !args.slo_ms.is_empty() {
-        if let Some(s) = args.slo_ms.iter().find(|s| !(**s > 0.0)) {
+        if let Some(s) = args.slo_ms.iter().find(|s| s.is_nan() || **s <= 0.0) {
             bail!("SLO {s} ms must be positive");
         }
         spec.slos_ms = args.slo_ms.clone();
     }
     if !args.workload.is_empty() {
-        spec.workloads =
-            args.workload.iter().map(|w| WorkloadKind::parse(w)).collect::<Result<_, _>>()?;
+        spec.workloads = args
+            .workload
+            .iter()
+            .map(|w| WorkloadKind::parse(w))
+            .collect::<Result<_, _>>()?;
     }
     if !args.policy.is_empty() {
         spec.policies = args
@@ -83,7 +90,7 @@ fn spec_from(args: &Args) -> anyhow::Result<SuiteSpec> {
             .collect::<anyhow::Result<_>>()?;
     }
     if let Some(d) = args.duration {
-        if !(d > 0.0) {
+        if d.is_nan() || d <= 0.0 {
             bail!("duration must be positive");
         }
         spec.duration_s = d;
@@ -105,16 +112,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let timeline_case = args.plots.as_ref().map(|_| timeline_case(&spec));
     let mut progress = |p: Progress| match p {
-        Progress::Testbed { model, gpu, done, total } => {
-            eprintln!("[{:6.1} s] prepared {model} on {gpu} ({done}/{total})", started.elapsed().as_secs_f64())
+        Progress::Testbed {
+            model,
+            gpu,
+            done,
+            total,
+        } => {
+            eprintln!(
+                "[{:6.1} s] prepared {model} on {gpu} ({done}/{total})",
+                started.elapsed().as_secs_f64()
+            )
         }
         Progress::Case { label, done, total } => {
-            eprintln!("[{:6.1} s] case {done}/{total}: {label}", started.elapsed().as_secs_f64())
+            eprintln!(
+                "[{:6.1} s] case {done}/{total}: {label}",
+                started.elapsed().as_secs_f64()
+            )
         }
     };
     let suite = bench::run_suite(&spec, &bench::predicted_costs, timeline_case, &mut progress)?;
     let wall = started.elapsed().as_secs_f64();
-    let requests: usize = suite.cases.iter().flat_map(|c| c.runs.iter()).map(|(_, r)| r.arrivals).sum();
+    let requests: usize = suite
+        .cases
+        .iter()
+        .flat_map(|c| c.runs.iter())
+        .map(|(_, r)| r.arrivals)
+        .sum();
 
     println!("{}", report::table(&suite));
     print!("{}", report::summary_text(&report::summary(&suite)));
@@ -149,7 +172,12 @@ fn write_plots(suite: &SuiteResult, dir: &std::path::Path) -> anyhow::Result<usi
     let mut written = 0;
     let mut groups: Vec<(String, String, f64, String)> = Vec::new();
     for c in &suite.cases {
-        let key = (c.case.model.clone(), c.case.gpu.clone(), c.case.slo_ms, c.case.workload.name());
+        let key = (
+            c.case.model.clone(),
+            c.case.gpu.clone(),
+            c.case.slo_ms,
+            c.case.workload.name(),
+        );
         if !groups.contains(&key) {
             groups.push(key);
         }
@@ -158,7 +186,12 @@ fn write_plots(suite: &SuiteResult, dir: &std::path::Path) -> anyhow::Result<usi
         let cases: Vec<_> = suite
             .cases
             .iter()
-            .filter(|c| c.case.model == *model && c.case.gpu == *gpu && c.case.slo_ms == *slo && c.case.workload.name() == *wl)
+            .filter(|c| {
+                c.case.model == *model
+                    && c.case.gpu == *gpu
+                    && c.case.slo_ms == *slo
+                    && c.case.workload.name() == *wl
+            })
             .collect();
         let series: Vec<Series> = suite
             .spec
@@ -168,19 +201,29 @@ fn write_plots(suite: &SuiteResult, dir: &std::path::Path) -> anyhow::Result<usi
                 name: p.name().to_string(),
                 points: cases
                     .iter()
-                    .filter_map(|c| Some((c.case.load * 100.0, c.run(p)?.energy_per_request_j * 1e3)))
+                    .filter_map(|c| {
+                        Some((c.case.load * 100.0, c.run(p)?.energy_per_request_j * 1e3))
+                    })
                     .collect(),
             })
             .collect();
         let title = format!("{model} on {gpu}, {wl} arrivals, p99 SLO {slo} ms");
-        let svg = plot::line_chart(&title, "load (% of max-clock capacity)", "energy per request (mJ)", &series);
+        let svg = plot::line_chart(
+            &title,
+            "load (% of max-clock capacity)",
+            "energy per request (mJ)",
+            &series,
+        );
         let name = format!("energy_{model}_{gpu}_{wl}_{slo}ms.svg").replace([':', '/'], "_");
         std::fs::write(dir.join(&name), svg).with_context(|| format!("writing {name}"))?;
         written += 1;
     }
     if let Some((i, p, tl)) = &suite.timeline {
         let c = &suite.cases[*i].case;
-        let start = tl.batches.get(tl.batches.len() / 2).map_or(0.0, |b| b.start_s);
+        let start = tl
+            .batches
+            .get(tl.batches.len() / 2)
+            .map_or(0.0, |b| b.start_s);
         let title = format!("{} timeline: {}", p.name(), c.label());
         let svg = plot::timeline_chart(&title, tl, start, start + 1.0);
         std::fs::write(dir.join("timeline.svg"), svg).context("writing timeline.svg")?;

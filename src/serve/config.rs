@@ -151,6 +151,22 @@ spec:
     }
 
     #[test]
+    fn the_cluster_samples_are_standalone_configs_too() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/samples");
+        let mut read = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let c =
+                    ServeConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(!c.services.is_empty());
+                read += 1;
+            }
+        }
+        assert!(read > 0);
+    }
+
+    #[test]
     fn refuses_what_the_api_server_would() {
         let dup = format!("{TWO}---\n{}", TWO.split("---").next().unwrap());
         assert!(

@@ -201,6 +201,14 @@ impl Worker {
         m.slo_percentile
             .with_label_values(&[&s.info.name])
             .set(s.info.percentile);
+        // Series that start at zero are exported from the start, not from their first event.
+        m.slo_violations
+            .with_label_values(&[&s.info.name])
+            .inc_by(0);
+        m.requests
+            .with_label_values(&[s.info.name.as_str(), crate::telemetry::outcome::OK])
+            .inc_by(0);
+        m.saturated.with_label_values(&[&s.info.name]).set(0);
         let mut w = Self {
             clock: s.device.clone().map(ClockThread::new),
             info: s.info,
@@ -285,7 +293,12 @@ impl Worker {
                 if q.draining {
                     break;
                 }
-                let _q = self.queue.wait(q, Duration::from_secs_f64(TICK_S));
+                drop(q);
+                self.hold_idle_clock();
+                let q = self.queue.lock();
+                if q.jobs.is_empty() && !q.draining {
+                    let _q = self.queue.wait(q, Duration::from_secs_f64(TICK_S));
+                }
                 continue;
             }
             let now = self.now_s();
@@ -309,8 +322,13 @@ impl Worker {
             };
             match action {
                 Action::WaitUntil(t) => {
-                    let wait = (t - now).clamp(0.0002, TICK_S);
-                    let _q = self.queue.wait(q, Duration::from_secs_f64(wait));
+                    drop(q);
+                    self.hold_idle_clock();
+                    let wait = (t - self.now_s()).clamp(0.0002, TICK_S);
+                    let q = self.queue.lock();
+                    if q.unreported == 0 {
+                        let _q = self.queue.wait(q, Duration::from_secs_f64(wait));
+                    }
                 }
                 Action::Dispatch { batch } => {
                     let b = (batch as usize).clamp(1, n.min(max));
@@ -327,6 +345,15 @@ impl Worker {
         }
         self.tick(true);
         tracing::info!(model = %self.info.name, "worker drained");
+    }
+
+    /// The clock the policy wants held while the GPU idles (e.g. the next batch's first clock,
+    /// preset so the batch starts at it), as the simulator asks for it.
+    fn hold_idle_clock(&mut self) {
+        let now = self.now_s();
+        if let Some(target) = self.policy.idle_clock(now) {
+            self.set_clock(now, target);
+        }
     }
 
     /// GPU telemetry and an energy-counter read for attribution, at most every [`TICK_S`].

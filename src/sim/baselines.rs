@@ -11,6 +11,11 @@ use std::ops::Range;
 
 use super::policy::{Action, BatchDone, BatchPlan, ClockTarget, Policy};
 
+/// The whole model as one unit.
+fn whole(layers: usize) -> Vec<Range<usize>> {
+    std::iter::once(0..layers).collect()
+}
+
 /// Triton's `dynamic_batching { max_queue_delay_microseconds }` with `max_batch_size`, configured
 /// the way a user tuning for an SLO would (see [`TritonConfig::for_slo`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,8 +36,14 @@ impl TritonConfig {
     /// then run in a batch (≤ SLO/3), so the worst case below saturation is the SLO.
     pub fn for_slo(exec_s: &[f64], slo_s: f64) -> Self {
         let third = slo_s / 3.0;
-        let max_batch = exec_s.iter().rposition(|&t| t <= third).map_or(1, |i| i as u32 + 1);
-        Self { max_batch, max_queue_delay_s: third }
+        let max_batch = exec_s
+            .iter()
+            .rposition(|&t| t <= third)
+            .map_or(1, |i| i as u32 + 1);
+        Self {
+            max_batch,
+            max_queue_delay_s: third,
+        }
     }
 }
 
@@ -53,9 +64,12 @@ impl TritonMaxClock {
         Self {
             name: "max-clock".into(),
             cfg,
-            units: vec![0..layers],
+            units: whole(layers),
             lock: Some(f_max_mhz),
-            plan: BatchPlan { unit_clocks: vec![Some(f_max_mhz)], set_calls: Vec::new() },
+            plan: BatchPlan {
+                unit_clocks: vec![Some(f_max_mhz)],
+                set_calls: Vec::new(),
+            },
             saturated: false,
         }
     }
@@ -66,7 +80,7 @@ impl TritonMaxClock {
         Self {
             name: "default-clock".into(),
             cfg,
-            units: vec![0..layers],
+            units: whole(layers),
             lock: None,
             plan: BatchPlan::unmanaged(1),
             saturated: false,
@@ -95,7 +109,9 @@ impl Policy for TritonMaxClock {
         let full = queue_len >= self.cfg.max_batch as usize;
         let deadline = oldest_arrival + self.cfg.max_queue_delay_s;
         if full || now >= deadline {
-            Action::Dispatch { batch: (queue_len as u32).min(self.cfg.max_batch) }
+            Action::Dispatch {
+                batch: (queue_len as u32).min(self.cfg.max_batch),
+            }
         } else {
             Action::WaitUntil(deadline)
         }
@@ -135,12 +151,15 @@ impl ClipperAimd {
 
     pub fn new(layers: usize, f_max_mhz: u32, max_batch: u32, slo_s: f64) -> Self {
         Self {
-            units: vec![0..layers],
+            units: whole(layers),
             f_max: f_max_mhz,
             max_batch: max_batch.max(1),
             target_s: slo_s / 2.0,
             cap: 1.0,
-            plan: BatchPlan { unit_clocks: vec![Some(f_max_mhz)], set_calls: Vec::new() },
+            plan: BatchPlan {
+                unit_clocks: vec![Some(f_max_mhz)],
+                set_calls: Vec::new(),
+            },
             saturated: false,
         }
     }
@@ -165,7 +184,9 @@ impl Policy for ClipperAimd {
         Some(ClockTarget::Locked(self.f_max))
     }
     fn next_action(&mut self, _now: f64, queue_len: usize, _oldest: f64) -> Action {
-        Action::Dispatch { batch: (queue_len as u32).min(self.cap()) }
+        Action::Dispatch {
+            batch: (queue_len as u32).min(self.cap()),
+        }
     }
     fn plan(&self) -> &BatchPlan {
         &self.plan

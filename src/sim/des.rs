@@ -12,7 +12,9 @@ use std::collections::VecDeque;
 use crate::gpu::GpuError;
 
 use super::device::{Device, SpanTable};
-use super::metrics::{RunResult, SetCallRecord, Timeline, TimelineBatch, percentile, slo_attainment};
+use super::metrics::{
+    RunResult, SetCallRecord, Timeline, TimelineBatch, percentile, slo_attainment,
+};
 use super::policy::{Action, BatchDone, ClockTarget, Policy};
 
 /// Why a run could not complete.
@@ -20,14 +22,36 @@ use super::policy::{Action, BatchDone, ClockTarget, Policy};
 pub enum SimError {
     #[error("GPU: {0}")]
     Gpu(#[from] GpuError),
-    #[error("policy {policy} asked to wait until {until_s} s at {now_s} s with nothing to wait for")]
-    PolicyStalled { policy: String, now_s: f64, until_s: f64 },
+    #[error(
+        "policy {policy} asked to wait until {until_s} s at {now_s} s with nothing to wait for"
+    )]
+    PolicyStalled {
+        policy: String,
+        now_s: f64,
+        until_s: f64,
+    },
     #[error("policy {policy} dispatched a batch of {batch} (queue {queue}, maximum {max})")]
-    BadBatch { policy: String, batch: u32, queue: usize, max: u32 },
+    BadBatch {
+        policy: String,
+        batch: u32,
+        queue: usize,
+        max: u32,
+    },
     #[error("policy {policy} has {plan} unit clocks for a chain of {units} units")]
-    PlanShape { policy: String, plan: usize, units: usize },
-    #[error("span table covers {table} units and batches up to {max}, policy needs {units} and {need}")]
-    SpanTableMismatch { table: usize, units: usize, max: u32, need: u32 },
+    PlanShape {
+        policy: String,
+        plan: usize,
+        units: usize,
+    },
+    #[error(
+        "span table covers {table} units and batches up to {max}, policy needs {units} and {need}"
+    )]
+    SpanTableMismatch {
+        table: usize,
+        units: usize,
+        max: u32,
+        need: u32,
+    },
     #[error("arrival times must be finite and ascending")]
     BadArrivals,
 }
@@ -90,7 +114,11 @@ impl ClockThread {
                 ClockTarget::Locked(_) => change.applied_mhz,
                 ClockTarget::Default => 0,
             };
-            log.push(SetCallRecord { issued_s: t, effective_s: change.effective_at_s, target_mhz });
+            log.push(SetCallRecord {
+                issued_s: t,
+                effective_s: change.effective_at_s,
+                target_mhz,
+            });
         }
         Ok(())
     }
@@ -123,10 +151,23 @@ pub fn run<D: Device, P: Policy + ?Sized>(
     let mut latency = vec![f64::NAN; n];
     let mut batch_lat: Vec<f64> = Vec::with_capacity(policy.max_batch() as usize);
     let mut queue: VecDeque<u32> = VecDeque::with_capacity(cfg.queue_capacity.min(n).max(1));
-    let mut timeline = cfg.record_timeline.then(|| Timeline { units, ..Timeline::default() });
-    let mut clock = ClockThread { free_at: t0, last: None, issued: 0, skipped: 0 };
+    let mut timeline = cfg.record_timeline.then(|| Timeline {
+        units,
+        ..Timeline::default()
+    });
+    let mut clock = ClockThread {
+        free_at: t0,
+        last: None,
+        issued: 0,
+        skipped: 0,
+    };
     if let Some(target) = policy.initial_clock() {
-        clock.issue(device, t0, target, timeline.as_mut().map(|t| &mut t.set_calls))?;
+        clock.issue(
+            device,
+            t0,
+            target,
+            timeline.as_mut().map(|t| &mut t.set_calls),
+        )?;
     }
 
     let (mut next, mut dropped, mut batches, mut busy, mut saturated_s) = (0usize, 0, 0, 0.0, 0.0);
@@ -221,8 +262,12 @@ pub fn run<D: Device, P: Policy + ?Sized>(
                 policy.on_batch_done(&done);
             }
             Action::WaitUntil(until) => {
-                let wake = if next < n { until.min(arrivals[next]) } else { until };
-                if !(wake > t) {
+                let wake = if next < n {
+                    until.min(arrivals[next])
+                } else {
+                    until
+                };
+                if wake <= t || wake.is_nan() {
                     return Err(SimError::PolicyStalled {
                         policy: policy.name().to_string(),
                         now_s: t,
@@ -294,8 +339,13 @@ fn summarise(s: SummaryInput<'_>) -> RunResult {
     let within = scratch.iter().filter(|&&l| l <= s.cfg.slo_s).count();
     let p99 = percentile(&mut scratch, 0.99);
     let p50 = percentile(&mut scratch, 0.5);
-    let (attainment, windows) =
-        slo_attainment(s.arrivals, &s.latency, s.cfg.window_s, s.cfg.slo_s, &mut scratch);
+    let (attainment, windows) = slo_attainment(
+        s.arrivals,
+        &s.latency,
+        s.cfg.window_s,
+        s.cfg.slo_s,
+        &mut scratch,
+    );
     RunResult {
         policy: s.policy.to_string(),
         arrivals: n,
@@ -303,18 +353,30 @@ fn summarise(s: SummaryInput<'_>) -> RunResult {
         dropped: s.dropped,
         horizon_s: s.horizon_s,
         energy_j: s.energy_j,
-        energy_per_request_j: if completed > 0 { s.energy_j / completed as f64 } else { f64::NAN },
+        energy_per_request_j: if completed > 0 {
+            s.energy_j / completed as f64
+        } else {
+            f64::NAN
+        },
         p50_ms: p50 * 1e3,
         p99_ms: p99 * 1e3,
         mean_ms: mean * 1e3,
         slo_attainment: attainment,
         windows,
-        within_slo: if completed > 0 { within as f64 / completed as f64 } else { f64::NAN },
+        within_slo: if completed > 0 {
+            within as f64 / completed as f64
+        } else {
+            f64::NAN
+        },
         switches: s.clock.issued,
         skipped_set_calls: s.clock.skipped,
         saturated_s: s.saturated_s,
         batches: s.batches,
-        mean_batch: if s.batches > 0 { completed as f64 / s.batches as f64 } else { 0.0 },
+        mean_batch: if s.batches > 0 {
+            completed as f64 / s.batches as f64
+        } else {
+            0.0
+        },
         busy_s: s.busy_s,
         timeline: s.timeline,
     }

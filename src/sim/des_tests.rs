@@ -15,10 +15,19 @@ const LAYERS: usize = 4;
 
 /// 4 layers; per sample 2 GFLOP and 4 MB each, so a batch of b takes 0.816 ms·b at f_max.
 fn work(_layer: usize, b: u32) -> LayerWork {
-    LayerWork { kind: WorkKind::Conv, flops: 2e9 * f64::from(b), bytes: 4e6 * f64::from(b), batch: b }
+    LayerWork {
+        kind: WorkKind::Conv,
+        flops: 2e9 * f64::from(b),
+        bytes: 4e6 * f64::from(b),
+        batch: b,
+    }
 }
 
-fn spans(dev: &TestDevice, units: &[Range<usize>], max_batch: u32) -> SpanTable<<TestDevice as Device>::Span> {
+fn spans(
+    dev: &TestDevice,
+    units: &[Range<usize>],
+    max_batch: u32,
+) -> SpanTable<<TestDevice as Device>::Span> {
     SpanTable::build(dev, units, max_batch, work)
 }
 
@@ -33,7 +42,9 @@ fn triton(slo: f64) -> TritonMaxClock {
 }
 
 fn poisson(rate: f64, dur: f64, seed: u64) -> Vec<f64> {
-    Workload::new(WorkloadKind::Poisson, rate, dur).generate(seed).unwrap()
+    Workload::new(WorkloadKind::Poisson, rate, dur)
+        .generate(seed)
+        .unwrap()
 }
 
 #[test]
@@ -60,7 +71,10 @@ fn conserves_requests_under_overload_with_drops() {
     assert!(r.dropped > 0, "overload with a bounded queue must drop");
     assert_eq!(r.completed + r.dropped, r.arrivals);
     let tl = r.timeline.unwrap();
-    assert_eq!(tl.batches.iter().map(|b| b.batch as usize).sum::<usize>(), r.completed);
+    assert_eq!(
+        tl.batches.iter().map(|b| b.batch as usize).sum::<usize>(),
+        r.completed
+    );
     assert!(r.saturated_s > 0.0);
     assert!(r.slo_attainment < 0.5);
 }
@@ -89,7 +103,10 @@ fn energy_is_the_counter_reading_and_timeline_is_consistent() {
         assert!(b.end_s > b.start_s);
         busy += b.end_s - b.start_s;
         if i > 0 {
-            assert!(b.start_s >= tl.batches[i - 1].end_s, "batches overlap at {i}");
+            assert!(
+                b.start_s >= tl.batches[i - 1].end_s,
+                "batches overlap at {i}"
+            );
         }
         let starts = &tl.unit_starts[b.first_unit..b.first_unit + tl.units];
         assert_eq!(starts[0], b.start_s);
@@ -139,7 +156,9 @@ fn default_clock_policy_never_locks() {
 fn deterministic_under_seed() {
     let go = |seed| {
         let mut p = ClipperAimd::new(LAYERS, F_MAX, 32, 0.05);
-        let arrivals = Workload::new(WorkloadKind::bursty(), 250.0, 20.0).generate(seed).unwrap();
+        let arrivals = Workload::new(WorkloadKind::bursty(), 250.0, 20.0)
+            .generate(seed)
+            .unwrap();
         let mut dev = TestDevice::new();
         let table = spans(&dev, p.units(), p.max_batch());
         let mut cfg = SimConfig::new(0.05);
@@ -163,7 +182,10 @@ fn clipper_aimd_settles_near_the_target() {
     let r = run(&mut dev, &table, &mut p, &arrivals, &cfg).unwrap();
     let tl = r.timeline.unwrap();
     let late = &tl.batches[tl.batches.len() / 2..];
-    assert!(late.iter().all(|b| (22..=25).contains(&b.batch)), "AIMD should hover at 24");
+    assert!(
+        late.iter().all(|b| (22..=25).contains(&b.batch)),
+        "AIMD should hover at 24"
+    );
     assert!(late.iter().any(|b| b.batch == 25) && late.iter().any(|b| b.batch == 22));
 }
 
@@ -185,7 +207,9 @@ impl Policy for Alternating {
         8
     }
     fn next_action(&mut self, _now: f64, q: usize, _o: f64) -> Action {
-        Action::Dispatch { batch: q.min(8) as u32 }
+        Action::Dispatch {
+            batch: q.min(8) as u32,
+        }
     }
     fn plan(&self) -> &BatchPlan {
         &self.plan
@@ -198,10 +222,22 @@ fn clock_thread_serialises_and_skips_repeated_targets() {
     let plan = BatchPlan {
         unit_clocks: vec![Some(900), Some(900)],
         set_calls: vec![
-            SetCall { offset_s: 0.0, target: ClockTarget::Locked(900) },
-            SetCall { offset_s: 0.0, target: ClockTarget::Locked(900) },
-            SetCall { offset_s: 0.001, target: ClockTarget::Locked(1200) },
-            SetCall { offset_s: 0.001, target: ClockTarget::Locked(900) },
+            SetCall {
+                offset_s: 0.0,
+                target: ClockTarget::Locked(900),
+            },
+            SetCall {
+                offset_s: 0.0,
+                target: ClockTarget::Locked(900),
+            },
+            SetCall {
+                offset_s: 0.001,
+                target: ClockTarget::Locked(1200),
+            },
+            SetCall {
+                offset_s: 0.001,
+                target: ClockTarget::Locked(900),
+            },
         ],
     };
     let mut p = Alternating { units, plan };
@@ -216,7 +252,11 @@ fn clock_thread_serialises_and_skips_repeated_targets() {
     assert_eq!(r.switches, 1 + 2 * r.batches);
     assert_eq!(r.skipped_set_calls, 2 * r.batches - 1);
     let calls = &r.timeline.as_ref().unwrap().set_calls;
-    assert!(calls.windows(2).all(|w| w[1].issued_s >= w[0].issued_s + CALL_S - 1e-12));
+    assert!(
+        calls
+            .windows(2)
+            .all(|w| w[1].issued_s >= w[0].issued_s + CALL_S - 1e-12)
+    );
 }
 
 #[test]
@@ -239,7 +279,10 @@ fn stalled_policy_is_an_error() {
             &self.1
         }
     }
-    let mut p = Stall(vec![0..LAYERS], BatchPlan::unmanaged(1));
+    let mut p = Stall(
+        std::iter::once(0..LAYERS).collect(),
+        BatchPlan::unmanaged(1),
+    );
     let mut dev = TestDevice::new();
     let table = spans(&dev, p.units(), 1);
     let err = run(&mut dev, &table, &mut p, &[0.5], &SimConfig::new(0.1)).unwrap_err();

@@ -58,7 +58,11 @@ impl<S> SpanTable<S> {
                 spans.push(device.span(&works));
             }
         }
-        Self { max_batch, spans, units: units.len() }
+        Self {
+            max_batch,
+            spans,
+            units: units.len(),
+        }
     }
 
     pub fn units(&self) -> usize {

@@ -27,7 +27,15 @@ impl ControllerPolicy {
     /// `units` are the layer ranges of the controller's chain, in order.
     pub fn new(name: &str, ctl: Controller, units: Vec<Range<usize>>) -> Self {
         let max_batch = ctl.planner().batches().last().copied().unwrap_or(1);
-        Self { name: name.to_string(), ctl, units, max_batch, plan: BatchPlan::default(), last: None, hold: None }
+        Self {
+            name: name.to_string(),
+            ctl,
+            units,
+            max_batch,
+            plan: BatchPlan::default(),
+            last: None,
+            hold: None,
+        }
     }
 
     pub fn controller(&self) -> &Controller {
@@ -38,17 +46,22 @@ impl ControllerPolicy {
     /// clock thread skips it when the preset already did), then the in-batch changes.
     fn convert(&mut self, p: &Plan) {
         self.plan.unit_clocks.clear();
-        self.plan.unit_clocks.extend(p.unit_clocks_mhz.iter().map(|&f| Some(f)));
+        self.plan
+            .unit_clocks
+            .extend(p.unit_clocks_mhz.iter().map(|&f| Some(f)));
         self.plan.set_calls.clear();
         if let Some(&entry) = p.unit_clocks_mhz.first() {
-            self.plan.set_calls.push(SetCall { offset_s: 0.0, target: ClockTarget::Locked(entry) });
+            self.plan.set_calls.push(SetCall {
+                offset_s: 0.0,
+                target: ClockTarget::Locked(entry),
+            });
         }
-        self.plan.set_calls.extend(
-            p.timeline
-                .iter()
-                .filter(|c| c.unit > 0)
-                .map(|c| SetCall { offset_s: c.issue_at_s, target: ClockTarget::Locked(c.clock_mhz) }),
-        );
+        self.plan
+            .set_calls
+            .extend(p.timeline.iter().filter(|c| c.unit > 0).map(|c| SetCall {
+                offset_s: c.issue_at_s,
+                target: ClockTarget::Locked(c.clock_mhz),
+            }));
     }
 }
 
@@ -73,7 +86,10 @@ impl Policy for ControllerPolicy {
                 self.last = Some(plan);
                 Action::Dispatch { batch }
             }
-            CtlAction::WaitUntil { until, hold_clock_mhz } => {
+            CtlAction::WaitUntil {
+                until,
+                hold_clock_mhz,
+            } => {
                 self.hold = Some(hold_clock_mhz);
                 Action::WaitUntil(until)
             }

@@ -87,25 +87,30 @@ impl Oracle {
     ) -> Self {
         let batches = planner.batches();
         let max_batch = batches.last().copied().unwrap_or(1);
-        let span = arrivals.last().copied().unwrap_or(0.0) - arrivals.first().copied().unwrap_or(0.0);
-        let rate = if span > 0.0 { arrivals.len() as f64 / span } else { 1.0 };
+        let span =
+            arrivals.last().copied().unwrap_or(0.0) - arrivals.first().copied().unwrap_or(0.0);
+        let rate = if span > 0.0 {
+            arrivals.len() as f64 / span
+        } else {
+            1.0
+        };
         let options = pareto_options(planner, &batches, max_batch, rate);
         let l_eff = slo_s * (1.0 - guard);
         let labels = dp(arrivals, &options, l_eff, lead_s, &idle_w);
         let (schedule, predicted_energy_j) = backtrack(&labels, arrivals.len());
-        Self { units, max_batch, options, schedule, next: 0, plan: BatchPlan::default(), predicted_energy_j }
+        Self {
+            units,
+            max_batch,
+            options,
+            schedule,
+            next: 0,
+            plan: BatchPlan::default(),
+            predicted_energy_j,
+        }
     }
 
     pub fn schedule(&self) -> &[OracleBatch] {
         &self.schedule
-    }
-    /// (batch size, [(exec s, energy J, entry MHz)]) of the plan options, for inspection.
-    pub fn options(&self) -> Vec<(u32, Vec<(f64, f64, u32)>)> {
-        self.options
-            .iter()
-            .enumerate()
-            .map(|(i, o)| (i as u32 + 1, o.iter().map(|x| (x.exec_s, x.energy_j, x.entry)).collect()))
-            .collect()
     }
     pub fn predicted_energy_j(&self) -> f64 {
         self.predicted_energy_j
@@ -128,20 +133,27 @@ impl Policy for Oracle {
         self.max_batch
     }
     fn initial_clock(&self) -> Option<ClockTarget> {
-        self.schedule.first().map(|_| ClockTarget::Locked(self.option(0).entry))
+        self.schedule
+            .first()
+            .map(|_| ClockTarget::Locked(self.option(0).entry))
     }
     fn next_action(&mut self, now: f64, queue_len: usize, _oldest: f64) -> Action {
         let Some(&b) = self.schedule.get(self.next) else {
             // Past the schedule (cannot happen for the trace it planned): drain at once.
             self.plan = BatchPlan::unmanaged(self.units.len());
-            return Action::Dispatch { batch: (queue_len as u32).min(self.max_batch) };
+            return Action::Dispatch {
+                batch: (queue_len as u32).min(self.max_batch),
+            };
         };
         if queue_len >= b.size as usize && now >= b.start_s {
             let mut plan = self.option(self.next).plan.clone();
             if let Some(&nb) = self.schedule.get(self.next + 1) {
                 let entry = self.options[nb.size as usize - 1][nb.option].entry;
                 let exec = self.option(self.next).exec_s;
-                plan.set_calls.push(SetCall { offset_s: exec, target: ClockTarget::Locked(entry) });
+                plan.set_calls.push(SetCall {
+                    offset_s: exec,
+                    target: ClockTarget::Locked(entry),
+                });
             }
             self.plan = plan;
             self.next += 1;
@@ -163,14 +175,22 @@ fn to_batch_plan(p: &Plan) -> BatchPlan {
         set_calls: p
             .timeline
             .iter()
-            .map(|c| SetCall { offset_s: c.issue_at_s, target: ClockTarget::Locked(c.clock_mhz) })
+            .map(|c| SetCall {
+                offset_s: c.issue_at_s,
+                target: ClockTarget::Locked(c.clock_mhz),
+            })
             .collect(),
     }
 }
 
 /// Pareto sets of plans per batch size `1..=max_batch`; sizes missing from the planner's grid
 /// get none (the DP skips them).
-fn pareto_options(planner: &Planner, batches: &[u32], max_batch: u32, rate: f64) -> Vec<Vec<PlanOption>> {
+fn pareto_options(
+    planner: &Planner,
+    batches: &[u32],
+    max_batch: u32,
+    rate: f64,
+) -> Vec<Vec<PlanOption>> {
     let mut per_grid: Vec<Vec<PlanOption>> = vec![Vec::new(); batches.len()];
     let option = |p: &Plan| PlanOption {
         exec_s: p.exec_time_s,
@@ -207,10 +227,17 @@ fn pareto_options(planner: &Planner, batches: &[u32], max_batch: u32, rate: f64)
         }
     }
     for opts in &mut per_grid {
-        opts.sort_by(|a, b| a.exec_s.total_cmp(&b.exec_s).then(a.energy_j.total_cmp(&b.energy_j)));
+        opts.sort_by(|a, b| {
+            a.exec_s
+                .total_cmp(&b.exec_s)
+                .then(a.energy_j.total_cmp(&b.energy_j))
+        });
         let mut kept: Vec<PlanOption> = Vec::new();
         for o in opts.drain(..) {
-            if kept.last().is_none_or(|k: &PlanOption| o.energy_j < k.energy_j * (1.0 - 1e-9)) {
+            if kept
+                .last()
+                .is_none_or(|k: &PlanOption| o.energy_j < k.energy_j * (1.0 - 1e-9))
+            {
                 kept.push(o);
             }
         }
@@ -225,7 +252,13 @@ fn pareto_options(planner: &Planner, batches: &[u32], max_batch: u32, rate: f64)
 
 /// Forward DP over prefixes of the trace; `labels[j]` = non-dominated ways to serve the first j
 /// requests.
-fn dp(arrivals: &[f64], options: &[Vec<PlanOption>], l_eff: f64, lead_s: f64, idle_w: &impl Fn(u32) -> f64) -> Vec<Vec<Label>> {
+fn dp(
+    arrivals: &[f64],
+    options: &[Vec<PlanOption>],
+    l_eff: f64,
+    lead_s: f64,
+    idle_w: &impl Fn(u32) -> f64,
+) -> Vec<Vec<Label>> {
     let n = arrivals.len();
     let bmax = options.len();
     let mut labels: Vec<Vec<Label>> = vec![Vec::new(); n + 1];
@@ -258,7 +291,11 @@ fn dp(arrivals: &[f64], options: &[Vec<PlanOption>], l_eff: f64, lead_s: f64, id
             for (li, lab) in from.iter().enumerate() {
                 for (oi, o) in options[b - 1].iter().enumerate() {
                     // A new entry clock is preset right after the previous batch.
-                    let settle = if lab.finish.is_finite() && o.entry != lab.exit { lead_s } else { 0.0 };
+                    let settle = if lab.finish.is_finite() && o.entry != lab.exit {
+                        lead_s
+                    } else {
+                        0.0
+                    };
                     let start = ready.max(lab.finish + settle);
                     if start + o.exec_s > deadline {
                         continue;
@@ -303,7 +340,11 @@ fn force(
     labels: &mut [Vec<Label>],
     idle_w: &impl Fn(u32) -> f64,
 ) {
-    let Some((li, lab)) = from.iter().enumerate().min_by(|a, b| a.1.finish.total_cmp(&b.1.finish)) else {
+    let Some((li, lab)) = from
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.finish.total_cmp(&b.1.finish))
+    else {
         return;
     };
     let n = arrivals.len();
@@ -331,13 +372,20 @@ fn force(
 
 /// Cost of a label if the GPU then idles until `t` (≥ its finish).
 fn cost_at(l: &Label, t: f64) -> f64 {
-    if l.finish.is_finite() { l.cost + l.idle_w * (t - l.finish).max(0.0) } else { l.cost }
+    if l.finish.is_finite() {
+        l.cost + l.idle_w * (t - l.finish).max(0.0)
+    } else {
+        l.cost
+    }
 }
 
 /// Keeps labels that no other label beats: one dominates another if it finishes no later and
 /// costs no more once it has idled until the other's finish. At most [`LABELS`] are kept.
 fn insert_label(set: &mut Vec<Label>, c: Label) {
-    if set.iter().any(|l| l.finish <= c.finish && cost_at(l, c.finish) <= c.cost) {
+    if set
+        .iter()
+        .any(|l| l.finish <= c.finish && cost_at(l, c.finish) <= c.cost)
+    {
         return;
     }
     set.retain(|l| !(c.finish <= l.finish && cost_at(&c, l.finish) <= l.cost));
@@ -363,7 +411,10 @@ fn insert_label(set: &mut Vec<Label>, c: Label) {
 }
 
 fn backtrack(labels: &[Vec<Label>], n: usize) -> (Vec<OracleBatch>, f64) {
-    let horizon = labels[n].iter().map(|l| l.finish).fold(f64::NEG_INFINITY, f64::max);
+    let horizon = labels[n]
+        .iter()
+        .map(|l| l.finish)
+        .fold(f64::NEG_INFINITY, f64::max);
     let Some((mut li, best)) = labels[n]
         .iter()
         .enumerate()
@@ -376,7 +427,12 @@ fn backtrack(labels: &[Vec<Label>], n: usize) -> (Vec<OracleBatch>, f64) {
     let mut j = n;
     while j > 0 {
         let l = labels[j][li];
-        out.push(OracleBatch { first: l.prev, size: (j - l.prev) as u32, start_s: l.start, option: l.option });
+        out.push(OracleBatch {
+            first: l.prev,
+            size: (j - l.prev) as u32,
+            start_s: l.start,
+            option: l.option,
+        });
         j = l.prev;
         li = l.prev_label;
     }
@@ -389,7 +445,13 @@ mod tests {
     use super::*;
 
     fn opt(exec_s: f64, energy_j: f64, f: u32) -> PlanOption {
-        PlanOption { exec_s, energy_j, entry: f, exit: f, plan: BatchPlan::single(1, f) }
+        PlanOption {
+            exec_s,
+            energy_j,
+            entry: f,
+            exit: f,
+            plan: BatchPlan::single(1, f),
+        }
     }
 
     #[test]
@@ -402,7 +464,10 @@ mod tests {
         let (sched, cost) = backtrack(&labels, 64);
         let sizes: Vec<u32> = sched.iter().map(|b| b.size).collect();
         // All batches of 8: 8 × 1.88 J busy + 7 gaps of 16.26 ms at 34.1 W.
-        assert!((cost - (8.0 * 1.88 + 7.0 * 0.01626 * 34.1)).abs() < 0.01, "{cost}");
+        assert!(
+            (cost - (8.0 * 1.88 + 7.0 * 0.01626 * 34.1)).abs() < 0.01,
+            "{cost}"
+        );
         assert!(sizes.iter().filter(|&&s| s == 8).count() >= 6, "{sizes:?}");
     }
 }

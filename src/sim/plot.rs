@@ -11,7 +11,11 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 170.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
-const COLORS: [&str; 8] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+/// Dash patterns per series, so coinciding lines stay visible.
+const DASHES: [&str; 6] = ["none", "8,4", "2,3", "10,3,2,3", "4,4", "1,2"];
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+];
 
 /// One line of a line chart.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +25,9 @@ pub struct Series {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// "Nice" tick step for a range.
@@ -60,7 +66,10 @@ impl Axes {
 
     fn draw(&self, out: &mut String, x_label: &str, y_label: &str) {
         let (l, t, w, h) = self.area;
-        let _ = writeln!(out, r##"<rect x="{l}" y="{t}" width="{w}" height="{h}" fill="none" stroke="#333"/>"##);
+        let _ = writeln!(
+            out,
+            r##"<rect x="{l}" y="{t}" width="{w}" height="{h}" fill="none" stroke="#333"/>"##
+        );
         let step = tick_step(self.x1 - self.x0, 6);
         let mut x = (self.x0 / step).ceil() * step;
         while x <= self.x1 + 1e-9 {
@@ -107,7 +116,11 @@ impl Axes {
 }
 
 fn fmt_tick(v: f64, step: f64) -> String {
-    if step >= 1.0 { format!("{v:.0}") } else { format!("{v:.*}", (-step.log10().floor()) as usize) }
+    if step >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.*}", (-step.log10().floor()) as usize)
+    }
 }
 
 fn header(out: &mut String, title: &str, height: f64) {
@@ -116,12 +129,20 @@ fn header(out: &mut String, title: &str, height: f64) {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" viewBox="0 0 {W} {height}" font-family="sans-serif">"#
     );
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(out, r#"<text x="{:.1}" y="22" font-size="14" text-anchor="middle">{}</text>"#, W / 2.0, esc(title));
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="22" font-size="14" text-anchor="middle">{}</text>"#,
+        W / 2.0,
+        esc(title)
+    );
 }
 
 /// A line chart with markers and a legend on the right.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
-    let pts = series.iter().flat_map(|s| s.points.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
         x0 = x0.min(x);
@@ -132,7 +153,13 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         (x0, x1, y1) = (0.0, 1.0, 1.0);
     }
     let pad = ((x1 - x0) * 0.05).max(1e-9);
-    let axes = Axes { x0: x0 - pad, x1: x1 + pad, y0: 0.0, y1: y1 * 1.1, area: (LEFT, TOP, W - LEFT - RIGHT, H - TOP - BOTTOM) };
+    let axes = Axes {
+        x0: x0 - pad,
+        x1: x1 + pad,
+        y0: 0.0,
+        y1: y1 * 1.1,
+        area: (LEFT, TOP, W - LEFT - RIGHT, H - TOP - BOTTOM),
+    };
     let mut out = String::new();
     header(&mut out, title, H);
     axes.draw(&mut out, x_label, y_label);
@@ -144,7 +171,12 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             .filter(|p| p.0.is_finite() && p.1.is_finite())
             .map(|&(x, y)| format!("{:.1},{:.1}", axes.px(x), axes.py(y)))
             .collect();
-        let _ = writeln!(out, r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#, path.join(" "));
+        let dash = DASHES[i % DASHES.len()];
+        let _ = writeln!(
+            out,
+            r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2" stroke-dasharray="{dash}"/>"#,
+            path.join(" ")
+        );
         for p in &path {
             let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
             let _ = writeln!(out, r#"<circle cx="{x}" cy="{y}" r="3.5" fill="{c}"/>"#);
@@ -153,7 +185,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         let lx = W - RIGHT + 15.0;
         let _ = writeln!(
             out,
-            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="2"/><text x="{}" y="{}" font-size="12">{}</text>"#,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="{}" font-size="12">{}</text>"#,
             lx + 20.0,
             lx + 26.0,
             ly + 4.0,
@@ -166,13 +198,30 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
 
 /// Clock per unit (top) and batch size (bottom) of the batches of `tl` within `[from, to)` s.
 pub fn timeline_chart(title: &str, tl: &Timeline, from: f64, to: f64) -> String {
-    let height = 560.0;
-    let batches: Vec<usize> =
-        (0..tl.batches.len()).filter(|&i| tl.batches[i].start_s >= from && tl.batches[i].start_s < to).collect();
+    let height = 580.0;
+    let batches: Vec<usize> = (0..tl.batches.len())
+        .filter(|&i| tl.batches[i].start_s >= from && tl.batches[i].start_s < to)
+        .collect();
     let f_max = tl.unit_clocks.iter().copied().max().unwrap_or(1) as f64;
-    let b_max = batches.iter().map(|&i| tl.batches[i].batch).max().unwrap_or(1) as f64;
-    let top = Axes { x0: from, x1: to, y0: 0.0, y1: f_max * 1.1, area: (LEFT, TOP, W - LEFT - 40.0, 260.0) };
-    let bottom = Axes { x0: from, x1: to, y0: 0.0, y1: b_max * 1.15, area: (LEFT, TOP + 320.0, W - LEFT - 40.0, 150.0) };
+    let b_max = batches
+        .iter()
+        .map(|&i| tl.batches[i].batch)
+        .max()
+        .unwrap_or(1) as f64;
+    let top = Axes {
+        x0: from,
+        x1: to,
+        y0: 0.0,
+        y1: f_max * 1.1,
+        area: (LEFT, TOP, W - LEFT - 40.0, 260.0),
+    };
+    let bottom = Axes {
+        x0: from,
+        x1: to,
+        y0: 0.0,
+        y1: b_max * 1.15,
+        area: (LEFT, TOP + 320.0, W - LEFT - 40.0, 150.0),
+    };
     let mut out = String::new();
     header(&mut out, title, height);
     top.draw(&mut out, "", "graphics clock in force at unit start (MHz)");
@@ -182,7 +231,11 @@ pub fn timeline_chart(title: &str, tl: &Timeline, from: f64, to: f64) -> String 
         let first = b.first_unit;
         for u in 0..tl.units {
             let s = tl.unit_starts[first + u];
-            let e = if u + 1 < tl.units { tl.unit_starts[first + u + 1] } else { b.end_s };
+            let e = if u + 1 < tl.units {
+                tl.unit_starts[first + u + 1]
+            } else {
+                b.end_s
+            };
             let y = top.py(f64::from(tl.unit_clocks[first + u]));
             let c = COLORS[u % COLORS.len()];
             let _ = writeln!(
@@ -192,7 +245,10 @@ pub fn timeline_chart(title: &str, tl: &Timeline, from: f64, to: f64) -> String 
                 top.px(e).max(top.px(s) + 0.5)
             );
         }
-        let (x0, x1) = (bottom.px(b.start_s), bottom.px(b.end_s).max(bottom.px(b.start_s) + 1.0));
+        let (x0, x1) = (
+            bottom.px(b.start_s),
+            bottom.px(b.end_s).max(bottom.px(b.start_s) + 1.0),
+        );
         let y = bottom.py(f64::from(b.batch));
         let _ = writeln!(
             out,
@@ -201,9 +257,18 @@ pub fn timeline_chart(title: &str, tl: &Timeline, from: f64, to: f64) -> String 
             bottom.py(0.0) - y
         );
     }
-    for sc in tl.set_calls.iter().filter(|s| s.issued_s >= from && s.issued_s < to) {
+    for sc in tl
+        .set_calls
+        .iter()
+        .filter(|s| s.issued_s >= from && s.issued_s < to)
+    {
         let x = top.px(sc.effective_s.min(to));
-        let _ = writeln!(out, r##"<line x1="{x:.2}" y1="{}" x2="{x:.2}" y2="{}" stroke="#d62728" stroke-dasharray="2,3"/>"##, TOP, TOP + 260.0);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x:.2}" y1="{}" x2="{x:.2}" y2="{}" stroke="#d62728" stroke-dasharray="2,3"/>"##,
+            TOP,
+            TOP + 260.0
+        );
     }
     let _ = writeln!(
         out,
@@ -228,8 +293,14 @@ mod tests {
     #[test]
     fn chart_has_one_polyline_per_series_and_escapes_names() {
         let s = vec![
-            Series { name: "a<b".into(), points: vec![(0.2, 1.0), (0.4, 2.0)] },
-            Series { name: "c".into(), points: vec![(0.2, 3.0), (0.4, f64::NAN)] },
+            Series {
+                name: "a<b".into(),
+                points: vec![(0.2, 1.0), (0.4, 2.0)],
+            },
+            Series {
+                name: "c".into(),
+                points: vec![(0.2, 3.0), (0.4, f64::NAN)],
+            },
         ];
         let svg = line_chart("t", "x", "y", &s);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

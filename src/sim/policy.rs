@@ -35,14 +35,20 @@ pub struct BatchPlan {
 impl BatchPlan {
     /// A plan that leaves the clock alone for all `units`.
     pub fn unmanaged(units: usize) -> Self {
-        Self { unit_clocks: vec![None; units], set_calls: Vec::new() }
+        Self {
+            unit_clocks: vec![None; units],
+            set_calls: Vec::new(),
+        }
     }
     /// One locked clock for the whole batch, set at dispatch (skipped by the clock thread when
     /// it is already in force).
     pub fn single(units: usize, mhz: u32) -> Self {
         Self {
             unit_clocks: vec![Some(mhz); units],
-            set_calls: vec![SetCall { offset_s: 0.0, target: ClockTarget::Locked(mhz) }],
+            set_calls: vec![SetCall {
+                offset_s: 0.0,
+                target: ClockTarget::Locked(mhz),
+            }],
         }
     }
 }

@@ -30,7 +30,13 @@ pub struct TestDevice {
 
 impl TestDevice {
     pub fn new() -> Self {
-        Self { now: 0.0, clock: F_DEFAULT, pending: Vec::new(), energy_j: 0.0, calls: Vec::new() }
+        Self {
+            now: 0.0,
+            clock: F_DEFAULT,
+            pending: Vec::new(),
+            energy_j: 0.0,
+            calls: Vec::new(),
+        }
     }
     fn busy_power(f: u32) -> f64 {
         60.0 + 0.12 * f64::from(f)
@@ -104,7 +110,11 @@ impl Device for TestDevice {
         let eff = at_s + CALL_S + SETTLE_S;
         self.pending.push((eff, mhz));
         self.pending.sort_by(|a, b| a.0.total_cmp(&b.0));
-        Ok(ClockChange { applied_mhz: mhz, call_latency_s: CALL_S, effective_at_s: eff })
+        Ok(ClockChange {
+            applied_mhz: mhz,
+            call_latency_s: CALL_S,
+            effective_at_s: eff,
+        })
     }
     fn graphics_clock_mhz(&self) -> u32 {
         self.clock

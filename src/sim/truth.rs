@@ -40,7 +40,10 @@ pub fn layer_table(
         clocks_mhz: clocks_mhz.to_vec(),
         time_s,
         energy_j,
-        idle_power_w: clocks_mhz.iter().map(|&f| profile.idle_power_w(f)).collect(),
+        idle_power_w: clocks_mhz
+            .iter()
+            .map(|&f| profile.idle_power_w(f))
+            .collect(),
         batch_overhead_s: vec![0.0; batches.len()],
     }
 }
@@ -52,7 +55,9 @@ pub fn batch_times_s(graph: &Graph, profile: &GpuProfile, max_batch: u32, f_mhz:
     let curve = profile.physics().curve;
     (1..=max_batch)
         .map(|b| {
-            let works: Vec<_> = (0..graph.layers.len()).map(|l| graph.layer_work(l, b)).collect();
+            let works: Vec<_> = (0..graph.layers.len())
+                .map(|l| graph.layer_work(l, b))
+                .collect();
             let parts = profile.physics().parts_of(&works);
             let (f_eff, _) = profile.power_capped_clock(&parts, f_mhz, limit);
             curve.time_s(&parts, curve.x(f64::from(f_eff)))

@@ -60,15 +60,25 @@ impl WorkloadKind {
     /// MMPP with a 3:1 high/low rate ratio, 2 s bursts and 6 s lulls: the high state runs at 2×
     /// the mean rate, the low state at 2/3 of it.
     pub fn bursty() -> Self {
-        WorkloadKind::Bursty { ratio: 3.0, high_sojourn_s: 2.0, low_sojourn_s: 6.0 }
+        WorkloadKind::Bursty {
+            ratio: 3.0,
+            high_sojourn_s: 2.0,
+            low_sojourn_s: 6.0,
+        }
     }
     /// ±50 % around the mean over a 120 s period.
     pub fn diurnal() -> Self {
-        WorkloadKind::Diurnal { amplitude: 0.5, period_s: 120.0 }
+        WorkloadKind::Diurnal {
+            amplitude: 0.5,
+            period_s: 120.0,
+        }
     }
     /// Levels 0.5, 1.0, 1.5, 1.0 of the mean rate, 20 s each.
     pub fn step() -> Self {
-        WorkloadKind::Step { levels: vec![0.5, 1.0, 1.5, 1.0], segment_s: 20.0 }
+        WorkloadKind::Step {
+            levels: vec![0.5, 1.0, 1.5, 1.0],
+            segment_s: 20.0,
+        }
     }
 
     /// Short name used in tables and JSON.
@@ -97,7 +107,10 @@ impl WorkloadKind {
                         .file_stem()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_else(|| path.to_string());
-                    Ok(WorkloadKind::Trace { name, arrivals: arrivals.into() })
+                    Ok(WorkloadKind::Trace {
+                        name,
+                        arrivals: arrivals.into(),
+                    })
                 }
                 None => Err(WorkloadError::UnknownKind(s.to_string())),
             },
@@ -122,7 +135,11 @@ pub struct Workload {
 
 impl Workload {
     pub fn new(kind: WorkloadKind, rate: f64, duration_s: f64) -> Self {
-        Self { kind, rate, duration_s }
+        Self {
+            kind,
+            rate,
+            duration_s,
+        }
     }
 
     /// Arrival times in `[0, duration)`, ascending, reproducible for a given seed.
@@ -141,10 +158,23 @@ impl Workload {
         let (rate, dur) = (self.rate, self.duration_s);
         match &self.kind {
             WorkloadKind::Poisson => poisson(&mut rng, rate, dur, out),
-            WorkloadKind::Bursty { ratio, high_sojourn_s, low_sojourn_s } => {
-                mmpp(&mut rng, rate, dur, *ratio, *high_sojourn_s, *low_sojourn_s, out)
-            }
-            WorkloadKind::Diurnal { amplitude, period_s } => {
+            WorkloadKind::Bursty {
+                ratio,
+                high_sojourn_s,
+                low_sojourn_s,
+            } => mmpp(
+                &mut rng,
+                rate,
+                dur,
+                *ratio,
+                *high_sojourn_s,
+                *low_sojourn_s,
+                out,
+            ),
+            WorkloadKind::Diurnal {
+                amplitude,
+                period_s,
+            } => {
                 let (a, p) = (*amplitude, *period_s);
                 let tau = std::f64::consts::TAU;
                 thinning(&mut rng, rate * (1.0 + a), dur, out, |t| {
@@ -167,19 +197,26 @@ impl Workload {
 
     fn validate(&self) -> Result<(), WorkloadError> {
         let bad = |what: &str| Err(WorkloadError::InvalidParameter(what.to_string()));
-        if !(self.rate.is_finite() && self.rate > 0.0) {
+        if !(self.rate.is_finite() && positive(self.rate)) {
             return bad("rate must be a positive number");
         }
-        if !(self.duration_s.is_finite() && self.duration_s > 0.0) {
+        if !(self.duration_s.is_finite() && positive(self.duration_s)) {
             return bad("duration must be a positive number");
         }
         match &self.kind {
-            WorkloadKind::Bursty { ratio, high_sojourn_s, low_sojourn_s } => {
+            WorkloadKind::Bursty {
+                ratio,
+                high_sojourn_s,
+                low_sojourn_s,
+            } => {
                 if !(*ratio >= 1.0 && *high_sojourn_s > 0.0 && *low_sojourn_s > 0.0) {
                     return bad("bursty needs ratio >= 1 and positive sojourn times");
                 }
             }
-            WorkloadKind::Diurnal { amplitude, period_s } => {
+            WorkloadKind::Diurnal {
+                amplitude,
+                period_s,
+            } => {
                 if !((0.0..=1.0).contains(amplitude) && *period_s > 0.0) {
                     return bad("diurnal needs 0 <= amplitude <= 1 and a positive period");
                 }
@@ -188,7 +225,7 @@ impl Workload {
                 if levels.is_empty() || levels.iter().any(|l| !(*l >= 0.0 && l.is_finite())) {
                     return bad("step needs at least one non-negative level");
                 }
-                if levels.iter().sum::<f64>() <= 0.0 || !(*segment_s > 0.0) {
+                if levels.iter().sum::<f64>() <= 0.0 || !positive(*segment_s) {
                     return bad("step needs a positive level and a positive segment length");
                 }
             }
@@ -201,6 +238,11 @@ impl Workload {
         }
         Ok(())
     }
+}
+
+/// `x > 0`, false for NaN.
+fn positive(x: f64) -> bool {
+    x > 0.0
 }
 
 /// Exponential variate with the given rate (inverse transform; `1 - u` avoids ln 0).
@@ -309,16 +351,21 @@ pub fn parse_trace(text: &str) -> Result<Vec<f64>, WorkloadError> {
     // A first line that is not a number is a header naming the columns.
     let mut column = 0usize;
     let mut expect_columns = None;
-    if let Some(&(_, first)) = lines.peek() {
-        if first.parse::<f64>().is_err() {
-            let names: Vec<&str> = first.split(',').map(|c| c.trim().trim_matches('"')).collect();
-            column = names
-                .iter()
-                .position(|c| c.eq_ignore_ascii_case("timestamp"))
-                .ok_or_else(|| WorkloadError::NoTimestampColumn { columns: names.join(", ") })?;
-            expect_columns = Some(names.len());
-            lines.next();
-        }
+    if let Some(&(_, first)) = lines.peek()
+        && first.parse::<f64>().is_err()
+    {
+        let names: Vec<&str> = first
+            .split(',')
+            .map(|c| c.trim().trim_matches('"'))
+            .collect();
+        column = names
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case("timestamp"))
+            .ok_or_else(|| WorkloadError::NoTimestampColumn {
+                columns: names.join(", "),
+            })?;
+        expect_columns = Some(names.len());
+        lines.next();
     }
     let mut out = Vec::new();
     for (line, l) in lines {

@@ -8,7 +8,10 @@ fn rate_of(arrivals: &[f64], from: f64, to: f64) -> f64 {
 
 fn check_sorted_in_range(a: &[f64], dur: f64) {
     assert!(a.windows(2).all(|w| w[0] <= w[1]), "arrivals not ascending");
-    assert!(a.iter().all(|&t| (0.0..dur).contains(&t)), "arrival outside [0, duration)");
+    assert!(
+        a.iter().all(|&t| (0.0..dur).contains(&t)),
+        "arrival outside [0, duration)"
+    );
 }
 
 #[test]
@@ -53,15 +56,23 @@ fn bursty_hits_mean_rate_and_is_overdispersed() {
     let rate = a.len() as f64 / 10_000.0;
     assert!((rate - 50.0).abs() < 2.5, "rate {rate}");
     let d = dispersion(&a, 10_000.0);
-    assert!(d > 5.0, "MMPP should be much burstier than Poisson, dispersion {d}");
-    let p = Workload::new(WorkloadKind::Poisson, 50.0, 10_000.0).generate(3).unwrap();
+    assert!(
+        d > 5.0,
+        "MMPP should be much burstier than Poisson, dispersion {d}"
+    );
+    let p = Workload::new(WorkloadKind::Poisson, 50.0, 10_000.0)
+        .generate(3)
+        .unwrap();
     let dp = dispersion(&p, 10_000.0);
     assert!((dp - 1.0).abs() < 0.1, "Poisson dispersion {dp}");
 }
 
 #[test]
 fn diurnal_follows_the_sine() {
-    let kind = WorkloadKind::Diurnal { amplitude: 0.5, period_s: 100.0 };
+    let kind = WorkloadKind::Diurnal {
+        amplitude: 0.5,
+        period_s: 100.0,
+    };
     let a = Workload::new(kind, 400.0, 1000.0).generate(11).unwrap();
     check_sorted_in_range(&a, 1000.0);
     let rate = a.len() as f64 / 1000.0;
@@ -83,13 +94,19 @@ fn diurnal_follows_the_sine() {
 
 #[test]
 fn step_segments_hit_their_levels() {
-    let kind = WorkloadKind::Step { levels: vec![1.0, 3.0], segment_s: 50.0 };
+    let kind = WorkloadKind::Step {
+        levels: vec![1.0, 3.0],
+        segment_s: 50.0,
+    };
     let a = Workload::new(kind, 200.0, 200.0).generate(5).unwrap();
     check_sorted_in_range(&a, 200.0);
     // Levels normalised to mean 1: 0.5 and 1.5 of the base rate.
     for (from, expect) in [(0.0, 100.0), (50.0, 300.0), (100.0, 100.0), (150.0, 300.0)] {
         let r = rate_of(&a, from, from + 50.0);
-        assert!((r - expect).abs() < 0.1 * expect, "segment at {from}: {r} vs {expect}");
+        assert!(
+            (r - expect).abs() < 0.1 * expect,
+            "segment at {from}: {r} vs {expect}"
+        );
     }
 }
 
@@ -97,7 +114,10 @@ fn step_segments_hit_their_levels() {
 fn trace_replay_rescales_and_loops() {
     // 11 arrivals over 10 s = 1.1 req/s; span with one extra gap = 11 s → 1 req/s exactly.
     let arrivals: Vec<f64> = (0..11).map(|i| 100.0 + i as f64).collect();
-    let kind = WorkloadKind::Trace { name: "t".into(), arrivals: arrivals.into() };
+    let kind = WorkloadKind::Trace {
+        name: "t".into(),
+        arrivals: arrivals.into(),
+    };
     let a = Workload::new(kind, 10.0, 5.0).generate(0).unwrap();
     // At 10 req/s the gaps become 0.1 s, shifted to start at 0, looped over 5 s.
     assert_eq!(a.len(), 50);
@@ -108,7 +128,10 @@ fn trace_replay_rescales_and_loops() {
 
 #[test]
 fn trace_parses_plain_and_csv() {
-    assert_eq!(parse_trace("0.5\n# comment\n\n0.25\n1.0\n").unwrap(), vec![0.25, 0.5, 1.0]);
+    assert_eq!(
+        parse_trace("0.5\n# comment\n\n0.25\n1.0\n").unwrap(),
+        vec![0.25, 0.5, 1.0]
+    );
     let csv = "id,timestamp,model\n1, 0.1 ,a\n2,0.3,b\n3,\"0.2\",c\n";
     assert_eq!(parse_trace(csv).unwrap(), vec![0.1, 0.2, 0.3]);
     let csv_upper = "Timestamp\n1\n2\n";
@@ -119,7 +142,10 @@ fn trace_parses_plain_and_csv() {
 fn trace_rejects_bad_input_with_line_numbers() {
     assert_eq!(
         parse_trace("0.1\n0.2\nabc\n"),
-        Err(WorkloadError::BadLine { line: 3, reason: "`abc` is not a number".into() })
+        Err(WorkloadError::BadLine {
+            line: 3,
+            reason: "`abc` is not a number".into()
+        })
     );
     assert!(matches!(
         parse_trace("time,id\n1,2\n"),
@@ -129,8 +155,14 @@ fn trace_rejects_bad_input_with_line_numbers() {
         parse_trace("id,timestamp\n1,0.5\n2\n"),
         Err(WorkloadError::BadLine { line: 3, .. })
     ));
-    assert!(matches!(parse_trace("0.1\n-2\n"), Err(WorkloadError::BadLine { line: 2, .. })));
-    assert!(matches!(parse_trace("0.1\ninf\n"), Err(WorkloadError::BadLine { line: 2, .. })));
+    assert!(matches!(
+        parse_trace("0.1\n-2\n"),
+        Err(WorkloadError::BadLine { line: 2, .. })
+    ));
+    assert!(matches!(
+        parse_trace("0.1\ninf\n"),
+        Err(WorkloadError::BadLine { line: 2, .. })
+    ));
     assert_eq!(parse_trace(""), Err(WorkloadError::TooShort));
     assert_eq!(parse_trace("3\n3\n"), Err(WorkloadError::TooShort));
 }
@@ -138,8 +170,14 @@ fn trace_rejects_bad_input_with_line_numbers() {
 #[test]
 fn trace_file_errors_name_the_path() {
     let err = read_trace(Path::new("/nonexistent/eali-trace.csv")).unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/eali-trace.csv"), "{err}");
-    assert!(matches!(WorkloadKind::parse("nonsense"), Err(WorkloadError::UnknownKind(_))));
+    assert!(
+        err.to_string().contains("/nonexistent/eali-trace.csv"),
+        "{err}"
+    );
+    assert!(matches!(
+        WorkloadKind::parse("nonsense"),
+        Err(WorkloadError::UnknownKind(_))
+    ));
 }
 
 #[test]
@@ -147,14 +185,35 @@ fn invalid_parameters_are_refused() {
     for w in [
         Workload::new(WorkloadKind::Poisson, 0.0, 1.0),
         Workload::new(WorkloadKind::Poisson, 1.0, f64::NAN),
-        Workload::new(WorkloadKind::Diurnal { amplitude: 2.0, period_s: 1.0 }, 1.0, 1.0),
-        Workload::new(WorkloadKind::Step { levels: vec![], segment_s: 1.0 }, 1.0, 1.0),
         Workload::new(
-            WorkloadKind::Bursty { ratio: 0.5, high_sojourn_s: 1.0, low_sojourn_s: 1.0 },
+            WorkloadKind::Diurnal {
+                amplitude: 2.0,
+                period_s: 1.0,
+            },
+            1.0,
+            1.0,
+        ),
+        Workload::new(
+            WorkloadKind::Step {
+                levels: vec![],
+                segment_s: 1.0,
+            },
+            1.0,
+            1.0,
+        ),
+        Workload::new(
+            WorkloadKind::Bursty {
+                ratio: 0.5,
+                high_sojourn_s: 1.0,
+                low_sojourn_s: 1.0,
+            },
             1.0,
             1.0,
         ),
     ] {
-        assert!(matches!(w.generate(0), Err(WorkloadError::InvalidParameter(_))), "{w:?}");
+        assert!(
+            matches!(w.generate(0), Err(WorkloadError::InvalidParameter(_))),
+            "{w:?}"
+        );
     }
 }

@@ -27,7 +27,11 @@ pub enum BenchError {
     #[error("setup: {0}")]
     Setup(String),
     #[error("{case}: {policy}: {source}")]
-    Run { case: String, policy: String, source: super::des::SimError },
+    Run {
+        case: String,
+        policy: String,
+        source: super::des::SimError,
+    },
     #[error("workload: {0}")]
     Workload(#[from] super::workload::WorkloadError),
     #[error("empty suite: {0}")]
@@ -73,13 +77,23 @@ impl SuiteSpec {
     pub fn full() -> Self {
         Self {
             name: "full".into(),
-            models: ["resnet50", "vgg16", "mobilenet_v2", "googlenet", "densenet121"]
-                .map(String::from)
-                .to_vec(),
+            models: [
+                "resnet50",
+                "vgg16",
+                "mobilenet_v2",
+                "googlenet",
+                "densenet121",
+            ]
+            .map(String::from)
+            .to_vec(),
             gpus: ["v100-sxm2", "a100-sxm4", "t4"].map(String::from).to_vec(),
             loads: vec![0.2, 0.4, 0.6, 0.8],
             slos_ms: vec![50.0, 100.0],
-            workloads: vec![WorkloadKind::Poisson, WorkloadKind::bursty(), WorkloadKind::diurnal()],
+            workloads: vec![
+                WorkloadKind::Poisson,
+                WorkloadKind::bursty(),
+                WorkloadKind::diurnal(),
+            ],
             policies: PolicyId::all().to_vec(),
             duration_s: 120.0,
             max_batch: 64,
@@ -169,17 +183,33 @@ pub struct SuiteResult {
 /// Progress of a suite, reported as things finish.
 #[derive(Debug, Clone)]
 pub enum Progress {
-    Testbed { model: String, gpu: String, done: usize, total: usize },
-    Case { label: String, done: usize, total: usize },
+    Testbed {
+        model: String,
+        gpu: String,
+        done: usize,
+        total: usize,
+    },
+    Case {
+        label: String,
+        done: usize,
+        total: usize,
+    },
 }
 
 /// Builds the online policies' cost table for a graph and profile at given batches and clocks.
-pub type CostSource = dyn Fn(&Graph, &GpuProfile, &[u32], &[u32]) -> Result<LayerCostTable, BenchError> + Sync;
+pub type CostSource =
+    dyn Fn(&Graph, &GpuProfile, &[u32], &[u32]) -> Result<LayerCostTable, BenchError> + Sync;
 
 /// Runs `f(i)` for `i in 0..n` on all cores, returning results in index order; `on_done(i, &r)`
 /// runs on the calling thread as each finishes.
-fn parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync, mut on_done: impl FnMut(usize, &T)) -> Vec<T> {
-    let workers = std::thread::available_parallelism().map_or(1, |p| p.get()).min(n.max(1));
+fn parallel<T: Send>(
+    n: usize,
+    f: impl Fn(usize) -> T + Sync,
+    mut on_done: impl FnMut(usize, &T),
+) -> Vec<T> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |p| p.get())
+        .min(n.max(1));
     let next = AtomicUsize::new(0);
     let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
     std::thread::scope(|s| {
@@ -233,12 +263,20 @@ pub fn run_suite(
         |i| Testbed::new(&pairs[i].0, &pairs[i].1, spec.max_batch, spec.seed, costs),
         |i, _| {
             done += 1;
-            progress(Progress::Testbed { model: pairs[i].0.clone(), gpu: pairs[i].1.clone(), done, total });
+            progress(Progress::Testbed {
+                model: pairs[i].0.clone(),
+                gpu: pairs[i].1.clone(),
+                done,
+                total,
+            });
         },
     );
     let beds: Vec<Testbed> = beds.into_iter().collect::<Result<_, _>>()?;
     let bed_of = |c: &Case| {
-        pairs.iter().position(|(m, g)| *m == c.model && *g == c.gpu).map(|i| &beds[i])
+        pairs
+            .iter()
+            .position(|(m, g)| *m == c.model && *g == c.gpu)
+            .map(|i| &beds[i])
     };
 
     let timeline_policy = if spec.policies.contains(&PolicyId::Eali) {
@@ -254,11 +292,22 @@ pub fn run_suite(
             let case = &cases[i];
             let bed = bed_of(case).ok_or_else(|| BenchError::Setup("testbed missing".into()))?;
             let keep = (timeline_case == Some(i)).then_some(timeline_policy);
-            policies::run_case(bed, case, &spec.policies, spec.duration_s, case.seed(spec.seed), keep)
+            policies::run_case(
+                bed,
+                case,
+                &spec.policies,
+                spec.duration_s,
+                case.seed(spec.seed),
+                keep,
+            )
         },
         |i, _| {
             done += 1;
-            progress(Progress::Case { label: cases[i].label(), done, total });
+            progress(Progress::Case {
+                label: cases[i].label(),
+                done,
+                total,
+            });
         },
     );
     let mut out = Vec::with_capacity(results.len());
@@ -272,7 +321,11 @@ pub fn run_suite(
         }
         out.push(r);
     }
-    Ok(SuiteResult { spec: spec.clone(), cases: out, timeline })
+    Ok(SuiteResult {
+        spec: spec.clone(),
+        cases: out,
+        timeline,
+    })
 }
 
 /// The online policies' cost table, as EALI's offline pipeline makes it: profile every layer of
@@ -298,8 +351,15 @@ pub fn predicted_costs(
         backend: format!("sim:{}", profile.name()),
         ..profiler::ProfileConfig::default()
     };
-    let prof = profiler::profile(&mut gpu, graph, &cfg, &mut |_| {}).map_err(|e| perf("profiling", e))?;
-    let fit_cfg = fit::FitConfig { folds: 3, leave_one_model_out: false, threads: 1, ..fit::FitConfig::default() };
-    let (model, _) = fit::fit_power_model(std::slice::from_ref(&prof), &fit_cfg).map_err(|e| perf("fitting", e))?;
+    let prof =
+        profiler::profile(&mut gpu, graph, &cfg, &mut |_| {}).map_err(|e| perf("profiling", e))?;
+    let fit_cfg = fit::FitConfig {
+        folds: 3,
+        leave_one_model_out: false,
+        threads: 1,
+        ..fit::FitConfig::default()
+    };
+    let (model, _) = fit::fit_power_model(std::slice::from_ref(&prof), &fit_cfg)
+        .map_err(|e| perf("fitting", e))?;
     cost_table::build_cost_table(&prof, &model, batches, clocks).map_err(|e| perf("predicting", e))
 }

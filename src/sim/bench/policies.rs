@@ -9,8 +9,8 @@ use crate::gpu::sim::SimGpu;
 
 use super::super::baselines::{ClipperAimd, TritonConfig, TritonMaxClock};
 use super::super::des::{SimConfig, run};
-use super::super::eali_policy::ControllerPolicy;
 use super::super::device::SpanTable;
+use super::super::eali_policy::ControllerPolicy;
 use super::super::oracle::Oracle;
 use super::super::policy::Policy;
 use super::super::workload::Workload;
@@ -62,7 +62,9 @@ impl PolicyId {
         }
     }
     pub fn parse(s: &str) -> Option<PolicyId> {
-        PolicyId::all().into_iter().find(|p| p.name() == s || p.short() == s)
+        PolicyId::all()
+            .into_iter()
+            .find(|p| p.name() == s || p.short() == s)
     }
 }
 
@@ -88,7 +90,11 @@ pub fn build(
             TritonConfig::for_slo(&bed.exec_default_s, slo_s),
         )),
         PolicyId::PerBatchDvfs | PolicyId::Eali => {
-            let (chain, costs) = if id == PolicyId::Eali { &bed.eali_chain } else { &bed.single_chain };
+            let (chain, costs) = if id == PolicyId::Eali {
+                &bed.eali_chain
+            } else {
+                &bed.single_chain
+            };
             let mut cfg = ControllerConfig::new(slo_s);
             cfg.planner.max_batch = bed.max_batch;
             // Start as if fully loaded until arrivals say otherwise: the default initial estimate
@@ -101,7 +107,8 @@ pub fn build(
             let (chain, costs) = &bed.oracle_chain;
             let mut cfg = PlannerConfig::new(slo_s);
             cfg.max_batch = bed.max_batch;
-            let planner = Planner::new(costs.clone(), SwitchCost::from_latency(&bed.switch), cfg).map_err(setup)?;
+            let planner = Planner::new(costs.clone(), SwitchCost::from_latency(&bed.switch), cfg)
+                .map_err(setup)?;
             let profile = &bed.profile;
             Box::new(Oracle::plan(
                 &planner,
@@ -141,9 +148,18 @@ pub fn run_case(
         cfg.duration_s = Some(duration_s);
         cfg.record_timeline = keep_timeline == Some(id);
         let r = run(&mut gpu, &spans, policy.as_mut(), &arrivals, &cfg).map_err(|source| {
-            BenchError::Run { case: case.label(), policy: id.name().to_string(), source }
+            BenchError::Run {
+                case: case.label(),
+                policy: id.name().to_string(),
+                source,
+            }
         })?;
         runs.push((id, r));
     }
-    Ok(CaseResult { case: case.clone(), capacity, rate, runs })
+    Ok(CaseResult {
+        case: case.clone(),
+        capacity,
+        rate,
+        runs,
+    })
 }

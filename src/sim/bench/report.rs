@@ -64,7 +64,11 @@ fn reduction(a: f64, b: f64) -> f64 {
 }
 
 fn pct(x: f64) -> String {
-    if x.is_finite() { format!("{:+.1}%", -100.0 * x) } else { "-".into() }
+    if x.is_finite() {
+        format!("{:+.1}%", -100.0 * x)
+    } else {
+        "-".into()
+    }
 }
 
 /// The aligned table: one row per case with every policy's energy per request (mJ), EALI's
@@ -73,10 +77,21 @@ fn pct(x: f64) -> String {
 pub fn table(suite: &SuiteResult) -> String {
     let pols = &suite.spec.policies;
     let focus = focus_policy(pols);
-    let mut head: Vec<String> = ["model", "gpu", "workload", "load", "slo"].map(String::from).to_vec();
+    let mut head: Vec<String> = ["model", "gpu", "workload", "load", "slo"]
+        .map(String::from)
+        .to_vec();
     head.extend(pols.iter().map(|p| format!("{} mJ", p.short())));
-    head.extend(pols.iter().filter(|&&p| p != focus).map(|p| format!("vs{}", p.short())));
-    head.extend([format!("{} p99", focus.short()), format!("{} att", focus.short()), "(a)att".into(), "sw".into()]);
+    head.extend(
+        pols.iter()
+            .filter(|&&p| p != focus)
+            .map(|p| format!("vs{}", p.short())),
+    );
+    head.extend([
+        format!("{} p99", focus.short()),
+        format!("{} att", focus.short()),
+        "(a)att".into(),
+        "sw".into(),
+    ]);
     let mut rows = vec![head];
     for c in &suite.cases {
         let mut row = vec![
@@ -88,11 +103,18 @@ pub fn table(suite: &SuiteResult) -> String {
         ];
         let e = |p: PolicyId| c.run(p).map_or(f64::NAN, |r| r.energy_per_request_j);
         row.extend(pols.iter().map(|&p| format!("{:.1}", e(p) * 1e3)));
-        row.extend(pols.iter().filter(|&&p| p != focus).map(|&p| pct(reduction(e(focus), e(p)))));
+        row.extend(
+            pols.iter()
+                .filter(|&&p| p != focus)
+                .map(|&p| pct(reduction(e(focus), e(p)))),
+        );
         let f = c.run(focus);
         row.push(f.map_or("-".into(), |r| format!("{:.1}", r.p99_ms)));
         row.push(f.map_or("-".into(), |r| format!("{:.2}", r.slo_attainment)));
-        row.push(c.run(PolicyId::MaxClock).map_or("-".into(), |r| format!("{:.2}", r.slo_attainment)));
+        row.push(
+            c.run(PolicyId::MaxClock)
+                .map_or("-".into(), |r| format!("{:.2}", r.slo_attainment)),
+        );
         row.push(f.map_or("-".into(), |r| r.switches.to_string()));
         rows.push(row);
     }
@@ -101,19 +123,36 @@ pub fn table(suite: &SuiteResult) -> String {
 
 /// EALI if it ran, else the last policy.
 fn focus_policy(pols: &[PolicyId]) -> PolicyId {
-    if pols.contains(&PolicyId::Eali) { PolicyId::Eali } else { *pols.last().unwrap_or(&PolicyId::MaxClock) }
+    if pols.contains(&PolicyId::Eali) {
+        PolicyId::Eali
+    } else {
+        *pols.last().unwrap_or(&PolicyId::MaxClock)
+    }
 }
 
 fn align(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|i| rows.iter().filter_map(|r| r.get(i)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for (k, r) in rows.iter().enumerate() {
         let line: Vec<String> = r
             .iter()
             .enumerate()
-            .map(|(i, s)| if i < 3 { format!("{s:<w$}", w = widths[i]) } else { format!("{s:>w$}", w = widths[i]) })
+            .map(|(i, s)| {
+                if i < 3 {
+                    format!("{s:<w$}", w = widths[i])
+                } else {
+                    format!("{s:>w$}", w = widths[i])
+                }
+            })
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
@@ -151,7 +190,11 @@ pub struct Summary {
 
 pub fn summary(suite: &SuiteResult) -> Summary {
     let focus = focus_policy(&suite.spec.policies);
-    let e = |c: &CaseResult, p: PolicyId| c.run(p).map(|r| r.energy_per_request_j).filter(|x| x.is_finite());
+    let e = |c: &CaseResult, p: PolicyId| {
+        c.run(p)
+            .map(|r| r.energy_per_request_j)
+            .filter(|x| x.is_finite())
+    };
     let stat = |p: PolicyId, only_met: bool| -> (f64, f64) {
         let v: Vec<f64> = suite
             .cases
@@ -159,14 +202,30 @@ pub fn summary(suite: &SuiteResult) -> Summary {
             .filter(|c| !only_met || a_meets(c))
             .filter_map(|c| Some(reduction(e(c, focus)?, e(c, p)?)))
             .collect();
-        let mean = if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let mean = if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        };
         (mean, v.iter().copied().fold(f64::NAN, f64::max))
     };
-    let gaps: Vec<f64> =
-        suite.cases.iter().filter_map(|c| Some(e(c, focus)? / e(c, PolicyId::Oracle)? - 1.0)).collect();
+    let gaps: Vec<f64> = suite
+        .cases
+        .iter()
+        .filter_map(|c| Some(e(c, focus)? / e(c, PolicyId::Oracle)? - 1.0))
+        .collect();
     let met: Vec<&CaseResult> = suite.cases.iter().filter(|c| a_meets(c)).collect();
-    let att: Vec<f64> = met.iter().filter_map(|c| c.run(focus).map(|r| r.slo_attainment)).collect();
-    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let att: Vec<f64> = met
+        .iter()
+        .filter_map(|c| c.run(focus).map(|r| r.slo_attainment))
+        .collect();
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
     Summary {
         policy: focus.name().to_string(),
         cases: suite.cases.len(),
@@ -190,15 +249,26 @@ pub fn summary(suite: &SuiteResult) -> Summary {
 }
 
 fn a_meets(c: &CaseResult) -> bool {
-    c.run(PolicyId::MaxClock).is_some_and(|r| r.slo_attainment >= SLO_MET)
+    c.run(PolicyId::MaxClock)
+        .is_some_and(|r| r.slo_attainment >= SLO_MET)
 }
 
 /// The summary as text, with the targets of DESIGN.md §5 beside each number.
 pub fn summary_text(s: &Summary) -> String {
-    let p = |x: f64| if x.is_finite() { format!("{:.1} %", 100.0 * x) } else { "n/a".into() };
+    let p = |x: f64| {
+        if x.is_finite() {
+            format!("{:.1} %", 100.0 * x)
+        } else {
+            "n/a".into()
+        }
+    };
     let mut out = String::new();
     let name = &s.policy;
-    let _ = writeln!(out, "summary for {name} over {} cases ({} where (a) meets the SLO):", s.cases, s.cases_a_meets_slo);
+    let _ = writeln!(
+        out,
+        "summary for {name} over {} cases ({} where (a) meets the SLO):",
+        s.cases, s.cases_a_meets_slo
+    );
     let _ = writeln!(
         out,
         "  energy/request vs (a) max-clock:     mean {} less (SLO-met cases: {})   target ≥ 40 %",
@@ -211,7 +281,12 @@ pub fn summary_text(s: &Summary) -> String {
         p(s.mean_reduction_vs_d),
         p(s.best_reduction_vs_d)
     );
-    let _ = writeln!(out, "  energy/request vs (b) clipper: mean {} less; vs (c) default clocks: mean {} less", p(s.mean_reduction_vs_b), p(s.mean_reduction_vs_c));
+    let _ = writeln!(
+        out,
+        "  energy/request vs (b) clipper: mean {} less; vs (c) default clocks: mean {} less",
+        p(s.mean_reduction_vs_b),
+        p(s.mean_reduction_vs_c)
+    );
     let _ = writeln!(
         out,
         "  gap to (e) oracle: mean {}, worst {}                                 target ≤ 5 %",

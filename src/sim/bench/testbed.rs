@@ -16,7 +16,7 @@ use super::super::baselines::TritonConfig;
 use super::super::device::Device;
 use super::super::policy::ClockTarget;
 use super::super::truth;
-use super::BenchError;
+use super::{BenchError, CostSource};
 
 /// Clocks in the cost tables (the planner keeps at most 24).
 pub const TABLE_CLOCKS: usize = 16;
@@ -60,9 +60,10 @@ impl Testbed {
         gpu: &str,
         max_batch: u32,
         seed: u64,
-        predicted: &dyn Fn(&Graph, &GpuProfile, &[u32], &[u32]) -> Result<LayerCostTable, BenchError>,
+        predicted: &CostSource,
     ) -> Result<Self, BenchError> {
-        let graph = zoo::build(model).map_err(|e| BenchError::Setup(format!("model {model}: {e}")))?;
+        let graph =
+            zoo::build(model).map_err(|e| BenchError::Setup(format!("model {model}: {e}")))?;
         let profile = GpuProfile::builtin(gpu).map_err(|e| BenchError::Setup(e.to_string()))?;
         if !profile.has_locked_clocks() || !profile.has_energy_counter() {
             return Err(BenchError::Setup(format!(
@@ -70,12 +71,23 @@ impl Testbed {
             )));
         }
         let clocks = spread_clocks(profile.supported_clocks_mhz(), TABLE_CLOCKS);
-        let batches: Vec<u32> = PLAN_BATCHES.iter().copied().filter(|&b| b <= max_batch).collect();
-        let oracle_batches: Vec<u32> = ORACLE_BATCHES.iter().copied().filter(|&b| b <= max_batch).collect();
+        let batches: Vec<u32> = PLAN_BATCHES
+            .iter()
+            .copied()
+            .filter(|&b| b <= max_batch)
+            .collect();
+        let oracle_batches: Vec<u32> = ORACLE_BATCHES
+            .iter()
+            .copied()
+            .filter(|&b| b <= max_batch)
+            .collect();
         let switch = measure_switch(&profile, seed);
         let predicted = predicted(&graph, &profile, &batches, &clocks)?;
         let truth = truth::layer_table(&graph, &profile, &oracle_batches, &clocks);
-        let unit_cfg = UnitConfig { switch_median_s: switch.total_median_s, ..UnitConfig::default() };
+        let unit_cfg = UnitConfig {
+            switch_median_s: switch.total_median_s,
+            ..UnitConfig::default()
+        };
         let setup = |e: crate::eali::EaliError| BenchError::Setup(format!("{model} on {gpu}: {e}"));
         let eali_chain = units::build(&graph, &predicted, &unit_cfg).map_err(setup)?;
         let single_chain = units::single_unit(&predicted).map_err(setup)?;
