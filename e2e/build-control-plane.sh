@@ -145,6 +145,6 @@ build_k8s
 } >"$out/VERSIONS"
 log "done in $(($(date +%s) - start)) s; binaries in $out:"
 "$out/kube-apiserver" --version >&2
-"$out/kubectl" version --client 2>&1 | head -1 >&2
-"$out/etcd" --version 2>&1 | head -1 >&2
+"$out/kubectl" version --client 2>&1 | sed -n 1p >&2
+"$out/etcd" --version 2>&1 | sed -n 1p >&2
 "$out/helm" version --short >&2

@@ -86,6 +86,10 @@ pub struct Args {
     /// Execution time reserved per clock change.
     #[arg(long, value_enum, default_value = "p95")]
     pub switch_reserve: ReserveArg,
+    /// Switch latency measured by `eali gpu calibrate-switch --out FILE` (JSON); without it the
+    /// latency is measured on the simulated GPU.
+    #[arg(long)]
+    pub switch_latency: Option<PathBuf>,
     /// Seed of the simulated GPU (profiling and switch measurement).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -100,6 +104,26 @@ pub struct CostSource {
     pub switch: SwitchLatency,
     /// What was loaded, measured or fitted (printed with the plan).
     pub notes: Vec<String>,
+}
+
+/// Reads a switch latency written by `eali gpu calibrate-switch --out FILE`.
+fn load_switch_latency(path: &std::path::Path) -> anyhow::Result<SwitchLatency> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the switch latency file {}", path.display()))?;
+    let s: SwitchLatency = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a switch latency (from `eali gpu calibrate-switch --out`)",
+            path.display()
+        )
+    })?;
+    let values = [s.call_median_s, s.total_median_s, s.total_p95_s];
+    if values.iter().any(|v| !v.is_finite() || *v < 0.0) || s.total_p95_s < s.total_median_s {
+        anyhow::bail!(
+            "{}: switch latencies must be finite, non-negative, and p95 ≥ median",
+            path.display()
+        );
+    }
+    Ok(s)
 }
 
 /// Predicted per-layer costs and the measured switch latency for `graph` on `args.gpu`.
@@ -118,10 +142,18 @@ pub fn cost_source(args: &Args, graph: &Graph) -> anyhow::Result<CostSource> {
     let batches: Vec<u32> = (1..=args.max_batch.max(1)).collect();
     let table = build_cost_table(&profile, &power, &batches, &clocks)
         .context("predicting the layer cost table")?;
-    let switch = measure_latency(&mut *gpu, 50).context("measuring the clock-switch latency")?;
+    let (switch, origin) = match &args.switch_latency {
+        Some(path) => (
+            load_switch_latency(path)?,
+            format!("read from {}", path.display()),
+        ),
+        None => (
+            measure_latency(&mut *gpu, 50).context("measuring the clock-switch latency")?,
+            format!("measured on {} (50 changes)", args.gpu),
+        ),
+    };
     notes.push(format!(
-        "switch latency measured on {} (50 changes): call p50 {:.1} ms, total p50 {:.1} ms, p95 {:.1} ms",
-        args.gpu,
+        "switch latency {origin}: call p50 {:.1} ms, total p50 {:.1} ms, p95 {:.1} ms",
         switch.call_median_s * 1e3,
         switch.total_median_s * 1e3,
         switch.total_p95_s * 1e3
@@ -512,6 +544,38 @@ mod tests {
         ];
         argv.extend_from_slice(extra);
         Wrap::parse_from(argv).args
+    }
+
+    #[test]
+    fn switch_latency_file_from_calibration_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("eali-plan-switch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        let measured = SwitchLatency {
+            call_median_s: 0.0045,
+            total_median_s: 0.025,
+            total_p95_s: 0.031,
+        };
+        std::fs::write(&good, serde_json::to_vec(&measured).unwrap()).unwrap();
+        assert_eq!(load_switch_latency(&good).unwrap(), measured);
+        assert_eq!(
+            args(&["--switch-latency", good.to_str().unwrap()]).switch_latency,
+            Some(good.clone())
+        );
+
+        let inverted = dir.join("inverted.json");
+        let bad = SwitchLatency {
+            total_p95_s: 0.01,
+            ..measured
+        };
+        std::fs::write(&inverted, serde_json::to_vec(&bad).unwrap()).unwrap();
+        assert!(load_switch_latency(&inverted).is_err());
+        let garbage = dir.join("garbage.json");
+        std::fs::write(&garbage, b"{\"call\": 1}").unwrap();
+        let err = load_switch_latency(&garbage).unwrap_err().to_string();
+        assert!(err.contains("not a switch latency"), "{err}");
+        assert!(load_switch_latency(&dir.join("missing.json")).is_err());
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     fn synthetic_source(graph: &Graph, switch: SwitchLatency) -> CostSource {

@@ -220,6 +220,23 @@ fn power_cap_lowers_the_clock_with_sw_power_cap() {
 }
 
 #[test]
+fn power_cap_follows_the_limit_across_repeated_work() {
+    let profile = quiet("t4");
+    let span = SpanCost::from_layers(&profile, &[conv(64); 4], &[]);
+    let mut gpu = SimGpu::new(profile, 0, 1);
+    let at_70 = gpu.run_span(&span).unwrap();
+    gpu.set_power_limit(60.0).unwrap();
+    let at_60 = gpu.run_span(&span).unwrap();
+    gpu.set_power_limit(70.0).unwrap();
+    let again = gpu.run_span(&span).unwrap();
+    assert!(at_70.power_capped && at_60.power_capped);
+    assert!(at_60.clock_end_mhz < at_70.clock_end_mhz);
+    assert_eq!(again.clock_end_mhz, at_70.clock_end_mhz);
+    let expect = gpu.profile().power_capped_clock(span.parts(), 1590, 60.0).0;
+    assert_eq!(at_60.clock_end_mhz, expect);
+}
+
+#[test]
 fn run_layer_scales_with_repeats() {
     let mut gpu = SimGpu::new(quiet("v100-sxm2"), 0, 1);
     lock_now(&mut gpu, 1200);
