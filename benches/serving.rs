@@ -184,20 +184,25 @@ async fn peak(uri: hyper::Uri, conns: usize, secs: f64) -> f64 {
     n as f64 / elapsed
 }
 
-/// Open loop at `rate` for `secs`: (p50, p99) latency in ms of successful requests.
+/// Open loop at `rate` for `secs`: (p50, p99) latency in ms of successful requests. One driver
+/// spawns each request at its Poisson arrival time (spawning them all up front would make the
+/// first ones late before they start).
 async fn latency(uri: hyper::Uri, rate: f64, secs: f64, seed: u64) -> (f64, f64) {
     let (c, b) = (client(), body());
+    for _ in 0..64 {
+        one(&c, &uri, &b).await;
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let exp = Exp::new(rate).unwrap();
-    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let start = tokio::time::Instant::now();
     let mut t = 0.0;
     let mut tasks = Vec::new();
     while t < secs {
         t += exp.sample(&mut rng);
         let at = start + Duration::from_secs_f64(t);
+        tokio::time::sleep_until(at).await;
         let (c, b, u) = (c.clone(), b.clone(), uri.clone());
         tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(at).await;
             let ok = one(&c, &u, &b).await;
             ok.then(|| at.elapsed().as_secs_f64() * 1e3)
         }));
@@ -210,9 +215,8 @@ async fn latency(uri: hyper::Uri, rate: f64, secs: f64, seed: u64) -> (f64, f64)
     }
     lat.sort_by(f64::total_cmp);
     let q = |p: f64| {
-        lat.get(((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len().max(1)) - 1)
-            .copied()
-            .unwrap_or(f64::NAN)
+        let i = ((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len().max(1)) - 1;
+        lat.get(i).copied().unwrap_or(f64::NAN)
     };
     (q(0.5), q(0.99))
 }

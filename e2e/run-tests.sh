@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
-# Runs every test of the project: builds what the tests need first (the real Kubernetes control
-# plane from the Go module proxy, cached; the stand-in libnvidia-ml), then the Rust test suites.
+# Runs every test of the project (the README's test command). First it builds what the tests
+# need, each step cached: the real Kubernetes control plane from the Go module proxy, the stand-in
+# libnvidia-ml, and a Python environment with the real tritonclient; then the Rust test suites and
+# the tritonclient/curl tests against `eali serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
 
-echo "==> control plane for the k8s_* tests (cached binaries unless versions changed)"
+step "real Kubernetes control plane for the k8s_* tests (cached binaries unless versions changed)"
 bash e2e/build-control-plane.sh
 # The k8s_* tests fail instead of skipping when the binaries are missing.
 export EALI_E2E_REQUIRE=1
 
-echo "==> stand-in libnvidia-ml for the nvml_* tests"
+step "stand-in libnvidia-ml for the nvml_* tests (e2e/nvml-standin)"
 cargo build --release --locked -p nvml-standin
 
-echo "==> tests"
+step "Python tritonclient, pytest and curl for the serving tests (installed once)"
+command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }
+PY=target/py/bin/python
+if ! "$PY" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest" >/dev/null 2>&1; then
+  command -v python3 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3; }
+  python3 -m venv target/py 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv target/py; }
+  "$PY" -m pip install -q --disable-pip-version-check "tritonclient[http,grpc]" numpy pytest
+fi
+
+step "Rust tests"
 cargo test --release --locked --workspace
+
+step "tritonclient (HTTP, gRPC) and curl against eali serve"
+cargo build --release --locked --bin eali
+EALI_BIN=target/release/eali "$PY" -m pytest -q tests/python
