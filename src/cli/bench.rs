@@ -140,6 +140,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .sum();
 
     println!("{}", report::table(&suite));
+    println!(
+        "mJ = energy per request; vs(x) = the focus policy's energy per request relative to x (negative = less); \
+         p99 in ms; att = share of 10 s windows with p99 <= SLO; sw = set-calls issued\n"
+    );
     print!("{}", report::summary_text(&report::summary(&suite)));
     println!(
         "{} runs, {:.1} M simulated requests in {:.1} s wall ({} threads)",

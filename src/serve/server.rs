@@ -17,7 +17,7 @@ use super::config::ServeConfig;
 use super::grpc::{GrpcInferenceServiceServer, Service};
 use super::queue::Queue;
 use super::runtime::{RuntimeOptions, prepare};
-use super::state::{AppState, ModelEntry};
+use super::state::{AppState, ModelEntry, ServedMetrics};
 use super::worker::{Timebase, WorkerHandle, WorkerSetup, spawn};
 use super::{ServeError, rest};
 use crate::telemetry::Metrics;
@@ -79,6 +79,7 @@ impl Server {
                     name: name.clone(),
                     reason,
                 })?;
+            let served = ServedMetrics::new(&metrics, &name);
             models.insert(
                 name,
                 ModelEntry {
@@ -87,6 +88,7 @@ impl Server {
                     stats: handle.stats.clone(),
                     executor,
                     computes_outputs,
+                    served,
                 },
             );
             workers.push(handle);

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use prometheus::{Histogram, IntCounter};
+
 use super::model::{ModelInfo, OUTPUT_NAME};
 use super::oip::{ErrorKind, InferRequest, InferResponse, OipError, OutputTensor, Param, Params};
 use super::queue::{Job, Queue, Slot, SubmitError};
@@ -21,6 +23,26 @@ pub struct ModelEntry {
     /// Executor name, reported in responses.
     pub executor: String,
     pub computes_outputs: bool,
+    /// Hot-path metric handles of this model (no label lookup per request).
+    pub served: ServedMetrics,
+}
+
+/// `eali_requests_total{outcome="ok"}`, the latency histogram and the SLO violation counter of
+/// one model.
+pub struct ServedMetrics {
+    pub ok: IntCounter,
+    pub seconds: Histogram,
+    pub violations: IntCounter,
+}
+
+impl ServedMetrics {
+    pub fn new(metrics: &Metrics, model: &str) -> Self {
+        Self {
+            ok: metrics.requests.with_label_values(&[model, outcome::OK]),
+            seconds: metrics.request_seconds.with_label_values(&[model]),
+            violations: metrics.slo_violations.with_label_values(&[model]),
+        }
+    }
 }
 
 /// Shared by every handler.
@@ -90,24 +112,17 @@ impl AppState {
         } else {
             UNKNOWN_MODEL
         };
-        match &result {
-            Ok(_) => {
+        match (&result, self.models.get(model)) {
+            (Ok(_), Some(m)) => {
                 let secs = started.elapsed().as_secs_f64();
-                self.metrics.request(label, outcome::OK);
-                self.metrics
-                    .request_seconds
-                    .with_label_values(&[label])
-                    .observe(secs);
-                if let Some(m) = self.models.get(model)
-                    && secs > m.info.slo_s
-                {
-                    self.metrics
-                        .slo_violations
-                        .with_label_values(&[label])
-                        .inc();
+                m.served.ok.inc();
+                m.served.seconds.observe(secs);
+                if secs > m.info.slo_s {
+                    m.served.violations.inc();
                 }
             }
-            Err(e) => self.metrics.request(label, outcome_of(e)),
+            (Ok(_), None) => self.metrics.request(label, outcome::OK),
+            (Err(e), _) => self.metrics.request(label, outcome_of(e)),
         }
         result
     }

@@ -157,6 +157,8 @@ struct Worker {
     /// `eali_layer_energy_joules_total` handle per layer (labelled with its unit).
     layer_counters: Vec<Counter>,
     gpu_label: String,
+    queue_depth: prometheus::IntGauge,
+    batch_size: prometheus::Histogram,
     timebase: Timebase,
     stats: Arc<WorkerStats>,
     last_tick_s: f64,
@@ -210,6 +212,8 @@ impl Worker {
             .inc_by(0);
         m.saturated.with_label_values(&[&s.info.name]).set(0);
         let mut w = Self {
+            queue_depth: m.queue_depth.with_label_values(&[&s.info.name]),
+            batch_size: m.batch_size.with_label_values(&[&s.info.name]),
             clock: s.device.clone().map(ClockThread::new),
             info: s.info,
             queue: s.queue,
@@ -285,10 +289,7 @@ impl Worker {
                 self.policy.on_arrival(j.arrival_s);
             }
             q.unreported = 0;
-            self.metrics
-                .queue_depth
-                .with_label_values(&[&self.info.name])
-                .set(n as i64);
+            self.queue_depth.set(n as i64);
             if n == 0 {
                 if q.draining {
                     break;
@@ -494,10 +495,7 @@ impl Worker {
                 .map(<[f32]>::to_vec);
             j.slot.complete(SampleDone { output, batch });
         }
-        self.metrics
-            .batch_size
-            .with_label_values(&[&self.info.name])
-            .observe(f64::from(batch));
+        self.batch_size.observe(f64::from(batch));
         let energy_j = match (
             e0,
             self.device.as_ref().and_then(|d| d.lock().energy_mj().ok()),

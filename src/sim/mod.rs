@@ -26,5 +26,3 @@ pub use device::{Device, SpanTable};
 pub use metrics::{RunResult, Timeline};
 pub use policy::{Action, BatchDone, BatchPlan, ClockTarget, Policy, SetCall};
 pub use workload::{Workload, WorkloadError, WorkloadKind};
-#[cfg(test)]
-mod probe_tests;

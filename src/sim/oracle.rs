@@ -7,11 +7,16 @@
 //! (FIFO batches, a clock per unit, set-calls through the clock thread, the entry clock preset
 //! while idle), so it bounds what an online EALI could reach with perfect foresight.
 //!
-//! How: the EALI planner over the true unit costs yields, for every batch size, a Pareto set of
-//! (execution time, energy) plans across time budgets. A dynamic program over the trace then picks
-//! batch boundaries and one plan per batch so that every request finishes within the SLO (less a
-//! noise guard) at least total energy, idle energy between batches included; each prefix keeps a
-//! few labels trading energy against finish time.
+//! How: the EALI planner over the true unit costs yields, for every batch size of its grid, a
+//! Pareto set of (execution time, energy) plans across time budgets. A dynamic program over the
+//! trace then picks batch boundaries and one plan per batch so that every request finishes within
+//! the SLO (less a noise guard) at least total energy, idle energy between batches included; each
+//! prefix of the trace keeps a few labels trading energy against the time the GPU frees up.
+//!
+//! It is not a strict lower bound: it holds *every* request to the SLO where an online policy
+//! only has to keep the 99th percentile within it, its batch sizes come from a grid, and the
+//! labels are pruned. Under overload (no schedule meets the SLO) it runs the fastest plan on
+//! whatever waits, as a fallback.
 
 use std::ops::Range;
 
@@ -21,7 +26,8 @@ use super::policy::{Action, BatchPlan, ClockTarget, Policy, SetCall};
 
 /// Budget levels per batch size at which plans are computed.
 const BUDGET_LEVELS: usize = 24;
-/// Labels (energy, finish time) kept per prefix of the trace.
+/// Labels (energy, finish time) kept per prefix of the trace. An even spread of 6 over the
+/// finish times found cheaper schedules than the 16 cheapest (ResNet-50 on a V100, 70 % load).
 const LABELS: usize = 6;
 
 /// One plan option for a batch size.

@@ -17,6 +17,11 @@ pub enum WorkloadError {
     InvalidParameter(String),
     #[error("cannot read trace {path}: {reason}")]
     Io { path: String, reason: String },
+    #[error("trace {path}: {source}")]
+    InTrace {
+        path: String,
+        source: Box<WorkloadError>,
+    },
     #[error("trace line {line}: {reason}")]
     BadLine { line: usize, reason: String },
     #[error("trace header has no `timestamp` column (columns: {columns})")]
@@ -337,7 +342,10 @@ pub fn read_trace(path: &Path) -> Result<Vec<f64>, WorkloadError> {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    parse_trace(&text)
+    parse_trace(&text).map_err(|e| WorkloadError::InTrace {
+        path: path.display().to_string(),
+        source: Box::new(e),
+    })
 }
 
 /// Parses trace text; see [`read_trace`].

@@ -164,28 +164,46 @@ fn align(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Headline numbers of a suite.
+/// Headline numbers of a suite. Unless said otherwise a figure is over the cases where (a)
+/// meets the SLO: elsewhere the load is beyond what the GPU can serve within the SLO and energy
+/// comparisons say little.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub policy: String,
     pub cases: usize,
     /// Cases where (a) meets the SLO (p99 ≤ SLO in ≥ 99 % of windows).
     pub cases_a_meets_slo: usize,
-    /// Mean energy reduction against (a) over all cases and over those where (a) meets the SLO.
+    /// Of those, cases where the policy meets it too.
+    pub cases_both_meet_slo: usize,
+    /// Mean energy reduction against (a), over all cases too, and over the cases where both
+    /// meet the SLO.
     pub mean_reduction_vs_a: f64,
-    pub mean_reduction_vs_a_slo_met: f64,
+    pub mean_reduction_vs_a_all: f64,
+    pub mean_reduction_vs_a_both_met: f64,
     pub mean_reduction_vs_d: f64,
     pub best_reduction_vs_d: f64,
     pub mean_reduction_vs_b: f64,
     pub mean_reduction_vs_c: f64,
-    /// Mean and worst (E_policy / E_oracle − 1).
+    /// Mean and worst (E_policy / E_oracle − 1), where the oracle meets the SLO too.
     pub mean_gap_to_oracle: f64,
     pub worst_gap_to_oracle: f64,
-    /// Where (a) meets the SLO: fraction of cases where the policy does too, and its mean and
-    /// lowest window attainment.
+    /// Fraction of cases where the policy meets the SLO, and its mean and lowest window
+    /// attainment.
     pub slo_met_share: f64,
     pub mean_attainment: f64,
     pub min_attainment: f64,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+fn meets(c: &CaseResult, p: PolicyId) -> bool {
+    c.run(p).is_some_and(|r| r.slo_attainment >= SLO_MET)
 }
 
 pub fn summary(suite: &SuiteResult) -> Summary {
@@ -195,47 +213,42 @@ pub fn summary(suite: &SuiteResult) -> Summary {
             .map(|r| r.energy_per_request_j)
             .filter(|x| x.is_finite())
     };
-    let stat = |p: PolicyId, only_met: bool| -> (f64, f64) {
-        let v: Vec<f64> = suite
+    let reductions = |p: PolicyId, keep: &dyn Fn(&CaseResult) -> bool| -> Vec<f64> {
+        suite
             .cases
             .iter()
-            .filter(|c| !only_met || a_meets(c))
+            .filter(|c| keep(c))
             .filter_map(|c| Some(reduction(e(c, focus)?, e(c, p)?)))
-            .collect();
-        let mean = if v.is_empty() {
-            f64::NAN
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        };
-        (mean, v.iter().copied().fold(f64::NAN, f64::max))
+            .collect()
     };
+    let a_met = |c: &CaseResult| a_meets(c);
+    let vs_d = reductions(PolicyId::PerBatchDvfs, &a_met);
     let gaps: Vec<f64> = suite
         .cases
         .iter()
+        .filter(|c| a_meets(c) && meets(c, PolicyId::Oracle))
         .filter_map(|c| Some(e(c, focus)? / e(c, PolicyId::Oracle)? - 1.0))
         .collect();
-    let met: Vec<&CaseResult> = suite.cases.iter().filter(|c| a_meets(c)).collect();
-    let att: Vec<f64> = met
+    let att: Vec<f64> = suite
+        .cases
         .iter()
+        .filter(|c| a_meets(c))
         .filter_map(|c| c.run(focus).map(|r| r.slo_attainment))
         .collect();
-    let mean = |v: &[f64]| {
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            v.iter().sum::<f64>() / v.len() as f64
-        }
-    };
     Summary {
         policy: focus.name().to_string(),
         cases: suite.cases.len(),
-        cases_a_meets_slo: met.len(),
-        mean_reduction_vs_a: stat(PolicyId::MaxClock, false).0,
-        mean_reduction_vs_a_slo_met: stat(PolicyId::MaxClock, true).0,
-        mean_reduction_vs_d: stat(PolicyId::PerBatchDvfs, false).0,
-        best_reduction_vs_d: stat(PolicyId::PerBatchDvfs, false).1,
-        mean_reduction_vs_b: stat(PolicyId::Clipper, false).0,
-        mean_reduction_vs_c: stat(PolicyId::DefaultClock, false).0,
+        cases_a_meets_slo: att.len(),
+        cases_both_meet_slo: att.iter().filter(|&&a| a >= SLO_MET).count(),
+        mean_reduction_vs_a: mean(&reductions(PolicyId::MaxClock, &a_met)),
+        mean_reduction_vs_a_all: mean(&reductions(PolicyId::MaxClock, &|_| true)),
+        mean_reduction_vs_a_both_met: mean(&reductions(PolicyId::MaxClock, &|c| {
+            a_meets(c) && meets(c, focus)
+        })),
+        mean_reduction_vs_d: mean(&vs_d),
+        best_reduction_vs_d: vs_d.iter().copied().fold(f64::NAN, f64::max),
+        mean_reduction_vs_b: mean(&reductions(PolicyId::Clipper, &a_met)),
+        mean_reduction_vs_c: mean(&reductions(PolicyId::DefaultClock, &a_met)),
         mean_gap_to_oracle: mean(&gaps),
         worst_gap_to_oracle: gaps.iter().copied().fold(f64::NAN, f64::max),
         slo_met_share: if att.is_empty() {
@@ -266,36 +279,37 @@ pub fn summary_text(s: &Summary) -> String {
     let name = &s.policy;
     let _ = writeln!(
         out,
-        "summary for {name} over {} cases ({} where (a) meets the SLO):",
-        s.cases, s.cases_a_meets_slo
+        "summary for {name}: {} cases; (a) meets the SLO in {}, {name} too in {} of those; figures below over the {} unless said",
+        s.cases, s.cases_a_meets_slo, s.cases_both_meet_slo, s.cases_a_meets_slo
     );
     let _ = writeln!(
         out,
-        "  energy/request vs (a) max-clock:     mean {} less (SLO-met cases: {})   target ≥ 40 %",
+        "  vs (a) max-clock:       {} less energy/request (all cases {}, where both meet the SLO {})   target >= 40 %",
         p(s.mean_reduction_vs_a),
-        p(s.mean_reduction_vs_a_slo_met)
+        p(s.mean_reduction_vs_a_all),
+        p(s.mean_reduction_vs_a_both_met)
     );
     let _ = writeln!(
         out,
-        "  energy/request vs (d) per-batch DVFS: mean {} less, best {}               target ≥ 10 % mean, ≥ 25 % best",
+        "  vs (d) per-batch DVFS:  {} less on average, {} in the best case   target >= 10 % mean, >= 25 % best",
         p(s.mean_reduction_vs_d),
         p(s.best_reduction_vs_d)
     );
     let _ = writeln!(
         out,
-        "  energy/request vs (b) clipper: mean {} less; vs (c) default clocks: mean {} less",
+        "  vs (b) clipper:         {} less;  vs (c) default clocks: {} less",
         p(s.mean_reduction_vs_b),
         p(s.mean_reduction_vs_c)
     );
     let _ = writeln!(
         out,
-        "  gap to (e) oracle: mean {}, worst {}                                 target ≤ 5 %",
+        "  gap to (e) oracle:      {} more on average, {} worst (cases where the oracle meets the SLO too)   target <= 5 %",
         p(s.mean_gap_to_oracle),
         p(s.worst_gap_to_oracle)
     );
     let _ = writeln!(
         out,
-        "  SLO where (a) meets it: {} of cases meet p99 ≤ SLO in ≥ 99 % of windows; mean attainment {}, lowest {}",
+        "  SLO:                    {name} meets p99 <= SLO in >= 99 % of 10 s windows in {} of the cases; mean attainment {}, lowest {}   target 100 %",
         p(s.slo_met_share),
         p(s.mean_attainment),
         p(s.min_attainment)
