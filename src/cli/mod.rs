@@ -16,7 +16,11 @@ pub mod profile;
 pub mod serve;
 
 #[derive(Debug, Parser)]
-#[command(name = "eali", version, about = "Energy-aware layer-level scheduling for CNN inference on GPUs")]
+#[command(
+    name = "eali",
+    version,
+    about = "Energy-aware layer-level scheduling for CNN inference on GPUs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -145,9 +145,15 @@ pub struct ClockChange {
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum GpuError {
     #[error("{what} is not supported on this GPU ({arch:?})")]
-    NotSupported { what: &'static str, arch: Architecture },
+    NotSupported {
+        what: &'static str,
+        arch: Architecture,
+    },
     #[error("no permission to {what}: {fix}")]
-    NoPermission { what: &'static str, fix: &'static str },
+    NoPermission {
+        what: &'static str,
+        fix: &'static str,
+    },
     #[error("GPU {uuid} is lost (fell off the bus or driver reset)")]
     GpuLost { uuid: String },
     #[error("NVIDIA driver or libnvidia-ml is not loaded: {0}")]
@@ -177,7 +183,8 @@ pub trait GpuBackend {
     /// `nvmlDeviceResetGpuLockedClocks` (Volta+).
     fn reset_locked_clocks(&mut self) -> Result<ClockChange>;
     /// `nvmlDeviceSetApplicationsClocks` (the only clock knob before Volta).
-    fn set_application_clocks(&mut self, memory_mhz: u32, graphics_mhz: u32) -> Result<ClockChange>;
+    fn set_application_clocks(&mut self, memory_mhz: u32, graphics_mhz: u32)
+    -> Result<ClockChange>;
     fn reset_application_clocks(&mut self) -> Result<ClockChange>;
     fn power(&self) -> Result<PowerReading>;
     /// Total energy since driver load in whole millijoules, advancing in ~10 ms steps (Volta+).
