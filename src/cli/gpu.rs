@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -206,6 +207,8 @@ struct GpuCheck {
     power_limit: Option<PowerLimit>,
     throttle: ThrottleReasons,
     counter_step: Option<CounterStep>,
+    /// The counter's step measured again at the end of the load phase, while the load runs.
+    load_counter_step: Option<CounterStep>,
     idle: Phase,
     load: Option<Phase>,
 }
@@ -255,7 +258,7 @@ fn sample_phase(g: &NvmlGpu, secs: f64) -> anyhow::Result<Phase> {
     })
 }
 
-fn counter_step(g: &NvmlGpu) -> anyhow::Result<Option<CounterStep>> {
+fn measure_counter_step(g: &NvmlGpu) -> anyhow::Result<Option<CounterStep>> {
     if !matches!(g.energy_source(), EnergySource::Counter) {
         return Ok(None);
     }
@@ -292,22 +295,33 @@ fn check_gpu(g: &NvmlGpu, args: &CheckArgs) -> anyhow::Result<GpuCheck> {
         .unwrap_or_default();
     let clocks_now = g.clocks()?;
     let throttle = g.throttle_reasons()?;
-    let counter_step = counter_step(g)?;
+    let counter_step = measure_counter_step(g)?;
     let idle = sample_phase(g, args.idle_secs)?;
+    let mut load_counter_step = None;
     let load = match &args.load_cmd {
         None => None,
         Some(cmd) => {
+            // Its own process group, so that stopping it also stops whatever the shell started
+            // (a `python3 -c` load outlives a killed `sh` and keeps the GPU busy otherwise).
             let mut child = Command::new("sh")
                 .args(["-c", cmd])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
                 .spawn()
                 .with_context(|| format!("start the load command `{cmd}`"))?;
             let phase = sample_phase(g, args.load_secs);
+            let step = measure_counter_step(g);
             if child.try_wait()?.is_none() {
+                if let Ok(pgid) = i32::try_from(child.id()) {
+                    // SAFETY: kill(2) with a negative pid signals the process group we created.
+                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                }
                 let _ = child.kill();
             }
             let _ = child.wait();
+            load_counter_step = step?;
             Some(phase?)
         }
     };
@@ -325,6 +339,7 @@ fn check_gpu(g: &NvmlGpu, args: &CheckArgs) -> anyhow::Result<GpuCheck> {
         power_limit: g.power_limit().ok(),
         throttle,
         counter_step,
+        load_counter_step,
         idle,
         load,
     })
@@ -405,16 +420,18 @@ fn check_text(sys: &NvmlSystem, c: &GpuCheck) -> String {
         }
     );
     let _ = writeln!(s, "  throttle now: {:?}", c.throttle);
-    if let Some(st) = &c.counter_step {
-        let _ = writeln!(
-            s,
-            "  energy counter: {} changes in {} ms of 1 ms polling, median {} between changes, smallest step {} mJ",
-            st.changes,
-            st.polled_ms,
-            st.median_interval_ms
-                .map_or("-".into(), |m| format!("{m:.1} ms")),
-            st.min_step_mj.map_or("-".into(), |m| m.to_string())
-        );
+    for (when, step) in [("idle", &c.counter_step), ("load", &c.load_counter_step)] {
+        if let Some(st) = step {
+            let _ = writeln!(
+                s,
+                "  energy counter ({when}): {} changes in {} ms of 1 ms polling, median {} between changes, smallest step {} mJ",
+                st.changes,
+                st.polled_ms,
+                st.median_interval_ms
+                    .map_or("-".into(), |m| format!("{m:.1} ms")),
+                st.min_step_mj.map_or("-".into(), |m| m.to_string())
+            );
+        }
     }
     s.push_str(&phase_text("idle", &c.idle));
     match &c.load {
