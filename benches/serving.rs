@@ -7,8 +7,10 @@
 //!    open loop (Poisson), p50/p99 of both. Target: eali's p99 at most 1 ms above the echo
 //!    server's.
 //!
-//! `cargo bench --bench serving` (env `SERVING_SECS`, `SERVING_CONNS` to change the run). This is
-//! a measurement, not a test: it prints the figures and the verdict, and never fails on them.
+//! `cargo bench --bench serving` (env `SERVING_SECS`, `SERVING_CONNS`, `SERVING_REPS` to change
+//! the run; the latency runs are repeated, the servers taking turns, and judged on the median).
+//! This is a measurement, not a test: it prints the figures and the verdict, and never fails on
+//! them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -114,6 +116,13 @@ async fn eali_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::oneshot
         let _ = rx.await;
     }));
     (addr, tx)
+}
+
+/// The machine's 1/5/15-minute load averages (other work on the machine skews the figures).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn body() -> Bytes {
@@ -237,6 +246,7 @@ async fn latency(uri: hyper::Uri, rate: f64, secs: f64, conns: usize, seed: u64)
 fn main() {
     let secs = env("SERVING_SECS", 5.0);
     let conns = env("SERVING_CONNS", 32.0) as usize;
+    let reps = (env("SERVING_REPS", 3.0) as usize).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -248,21 +258,38 @@ fn main() {
         let (eali, stop) = eali_server(&dir).await;
         let echo_uri: hyper::Uri = format!("http://{echo}/v2/models/tiny/infer").parse().unwrap();
         let eali_uri: hyper::Uri = format!("http://{eali}/v2/models/tiny/infer").parse().unwrap();
-        println!("serving overhead: {conns} connections, {secs} s per measurement, same client and body");
+        println!(
+            "serving overhead: {conns} connections, {secs} s per measurement, same client and body; load average {}",
+            loadavg()
+        );
         let echo_rps = peak(echo_uri.clone(), conns, secs).await;
         let eali_rps = peak(eali_uri.clone(), conns, secs).await;
         let ratio = eali_rps / echo_rps;
         println!("peak throughput   hyper echo {echo_rps:>9.0} req/s   eali serve {eali_rps:>9.0} req/s   ratio {:.1} % (target >= 50 %: {})",
             100.0 * ratio, if ratio >= 0.5 { "met" } else { "NOT met" });
         for (what, rate) in [("half the echo peak", echo_rps / 2.0), ("half eali's peak", eali_rps / 2.0)] {
-            let (e50, e99) = latency(echo_uri.clone(), rate, secs, conns, 1).await;
-            let (s50, s99) = latency(eali_uri.clone(), rate, secs, conns, 1).await;
+            // Repeated, the two servers taking turns, so a burst of other work on the machine
+            // lands on one repetition rather than on one server; the verdict is on the median.
+            let mut added = Vec::with_capacity(reps);
+            for rep in 0..reps {
+                let seed = 1 + rep as u64;
+                let (e50, e99) = latency(echo_uri.clone(), rate, secs, conns, seed).await;
+                let (s50, s99) = latency(eali_uri.clone(), rate, secs, conns, seed).await;
+                println!(
+                    "at {rate:.0} req/s ({what}), run {}: hyper echo p50 {e50:.3} ms p99 {e99:.3} ms; eali serve p50 {s50:.3} ms p99 {s99:.3} ms; added p99 {:.3} ms",
+                    rep + 1,
+                    s99 - e99
+                );
+                added.push(s99 - e99);
+            }
+            added.sort_by(f64::total_cmp);
+            let median = added[added.len() / 2];
             println!(
-                "at {rate:.0} req/s ({what}): hyper echo p50 {e50:.3} ms p99 {e99:.3} ms; eali serve p50 {s50:.3} ms p99 {s99:.3} ms; added p99 {:.3} ms (target <= 1 ms: {})",
-                s99 - e99,
-                if s99 - e99 <= 1.0 { "met" } else { "NOT met" }
+                "at {rate:.0} req/s ({what}): median added p99 {median:.3} ms over {reps} runs (target <= 1 ms: {})",
+                if median <= 1.0 { "met" } else { "NOT met" }
             );
         }
+        println!("load average after: {}", loadavg());
         let _ = stop.send(());
     });
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,7 +11,8 @@
 #
 # Binaries are cached outside the work tree, keyed on tool version and Go version, so a fresh
 # clone on the same machine (CI) only copies them; the Go module and build caches are the
-# machine's (GOMODCACHE, GOCACHE). Output: e2e/.bin/{kube-apiserver,kubectl,kubelet,etcd,helm} and
+# machine's (GOMODCACHE, GOCACHE). Output: e2e/.bin/{kube-apiserver,kubectl,kubelet,etcd,helm},
+# e2e/.bin/fakecri (a fake container runtime for the kubelet, from e2e/kubelet/fakecri) and
 # e2e/.bin/VERSIONS. Usage: e2e/build-control-plane.sh [--force]
 set -euo pipefail
 
@@ -133,10 +134,27 @@ build_helm() {
     install_bins "$key" helm
 }
 
+# The fake container runtime the real-kubelet test runs the kubelet on (e2e/kubelet/fakecri: its
+# own module pinning k8s.io/cri-client at the Kubernetes version above). Small and quick to build;
+# cached on a hash of its sources so an edit rebuilds it.
+build_fakecri() {
+    local src="$here/kubelet/fakecri" sum key
+    sum="$(cat "$src/main.go" "$src/go.mod" "$src/go.sum" | sha256sum | cut -c1-16)"
+    key="$cache/fakecri-$sum-$gover"
+    if [ $force = 1 ] || [ ! -x "$key/fakecri" ]; then
+        log "building fakecri (k8s.io/cri-client/pkg/fake)"
+        mkdir -p "$key"
+        (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$key/fakecri.tmp" .)
+        mv -f "$key/fakecri.tmp" "$key/fakecri"
+    fi
+    install_bins "$key" fakecri
+}
+
 start=$(date +%s)
 build_etcd
 build_helm
 build_k8s
+[ "${E2E_WITH_KUBELET:-1}" = 1 ] && build_fakecri
 {
     echo "kubernetes $K8S_VERSION"
     echo "etcd $ETCD_VERSION"

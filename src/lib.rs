@@ -3,6 +3,7 @@
 //! The pure core (`model`, `perf`, `eali`, `sim`) takes plain data and returns decisions; hardware
 //! sits behind the traits in [`gpu`].
 
+pub mod agent;
 pub mod cli;
 pub mod control;
 pub mod deviceplugin;

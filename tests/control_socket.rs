@@ -281,6 +281,7 @@ async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
         start_unix_s: s,
         end_unix_s: e,
         clock_mhz: low,
+        ..Default::default()
     };
     let summary = client
         .report_timings(vec![t(0, 1.0, 1.01), t(1, 1.01, 1.03), t(2, 1.03, 1.02)])

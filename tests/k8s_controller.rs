@@ -70,6 +70,8 @@ impl Agent {
                 "--serve-image",
                 "eali:test",
             ])
+            // Two agents run side by side here: each takes a free port for /metrics.
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .args(extra)
             .env("KUBECONFIG", &cp.kubeconfig)
             .env("RUST_LOG", "info")

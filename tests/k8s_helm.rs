@@ -277,6 +277,9 @@ fn chart_installs_with_least_privilege_rbac_and_agent_checks_explain_fixes() {
             "sa-agent",
             "--renew-secs",
             "1",
+            // Not the chart's fixed port: nothing else on the test machine may hold it.
+            "--metrics-addr",
+            "127.0.0.1:0",
         ])
         .env("KUBECONFIG", &kc)
         .stdin(Stdio::null())

@@ -180,9 +180,11 @@ async fn full_queue_answers_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_finishes_accepted_requests_and_refuses_new_ones() {
+    // The longest SLO: the policy holds a partial batch for a third of it (20 s), so the five
+    // requests stay queued until the drain however slowly a loaded machine delivers them.
     let mut s = start(
         "alex",
-        spec("alexnet", 3000, 8, Policy::MaxPerformance),
+        spec("alexnet", 60_000, 8, Policy::MaxPerformance),
         options(),
     )
     .await;
@@ -195,9 +197,14 @@ async fn drain_finishes_accepted_requests_and_refuses_new_ones() {
         })
         .collect();
     let state = s.state.clone();
-    while state.models["alex"].queue.len() < 5 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let queued = async {
+        while state.models["alex"].queue.len() < 5 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), queued)
+        .await
+        .expect("the five requests were never all queued");
     s.begin_stop();
     while !state.is_draining() {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;

@@ -61,6 +61,7 @@ fn serve_args(a: &Args, policy: &str) -> ServeArgs {
     ServeArgs {
         config: None,
         model: a.model.clone(),
+        uri: None,
         name: Some(a.model.clone()),
         slo_ms: a.slo_ms,
         percentile: 99.0,

@@ -3,8 +3,8 @@
 //! `calibrate-switch` changes clocks and refuses to run without `--allow-clock-changes`.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

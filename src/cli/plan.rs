@@ -443,10 +443,11 @@ fn print_text(x: &Explanation, costs: &UnitCostTable) {
     }
     println!("\ndecision: batch {}{}", p.batch, status(p));
     println!(
-        "  predicted p{} latency {} = fill {} + execution {} (target {})",
+        "  predicted p{} latency {} = max(fill {}, GPU busy with earlier batches) {} + execution {} (target {})",
         x.percentile,
         ms(p.latency_s),
         ms(p.fill_time_s),
+        ms((p.latency_s - p.exec_time_s).max(0.0)),
         ms(p.exec_time_s),
         ms((1.0 - x.margin) * x.slo_s)
     );

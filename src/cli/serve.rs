@@ -20,7 +20,12 @@ pub struct Args {
     /// Zoo model to serve (without --config).
     #[arg(long, default_value = "resnet50")]
     pub model: String,
-    /// Served model name (without --config; default: the zoo name).
+    /// Model file to serve instead of --model (without --config): safetensors weights whose
+    /// metadata names their network (`eali.model` = zoo name, or `eali.graph` = EALI graph JSON),
+    /// or an EALI graph as JSON; `file://PATH` or a path.
+    #[arg(long)]
+    pub uri: Option<String>,
+    /// Served model name (without --config; default: the zoo name, or the file's stem).
     #[arg(long)]
     pub name: Option<String>,
     /// Latency SLO in milliseconds (without --config).
@@ -83,8 +88,8 @@ pub fn flags_config(a: &Args) -> anyhow::Result<ServeConfig> {
         })?;
     let spec = InferenceServiceSpec {
         model: ModelRef {
-            zoo: Some(a.model.clone()),
-            uri: None,
+            zoo: a.uri.is_none().then(|| a.model.clone()),
+            uri: a.uri.clone(),
             format: None,
         },
         slo: Slo {
@@ -101,7 +106,12 @@ pub fn flags_config(a: &Args) -> anyhow::Result<ServeConfig> {
         resources: PodResources::default(),
         image: None,
     };
-    let name = a.name.clone().unwrap_or_else(|| a.model.clone());
+    let stem = a.uri.as_deref().and_then(|u| {
+        std::path::Path::new(u.rsplit("://").next().unwrap_or(u))
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+    });
+    let name = a.name.clone().or(stem).unwrap_or_else(|| a.model.clone());
     Ok(ServeConfig::single(&name, spec)?)
 }
 

@@ -70,6 +70,35 @@ impl PodDirectory for StaticPodDirectory {
     }
 }
 
+/// A JSON file mapping pod UIDs to `"namespace/name"`, read again at every lookup: for nodes
+/// where the agent has no API access, and for tests that add pods while the agent runs.
+#[derive(Debug, Clone)]
+pub struct FilePodDirectory {
+    pub path: PathBuf,
+}
+
+impl PodDirectory for FilePodDirectory {
+    fn lookup<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Option<PodName>, ControlError>> {
+        Box::pin(async move {
+            // A small file, read at most once per cache period: not worth a blocking task.
+            let text =
+                std::fs::read_to_string(&self.path).map_err(|source| ControlError::Proc {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            let map: HashMap<String, String> = serde_json::from_str(&text)
+                .map_err(|e| ControlError::Directory(format!("{}: {e}", self.path.display())))?;
+            Ok(map.get(uid).and_then(|v| {
+                let (namespace, name) = v.split_once('/')?;
+                Some(PodName {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                })
+            }))
+        })
+    }
+}
+
 /// The pods of this node from the API server (`spec.nodeName=<node>`).
 pub struct KubePodDirectory {
     pub client: kube::Client,
@@ -198,27 +227,39 @@ impl Authorizer {
 
     /// Pods the kubelet has allocated GPU `uuid` to, for our resource.
     pub async fn holders(&self, uuid: &str) -> Result<Vec<PodName>, ControlError> {
+        Ok(self.assignments().await?.remove(uuid).unwrap_or_default())
+    }
+
+    /// Every device of our resource the kubelet has allocated, with the pods holding it (one
+    /// pod-resources `List`). Devices no pod holds are absent.
+    pub async fn assignments(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<PodName>>, ControlError> {
         let channel = uds::connect(&self.pod_resources).await?;
         let list = PodResourcesListerClient::new(channel)
             .list(ListPodResourcesRequest {})
             .await
             .map_err(|s| ControlError::PodResources(s.to_string()))?
             .into_inner();
-        Ok(list
-            .pod_resources
-            .into_iter()
-            .filter(|p| {
-                p.containers.iter().any(|c| {
-                    c.devices.iter().any(|d| {
-                        d.resource_name == self.resource_name
-                            && d.device_ids.iter().any(|i| i == uuid)
-                    })
-                })
-            })
-            .map(|p| PodName {
+        let mut out: std::collections::HashMap<String, Vec<PodName>> = HashMap::new();
+        for p in list.pod_resources {
+            let name = PodName {
                 namespace: p.namespace,
                 name: p.name,
-            })
-            .collect())
+            };
+            let ids = p
+                .containers
+                .iter()
+                .flat_map(|c| c.devices.iter())
+                .filter(|d| d.resource_name == self.resource_name)
+                .flat_map(|d| d.device_ids.iter());
+            for id in ids {
+                let holders = out.entry(id.clone()).or_default();
+                if !holders.contains(&name) {
+                    holders.push(name.clone());
+                }
+            }
+        }
+        Ok(out)
     }
 }

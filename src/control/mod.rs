@@ -15,11 +15,13 @@
 //! - [`service`]: the `GpuControl` service and the per-GPU server.
 //! - [`client`]: the serving pod's side.
 //! - [`node`]: the per-node runtime (device plugin + health + control servers) the agent runs.
+//! - [`remote`]: `eali serve`'s clock actuator over the socket (`EALI_CONTROL_SOCKET`).
 
 pub mod authz;
 pub mod client;
 pub mod identity;
 pub mod node;
+pub mod remote;
 pub mod service;
 
 /// Generated types of the control protocol (package `eali.control.v1`).
@@ -28,11 +30,13 @@ pub mod proto {
     tonic::include_proto!("eali.control.v1");
 }
 
-pub use authz::{Authorizer, Decision, PodDirectory, PodName, StaticPodDirectory};
+pub use authz::{
+    Authorizer, Decision, FilePodDirectory, PodDirectory, PodName, StaticPodDirectory,
+};
 pub use client::ControlClient;
 pub use identity::{PodRef, pod_of_cgroup};
-pub use node::{NodeConfig, run_node};
-pub use service::{AttributedTiming, ControlServer, ControlService};
+pub use node::{NodeConfig, NodeHooks, run_node, run_node_with};
+pub use service::{AttributedTiming, ClockObserver, ControlServer, ControlService};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::ControlError;
 use super::authz::Authorizer;
-use super::service::{AttributedTiming, ControlServer, ControlService};
+use super::service::{AttributedTiming, ClockObserver, ControlServer, ControlService};
 use crate::deviceplugin::{
     AllocateConfig, DevicePluginRunner, DeviceTable, HealthMonitor, HealthPolicy, PluginConfig,
     PluginDevice, SharedGpu,
@@ -42,6 +42,17 @@ async fn until(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
+/// What the agent plugs into the node runtime beyond the defaults: where unit timings go, who
+/// hears of clock set-calls, the device table it wants to read health from, and a flag raised
+/// once the plugin has registered with the kubelet (readiness).
+#[derive(Default)]
+pub struct NodeHooks {
+    pub timings: Option<mpsc::UnboundedSender<AttributedTiming>>,
+    pub clock_observer: Option<Arc<dyn ClockObserver>>,
+    pub table: Option<DeviceTable>,
+    pub registered: Option<watch::Sender<bool>>,
+}
+
 /// Runs the node's device plugin and control sockets until `shutdown` completes.
 pub async fn run_node(
     cfg: NodeConfig,
@@ -51,21 +62,43 @@ pub async fn run_node(
     timings: Option<mpsc::UnboundedSender<AttributedTiming>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ControlError> {
-    let devices: Vec<PluginDevice> = gpus
-        .iter()
-        .map(|g| PluginDevice::from_info(g.lock().unwrap_or_else(PoisonError::into_inner).info()))
-        .collect();
+    let hooks = NodeHooks {
+        timings,
+        ..NodeHooks::default()
+    };
+    run_node_with(cfg, gpus, guard, authz, hooks, shutdown).await
+}
+
+/// [`run_node`] with the agent's hooks.
+pub async fn run_node_with(
+    cfg: NodeConfig,
+    gpus: Vec<SharedGpu>,
+    guard: Arc<ClockGuard>,
+    authz: Arc<Authorizer>,
+    hooks: NodeHooks,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ControlError> {
+    let table = hooks
+        .table
+        .unwrap_or_else(|| DeviceTable::new(devices_of(&gpus)));
     tracing::info!(
-        gpus = ?devices.iter().map(|d| &d.uuid).collect::<Vec<_>>(),
+        gpus = ?table.snapshot().iter().map(|d| d.uuid.clone()).collect::<Vec<_>>(),
         resource = %cfg.plugin.resource_name,
         "starting device plugin"
     );
-    let table = DeviceTable::new(devices);
     let (stop, stop_rx) = watch::channel(false);
 
     let mut servers = Vec::new();
     for g in &gpus {
-        let svc = ControlService::new(g.clone(), guard.clone(), authz.clone(), timings.clone());
+        let mut svc = ControlService::new(
+            g.clone(),
+            guard.clone(),
+            authz.clone(),
+            hooks.timings.clone(),
+        );
+        if let Some(o) = &hooks.clock_observer {
+            svc = svc.with_clock_observer(o.clone());
+        }
         let uuid = g
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -77,6 +110,15 @@ pub async fn run_node(
     let monitor = HealthMonitor::new(table.clone(), gpus, cfg.health.clone());
     let monitor = tokio::spawn(monitor.run(cfg.health_every, until(stop_rx.clone())));
     let runner = DevicePluginRunner::new(cfg.plugin.clone(), table, cfg.alloc.clone());
+    if let Some(flag) = hooks.registered {
+        let mut stats = runner.stats();
+        tokio::spawn(async move {
+            while stats.changed().await.is_ok() {
+                let up = stats.borrow().registrations > 0;
+                flag.send_if_modified(|v| std::mem::replace(v, up) != up);
+            }
+        });
+    }
     let plugin = tokio::spawn(runner.run(until(stop_rx)));
 
     shutdown.await;
@@ -95,4 +137,11 @@ pub async fn run_node(
         "clocks reset on exit"
     );
     plugin_result?.map_err(ControlError::Socket)
+}
+
+/// The plugin's view of `gpus` (all Healthy to start with).
+pub fn devices_of(gpus: &[SharedGpu]) -> Vec<PluginDevice> {
+    gpus.iter()
+        .map(|g| PluginDevice::from_info(g.lock().unwrap_or_else(PoisonError::into_inner).info()))
+        .collect()
 }

@@ -25,8 +25,16 @@ use crate::gpu::{ClockChange, GpuBackend, GpuError};
 /// A unit timing with the pod that reported it (for energy attribution).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttributedTiming {
+    /// The GPU whose socket received it (the timing's own `gpu_uuid` may be empty).
+    pub gpu_uuid: String,
     pub pod: PodName,
     pub timing: proto::UnitTiming,
+}
+
+/// Told of every clock set-call the socket carried out (the agent's switch and target metrics).
+pub trait ClockObserver: Send + Sync + 'static {
+    /// `pod` set GPU `gpu` to `[min_mhz, max_mhz]` (0/0: back to the default clocks).
+    fn clocks_set(&self, gpu: &str, pod: &PodName, min_mhz: u32, max_mhz: u32);
 }
 
 pub struct ControlService {
@@ -35,6 +43,7 @@ pub struct ControlService {
     guard: Arc<ClockGuard>,
     authz: Arc<Authorizer>,
     timings: Option<mpsc::UnboundedSender<AttributedTiming>>,
+    observer: Option<Arc<dyn ClockObserver>>,
 }
 
 fn gpu_status(e: GpuError) -> Status {
@@ -51,6 +60,30 @@ fn gpu_status(e: GpuError) -> Status {
     }
 }
 
+/// Resets every clock setting the guard holds for this GPU and clears those record entries;
+/// the last reset's change, `None` when nothing was on record. Also what the agent runs when
+/// the pod holding the GPU releases it.
+pub fn reset_recorded(
+    gpu: &mut dyn GpuBackend,
+    guard: &ClockGuard,
+) -> Result<Option<ClockChange>, Status> {
+    let uuid = gpu.info().uuid.clone();
+    let internal = |e: crate::gpu::clockguard::ClockGuardError| Status::internal(e.to_string());
+    let mut last = None;
+    for e in guard.locked().into_iter().filter(|e| e.uuid == uuid) {
+        let change = match e.kind {
+            LockKind::Graphics => gpu.reset_locked_clocks(),
+            LockKind::Application => gpu.reset_application_clocks(),
+            // Memory locks are not made through this socket.
+            LockKind::Memory => continue,
+        }
+        .map_err(gpu_status)?;
+        guard.after_reset(&uuid, e.kind).map_err(internal)?;
+        last = Some(change);
+    }
+    Ok(last)
+}
+
 /// Sets (or with 0/0 resets) the graphics clock, recording it in the guard first.
 fn apply_clocks(
     gpu: &mut dyn GpuBackend,
@@ -64,19 +97,7 @@ fn apply_clocks(
     };
     let internal = |e: crate::gpu::clockguard::ClockGuardError| Status::internal(e.to_string());
     if min_mhz == 0 && max_mhz == 0 {
-        let mut last = None;
-        for e in guard.locked().into_iter().filter(|e| e.uuid == uuid) {
-            let change = match e.kind {
-                LockKind::Graphics => gpu.reset_locked_clocks(),
-                LockKind::Application => gpu.reset_application_clocks(),
-                // Memory locks are not made through this socket.
-                LockKind::Memory => continue,
-            }
-            .map_err(gpu_status)?;
-            guard.after_reset(&uuid, e.kind).map_err(internal)?;
-            last = Some(change);
-        }
-        return Ok(last);
+        return reset_recorded(gpu, guard);
     }
     if min_mhz > max_mhz {
         return Err(Status::invalid_argument(format!(
@@ -151,7 +172,13 @@ impl ControlService {
             guard,
             authz,
             timings,
+            observer: None,
         }
+    }
+
+    pub fn with_clock_observer(mut self, observer: Arc<dyn ClockObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     async fn authorize<T>(&self, request: &Request<T>) -> Result<PodName, Status> {
@@ -209,6 +236,9 @@ impl GpuControl for ControlService {
                 read_status(g, change)
             })
             .await?;
+        if let Some(o) = &self.observer {
+            o.clocks_set(&self.uuid, &pod, r.min_mhz, r.max_mhz);
+        }
         tracing::debug!(gpu = %self.uuid, %pod, min = r.min_mhz, max = r.max_mhz, "clocks set");
         Ok(Response::new(status))
     }
@@ -241,6 +271,7 @@ impl GpuControl for ControlService {
             received += 1;
             if let Some(tx) = &self.timings {
                 let _ = tx.send(AttributedTiming {
+                    gpu_uuid: self.uuid.clone(),
                     pod: pod.clone(),
                     timing: t,
                 });

@@ -4,6 +4,7 @@
 //! plugin's socket, asks for its options and holds a ListAndWatch stream, replacing the previous
 //! endpoint of the same resource. A restart wipes every socket in the directory, as the kubelet
 //! does. Used by the integration tests and by smoke runs of `eali agent` without a cluster.
+//! [`FakePodResources`] stands in for the kubelet's pod-resources API.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -271,5 +272,78 @@ impl Drop for FakeKubelet {
         if let Some((stop, _)) = self.server.take() {
             let _ = stop.send(true);
         }
+    }
+}
+
+/// The kubelet's pod-resources API (v1 `List`) with an answer the test sets: which pods hold
+/// which devices of a resource.
+#[derive(Clone, Default)]
+pub struct FakePodResources(Arc<Mutex<Vec<super::podresources::PodResources>>>);
+
+impl FakePodResources {
+    /// `(namespace, pod, device ids)` of `resource`; replaces the previous answer.
+    pub fn set(&self, resource: &str, holders: &[(&str, &str, Vec<String>)]) {
+        use super::podresources as pr;
+        let pods = holders
+            .iter()
+            .map(|(namespace, name, ids)| pr::PodResources {
+                name: (*name).into(),
+                namespace: (*namespace).into(),
+                containers: vec![pr::ContainerResources {
+                    name: "serve".into(),
+                    devices: vec![pr::ContainerDevices {
+                        resource_name: resource.into(),
+                        device_ids: ids.clone(),
+                        topology: None,
+                    }],
+                    cpu_ids: vec![],
+                    memory: vec![],
+                }],
+            })
+            .collect();
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = pods;
+    }
+
+    /// Serves the API on `path` until the task is aborted.
+    pub fn serve(&self, path: &Path) -> Result<JoinHandle<()>, DevicePluginError> {
+        use super::podresources::pod_resources_lister_server::PodResourcesListerServer;
+        let listener = uds::bind(path)?;
+        let svc = PodResourcesListerServer::new(self.clone());
+        Ok(tokio::spawn(async move {
+            let _ = Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(UnixListenerStream::new(listener))
+                .await;
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl super::podresources::pod_resources_lister_server::PodResourcesLister for FakePodResources {
+    async fn list(
+        &self,
+        _: Request<super::podresources::ListPodResourcesRequest>,
+    ) -> Result<Response<super::podresources::ListPodResourcesResponse>, Status> {
+        Ok(Response::new(
+            super::podresources::ListPodResourcesResponse {
+                pod_resources: self
+                    .0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            },
+        ))
+    }
+    async fn get_allocatable_resources(
+        &self,
+        _: Request<super::podresources::AllocatableResourcesRequest>,
+    ) -> Result<Response<super::podresources::AllocatableResourcesResponse>, Status> {
+        Err(Status::unimplemented("not part of the stand-in"))
+    }
+    async fn get(
+        &self,
+        _: Request<super::podresources::GetPodResourcesRequest>,
+    ) -> Result<Response<super::podresources::GetPodResourcesResponse>, Status> {
+        Err(Status::unimplemented("not part of the stand-in"))
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fill_time;
 pub mod plan_table;
 pub mod planner;
+pub mod queue_wait;
 pub mod switch;
 pub mod synthetic;
 pub mod units;

@@ -102,6 +102,11 @@ pub trait Executor: Send {
     fn name(&self) -> String;
     /// Whether [`BatchRun::outputs`] holds real results.
     fn computes_outputs(&self) -> bool;
+    /// Whether a batch takes real time on the calling thread (sleeping to the simulated GPU's
+    /// speed, computing): such batches must not run on an async runtime's threads.
+    fn takes_time(&self) -> bool {
+        true
+    }
     fn run_batch(
         &mut self,
         req: &BatchRequest<'_>,
@@ -185,14 +190,19 @@ impl Executor for Paired {
 
 /// The zero-cost executor: every batch takes no time and produces no outputs.
 pub struct ZeroCost {
-    clock: std::time::Instant,
+    /// Time zero of the batch times it reports (the server's epoch, so they compare with
+    /// arrival times and deadlines).
+    epoch: std::time::Instant,
 }
 
 impl ZeroCost {
     pub fn new() -> Self {
-        Self {
-            clock: std::time::Instant::now(),
-        }
+        Self::with_epoch(std::time::Instant::now())
+    }
+
+    /// Times counted from `epoch`.
+    pub fn with_epoch(epoch: std::time::Instant) -> Self {
+        Self { epoch }
     }
 }
 
@@ -209,12 +219,15 @@ impl Executor for ZeroCost {
     fn computes_outputs(&self) -> bool {
         false
     }
+    fn takes_time(&self) -> bool {
+        false
+    }
     fn run_batch(
         &mut self,
         req: &BatchRequest<'_>,
         hook: &mut dyn UnitHook,
     ) -> Result<BatchRun, ExecError> {
-        let t = self.clock.elapsed().as_secs_f64();
+        let t = self.epoch.elapsed().as_secs_f64();
         let units = (0..req.units.len())
             .map(|unit| {
                 hook.unit_start(unit, t);

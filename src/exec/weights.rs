@@ -216,6 +216,16 @@ impl Weights {
     /// Writes the weights as safetensors (FP32), under the names [`Weights::from_safetensors`]
     /// reads.
     pub fn to_safetensors(&self, graph: &Graph) -> Result<Vec<u8>, ExecError> {
+        self.to_safetensors_with(graph, HashMap::new())
+    }
+
+    /// [`Weights::to_safetensors`] with header metadata (e.g. the architecture the weights are
+    /// for, see [`crate::serve::source`]).
+    pub fn to_safetensors_with(
+        &self,
+        graph: &Graph,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<u8>, ExecError> {
         let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (id, (layer, w)) in graph.layers.iter().zip(&self.layers).enumerate() {
             let values: Vec<&Vec<f32>> = match w {
@@ -242,7 +252,8 @@ impl Weights {
                 .map_err(|e| ExecError::Weights(format!("{name}: {e}")))?;
             views.insert(name.clone(), view);
         }
-        safetensors::serialize(views, None).map_err(|e| ExecError::Weights(e.to_string()))
+        let metadata = (!metadata.is_empty()).then_some(metadata);
+        safetensors::serialize(views, metadata).map_err(|e| ExecError::Weights(e.to_string()))
     }
 
     /// Checks that every layer holds weights of the kind and size its operator needs.

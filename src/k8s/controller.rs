@@ -284,6 +284,8 @@ async fn apply(obj: &InferenceService, ctx: &Ctx) -> Result<Action, ReconcileErr
         },
         // Reports belong to the node agents' field managers; applying without them leaves them be.
         reports: Vec::new(),
+        // Likewise the per-node entries (node_status.rs).
+        nodes: Vec::new(),
     };
     let body = json!({
         "apiVersion": InferenceService::api_version(&()),

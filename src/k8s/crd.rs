@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::K8sError;
+use super::node_status::NodeReport;
 
 /// API group of every EALI resource.
 pub const GROUP: &str = "eali.dev";
@@ -302,6 +303,11 @@ pub struct InferenceServiceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
     pub reports: Vec<ServingReport>,
+    /// Per-node figures, one entry per node, each applied by that node's agent under the field
+    /// manager eali-agent/<node>: which pods hold which GPUs, their plans, joules per request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"], "maxItems" = 1024))]
+    pub nodes: Vec<NodeReport>,
 }
 
 /// One serving pod's recent figures, as its node agent saw them.

@@ -9,6 +9,7 @@ pub mod checks;
 pub mod controller;
 pub mod crd;
 pub mod lease;
+pub mod node_status;
 pub mod objects;
 pub mod status;
 

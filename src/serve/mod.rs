@@ -13,6 +13,7 @@ pub mod queue;
 pub mod rest;
 pub mod runtime;
 pub mod server;
+pub mod source;
 pub mod state;
 pub mod worker;
 

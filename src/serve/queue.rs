@@ -1,12 +1,16 @@
 //! The bounded request queue of one model, shared by the protocol handlers (which submit) and the
-//! model's worker thread (which takes batches). One queue entry is one sample: a request with a
+//! model's worker task (which takes batches). One queue entry is one sample: a request with a
 //! batch dimension N becomes N jobs whose results are collected back into one response.
+//!
+//! A submission wakes the worker through a [`Notify`] (an async task on the same runtime, no
+//! thread hand-off), or, while the worker waits for a batch to fill with a precision the async
+//! timer lacks, through a condition variable on the blocking pool.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::Instant;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::oip::OipError;
 
@@ -130,11 +134,14 @@ pub struct State {
     /// Jobs at the back not yet reported to the policy as arrivals.
     pub unreported: usize,
     pub draining: bool,
+    /// Threads in [`Queue::wait_until`] (submissions signal the condition variable only then).
+    precise_waiters: usize,
 }
 
-/// A bounded FIFO of samples with a condition variable the worker waits on.
+/// A bounded FIFO of samples the worker is woken on.
 pub struct Queue {
     state: Mutex<State>,
+    arrived: Notify,
     cv: Condvar,
     capacity: usize,
 }
@@ -146,7 +153,9 @@ impl Queue {
                 jobs: VecDeque::new(),
                 unreported: 0,
                 draining: false,
+                precise_waiters: 0,
             }),
+            arrived: Notify::new(),
             cv: Condvar::new(),
             capacity: capacity.max(1),
         }
@@ -161,15 +170,33 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for a submission or `timeout`, whichever comes first.
-    pub fn wait<'a>(
-        &self,
-        guard: MutexGuard<'a, State>,
-        timeout: Duration,
-    ) -> MutexGuard<'a, State> {
-        match self.cv.wait_timeout(guard, timeout) {
-            Ok((g, _)) => g,
-            Err(e) => e.into_inner().0,
+    /// Completes on the next submission or drain, or at once when one came since the last call
+    /// (a stored permit), so a submission between looking at the queue and waiting is not lost.
+    pub async fn arrival(&self) {
+        self.arrived.notified().await;
+    }
+
+    /// Blocks until a submission not yet reported to the policy, a drain, or `deadline`.
+    pub fn wait_until(&self, deadline: Instant) {
+        let mut s = self.lock();
+        loop {
+            let now = Instant::now();
+            if s.unreported > 0 || s.draining || now >= deadline {
+                return;
+            }
+            s.precise_waiters += 1;
+            s = match self.cv.wait_timeout(s, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+            s.precise_waiters -= 1;
+        }
+    }
+
+    fn wake(&self, precise: bool) {
+        self.arrived.notify_one();
+        if precise {
+            self.cv.notify_all();
         }
     }
 
@@ -186,8 +213,9 @@ impl Queue {
         }
         s.unreported += jobs.len();
         s.jobs.extend(jobs);
+        let precise = s.precise_waiters > 0;
         drop(s);
-        self.cv.notify_one();
+        self.wake(precise);
         Ok(())
     }
 
@@ -202,7 +230,14 @@ impl Queue {
     /// Refuses new submissions from now on; queued jobs still run.
     pub fn drain(&self) {
         self.lock().draining = true;
-        self.cv.notify_all();
+        self.wake(true);
+    }
+
+    /// Takes every queued job (for failing them when the worker is gone).
+    pub fn take_all(&self) -> Vec<Job> {
+        let mut s = self.lock();
+        s.unreported = 0;
+        s.jobs.drain(..).collect()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -241,6 +276,41 @@ mod tests {
         let (c, _rc) = jobs(1);
         assert_eq!(q.submit(c), Err(SubmitError::Draining));
         assert!(q.is_draining());
+    }
+
+    #[test]
+    fn submissions_wake_async_and_blocking_waiters() {
+        let q = Arc::new(Queue::new(4));
+        // A submission before the worker waits leaves a permit: the next wait completes at once.
+        let (a, _ra) = jobs(1);
+        q.submit(a).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(600), q.arrival()).await
+        })
+        .expect("the stored permit completes the wait");
+        // Unreported arrivals end a blocking wait at once; a submission wakes one in progress.
+        let far = Instant::now() + std::time::Duration::from_secs(600);
+        q.wait_until(far);
+        q.lock().unreported = 0;
+        let waiter = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                q.wait_until(far);
+                Instant::now()
+            })
+        };
+        while q.lock().precise_waiters == 0 {
+            std::thread::yield_now();
+        }
+        let (b, _rb) = jobs(1);
+        q.submit(b).unwrap();
+        assert!(waiter.join().unwrap() < far, "woken by the submission");
+        assert_eq!(q.take_all().len(), 2);
+        assert!(q.is_empty());
     }
 
     #[test]

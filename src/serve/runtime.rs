@@ -1,7 +1,9 @@
-//! Turns one InferenceService into a running model: the graph, the simulated GPU, the executor
-//! (`--compute none|cpu`, or the zero-cost executor), the predicted power model for attribution,
-//! and the scheduling policy of `spec.policy`, built from the same testbed the simulator's bench
-//! uses (profile, predicted cost table, unit chain, switch latency).
+//! Turns one InferenceService into a running model: the graph and weights ([`super::source`]:
+//! a zoo name, or a `model.uri` file), the simulated GPU, the executor (`--compute none|cpu`, or
+//! the zero-cost executor), the predicted power model for attribution, and the scheduling policy
+//! of `spec.policy`, built from the same testbed the simulator's bench uses (profile, predicted
+//! cost table, unit chain, switch latency). A network outside the zoo has no simulated GPU costs:
+//! it is served by the CPU executor alone (`--compute cpu`) or the zero-cost executor.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,13 +12,14 @@ use kube::ResourceExt;
 
 use super::ServeError;
 use super::model::ModelInfo;
+use super::source::{self, Source};
 use super::worker::{BuiltPolicy, PolicyFactory, Timebase};
 use crate::exec::{
     CpuExecutor, DeviceClock, Executor, Paired, SimDevice, SimExecutor, Weights, ZeroCost,
 };
 use crate::gpu::sim::SimGpu;
-use crate::k8s::crd::{InferenceService, ModelFormat, ModelRef, Policy as SpecPolicy};
-use crate::model::{Graph, zoo};
+use crate::k8s::crd::{InferenceService, Policy as SpecPolicy};
+use crate::model::Graph;
 use crate::sim::baselines::{TritonConfig, TritonMaxClock};
 use crate::sim::bench::policies::{self, PolicyId};
 use crate::sim::bench::{Testbed, predicted_costs};
@@ -53,25 +56,32 @@ pub struct Prepared {
     pub policy: PolicyFactory,
 }
 
-/// The graph of a model reference: a zoo model, or an EALI graph IR JSON file (`file://`).
-fn load_graph(m: &ModelRef) -> Result<Graph, String> {
-    if let Some(z) = &m.zoo {
-        return zoo::build(z).map_err(|e| e.to_string());
+/// A model with no GPU under it (the zero-cost or the CPU executor): Triton-style dynamic batching
+/// that dispatches whatever is queued as soon as the executor is free, no clock control.
+fn unclocked(
+    info: Arc<ModelInfo>,
+    graph: &Graph,
+    executor: Box<dyn Executor>,
+    max_batch: u32,
+) -> Prepared {
+    let layers = graph.layers.len();
+    let cfg = TritonConfig {
+        max_batch,
+        max_queue_delay_s: 0.0,
+    };
+    let factory: PolicyFactory = Box::new(move || {
+        Ok(BuiltPolicy {
+            policy: Box::new(TritonMaxClock::max_clock(layers, 0, cfg)),
+            unit_names: vec!["model".into()],
+        })
+    });
+    Prepared {
+        info,
+        executor,
+        device: None,
+        power: None,
+        policy: factory,
     }
-    let uri = m.uri.as_deref().unwrap_or_default();
-    let path = uri
-        .strip_prefix("file://")
-        .ok_or_else(|| format!("model.uri {uri}: only file:// is supported"))?;
-    if !matches!(m.format, None | Some(ModelFormat::EaliJson)) {
-        return Err(format!(
-            "model.uri {uri}: only the ealiJson format is supported"
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let g: Graph =
-        serde_json::from_str(&text).map_err(|e| format!("{path}: not an EALI graph: {e}"))?;
-    g.validate().map_err(|e| format!("{path}: {e}"))?;
-    Ok(g)
 }
 
 fn policy_id(p: SpecPolicy) -> PolicyId {
@@ -97,38 +107,62 @@ pub fn prepare(
         name: name.clone(),
         reason: e,
     };
-    if opts.zero_cost {
-        let graph = Arc::new(load_graph(&spec.model).map_err(setup)?);
-        let info = Arc::new(ModelInfo {
+    let source = source::resolve(&spec.model).map_err(setup)?;
+    if source.weights.is_some() && opts.weights.is_some() {
+        return Err(setup(
+            "model.uri holds weights and --weights names others; give only one".into(),
+        ));
+    }
+    let info = |graph: Arc<Graph>| {
+        Arc::new(ModelInfo {
             name: name.clone(),
             namespace: isvc.namespace().unwrap_or_else(|| "default".into()),
-            graph: graph.clone(),
+            graph,
             max_batch: spec.max_batch_size,
             slo_s,
             percentile,
-        });
-        let layers = graph.layers.len();
-        let cfg = TritonConfig {
-            max_batch: spec.max_batch_size,
-            max_queue_delay_s: 0.0,
+        })
+    };
+    let Source {
+        zoo: zoo_name,
+        graph,
+        weights,
+    } = source;
+    let cpu = |graph: &Arc<Graph>, weights: Option<Weights>| -> Result<CpuExecutor, ServeError> {
+        let weights = match (weights, &opts.weights) {
+            (Some(w), _) => w,
+            (None, Some(p)) => Weights::load(graph, p).map_err(|e| setup(e.to_string()))?,
+            (None, None) => Weights::seeded(graph, opts.seed),
         };
-        let factory: PolicyFactory = Box::new(move || {
-            Ok(BuiltPolicy {
-                policy: Box::new(TritonMaxClock::max_clock(layers, 0, cfg)),
-                unit_names: vec!["model".into()],
-            })
-        });
-        return Ok(Prepared {
-            info,
-            executor: Box::new(ZeroCost::new()),
-            device: None,
-            power: None,
-            policy: factory,
-        });
-    }
-    let zoo_name = spec.model.zoo.clone().ok_or_else(|| {
-        setup("model.uri is served only with --zero-cost so far; the simulated GPU needs a model.zoo name (see `eali models`)".into())
-    })?;
+        CpuExecutor::new(graph.clone(), Arc::new(weights)).map_err(|e| setup(e.to_string()))
+    };
+    let zoo_name = match (zoo_name, opts.zero_cost, opts.compute) {
+        (Some(z), false, _) => z,
+        // No simulated GPU: the zero-cost executor, or the CPU executor alone for a network the
+        // simulated GPU has no costs for.
+        (_, true, _) | (None, false, Compute::Cpu) => {
+            let graph = Arc::new(graph);
+            let executor: Box<dyn Executor> = if opts.zero_cost {
+                Box::new(ZeroCost::with_epoch(timebase.epoch))
+            } else {
+                Box::new(cpu(&graph, weights)?)
+            };
+            return Ok(unclocked(
+                info(graph.clone()),
+                &graph,
+                executor,
+                spec.max_batch_size,
+            ));
+        }
+        (None, false, Compute::None) => {
+            return Err(setup(format!(
+                "model.uri {} is a network outside the model zoo, which the simulated GPU has no \
+                 costs for; serve it with --compute cpu (the CPU executor computes it) or \
+                 --zero-cost",
+                spec.model.uri.as_deref().unwrap_or_default()
+            )));
+        }
+    };
     let gpu = spec
         .gpu
         .profile
@@ -143,14 +177,7 @@ pub fn prepare(
     )
     .map_err(|e| setup(e.to_string()))?;
     let graph = Arc::new(bed.graph.clone());
-    let info = Arc::new(ModelInfo {
-        name: name.clone(),
-        namespace: isvc.namespace().unwrap_or_else(|| "default".into()),
-        graph: graph.clone(),
-        max_batch: spec.max_batch_size,
-        slo_s,
-        percentile,
-    });
+    let info = info(graph.clone());
     let device = SimDevice::new(
         SimGpu::new(
             bed.profile.clone(),
@@ -162,18 +189,10 @@ pub fn prepare(
     let sim = SimExecutor::new(device.clone(), graph.clone());
     let executor: Box<dyn Executor> = match opts.compute {
         Compute::None => Box::new(sim),
-        Compute::Cpu => {
-            let weights = match &opts.weights {
-                Some(p) => Weights::load(&graph, p).map_err(|e| setup(e.to_string()))?,
-                None => Weights::seeded(&graph, opts.seed),
-            };
-            let cpu = CpuExecutor::new(graph.clone(), Arc::new(weights))
-                .map_err(|e| setup(e.to_string()))?;
-            Box::new(Paired {
-                device: sim,
-                compute: cpu,
-            })
-        }
+        Compute::Cpu => Box::new(Paired {
+            device: sim,
+            compute: cpu(&graph, weights)?,
+        }),
     };
     let power = Some(LayerPowerModel::new(bed.predicted.clone()));
     let id = policy_id(spec.policy);

@@ -72,13 +72,10 @@ impl Server {
                 policy: prepared.policy,
                 timebase,
             };
-            let handle = tokio::task::spawn_blocking(move || spawn(setup))
-                .await
-                .map_err(|e| ServeError::Worker(e.to_string()))?
-                .map_err(|reason| ServeError::Model {
-                    name: name.clone(),
-                    reason,
-                })?;
+            let handle = spawn(setup).await.map_err(|reason| ServeError::Model {
+                name: name.clone(),
+                reason,
+            })?;
             let served = ServedMetrics::new(&metrics, &name);
             models.insert(
                 name,
@@ -162,7 +159,7 @@ impl Server {
             m.queue.drain();
         }
         for w in self.workers {
-            let _ = tokio::task::spawn_blocking(move || w.thread.join()).await;
+            let _ = w.task.await;
         }
         let _ = stop_tx.send(true);
         let http_result = http.await.map_err(|e| ServeError::Worker(e.to_string()))?;

@@ -133,7 +133,10 @@ fn reacts_to_a_rate_step() {
     let slo = 0.15;
     let mut ctl = Controller::new(ControllerConfig::new(slo), &chain, uc, switch(), 0.0).unwrap();
     let cap = ctl.planner().max_clock_capacity();
-    let (low, high) = (cap * 0.05, cap * 0.4);
+    // Up to 30 % of the asymptotic (batch-64, max-clock) capacity: with the queueing-aware latency
+    // bound, this synthetic GPU has no plan within a 150 ms p99 much above that (at 40 % the
+    // planner declares overload), which is the planner's conservatism, not the controller's.
+    let (low, high) = (cap * 0.05, cap * 0.3);
     let mut arrivals = poisson(low, 0.0, 6.0, 1);
     arrivals.extend(poisson(high, 6.0, 12.0, 2));
     let trace = run(&mut ctl, &arrivals, 1.0, 1.0);

@@ -137,6 +137,8 @@ pub struct Planner {
     switch: SwitchCost,
     config: PlannerConfig,
     fill: FillQuantiles,
+    /// Fill quantiles at √percentile, for the latency bound of [`super::queue_wait`].
+    fill_split: FillQuantiles,
     /// Indices into `costs.batches` of the candidate batch sizes (≤ max_batch).
     candidates: Vec<usize>,
     /// Idle-power credit rate P_c: the lowest idle power (W).
@@ -197,11 +199,16 @@ impl Planner {
             costs.batches[*candidates.last().unwrap_or(&0)],
         );
         let credit_w = costs.idle_power_w.iter().copied().fold(INF, f64::min);
+        let fill_split = FillQuantiles::new(
+            c.percentile.sqrt(),
+            costs.batches[*candidates.last().unwrap_or(&0)],
+        );
         Ok(Self {
             costs,
             switch,
             config,
             fill,
+            fill_split,
             candidates,
             credit_w,
         })
@@ -281,8 +288,16 @@ impl Planner {
     pub(super) fn budgets(&self, bi: usize, req: &PlanRequest) -> (f64, f64, f64) {
         let b = self.costs.batches[bi];
         let overhead = self.costs.batch_overhead_s[bi] * req.corrections.time;
-        let latency =
-            (1.0 - req.margin) * self.config.slo_s - self.fill.wait_s(b, req.fill_rate) - overhead;
+        // The first request waits for its batch to fill and for the batches before it to finish,
+        // then runs (the GPU is busy T_o + T_x per batch): the longest service whose tail
+        // latency stays within the target.
+        let latency = super::queue_wait::max_service_s(
+            b,
+            req.rate_upper.max(req.rate),
+            self.config.percentile,
+            self.fill_split.wait_s(b, req.fill_rate),
+            (1.0 - req.margin) * self.config.slo_s,
+        ) - overhead;
         let stable = if req.rate_upper > 0.0 {
             f64::from(b) / req.rate_upper - overhead
         } else {

@@ -110,6 +110,15 @@ impl Planner {
         }
         let fill = self.fill.wait_s(b, req.fill_rate);
         let exec = inst.overhead_s + ev.time;
+        // The first request's tail latency: the later of its batch filling and the GPU freeing
+        // up, then the execution.
+        let pre = super::super::queue_wait::pre_service_quantile_s(
+            b,
+            req.rate_upper.max(req.rate),
+            exec,
+            self.config.percentile,
+            self.fill_split.wait_s(b, req.fill_rate),
+        );
         Plan {
             batch: b,
             unit_clocks_mhz: c.clocks.iter().map(|&k| self.costs.clocks_mhz[k]).collect(),
@@ -117,7 +126,7 @@ impl Planner {
             timeline,
             exec_time_s: exec,
             fill_time_s: fill,
-            latency_s: fill + exec,
+            latency_s: pre + exec,
             batch_energy_j: busy,
             cycle_energy_j: cycle,
             energy_per_request_j: cycle / f64::from(b),

@@ -320,16 +320,31 @@ fn check_bytes_elements(name: &str, shape: &[i64], bytes: &[u8], n: usize) -> Re
     Ok(())
 }
 
-/// Runs every request decoder on arbitrary bytes: the REST JSON decoder, the binary tensor data
-/// extension (header length from the first two bytes), and the gRPC decoder (protobuf, then the
-/// request conversion). The fuzz target (`fuzz/`) and its CI stand-in call this; it must return
-/// for any input, never panic.
+/// Runs every request decoder on arbitrary bytes: [`fuzz_rest_json`], [`fuzz_rest_binary`] and
+/// [`fuzz_grpc`]. The fuzz targets (`fuzz/`) and their CI stand-in (`tests/serve_fuzz.rs`) call
+/// these; they must return for any input, never panic.
 pub fn fuzz_decoders(data: &[u8]) {
+    fuzz_rest_json(data);
+    fuzz_rest_binary(data);
+    fuzz_grpc(data);
+}
+
+/// The REST JSON decoder on arbitrary bytes.
+pub fn fuzz_rest_json(data: &[u8]) {
     let _ = json::decode_request(data, None);
-    if data.len() >= 2 {
-        let header_len = usize::from(u16::from_le_bytes([data[0], data[1]]));
-        let _ = json::decode_request(&data[2..], Some(header_len));
+}
+
+/// The binary tensor data extension on arbitrary bytes: the first two bytes give the JSON
+/// header's length (`Inference-Header-Content-Length`), the rest is the body.
+pub fn fuzz_rest_binary(data: &[u8]) {
+    if let [a, b, body @ ..] = data {
+        let header_len = usize::from(u16::from_le_bytes([*a, *b]));
+        let _ = json::decode_request(body, Some(header_len));
     }
+}
+
+/// The gRPC decoder on arbitrary bytes: protobuf `ModelInferRequest`, then the conversion.
+pub fn fuzz_grpc(data: &[u8]) {
     if let Ok(req) = <grpc::pb::ModelInferRequest as prost::Message>::decode(data) {
         let _ = grpc::decode_request(req);
     }

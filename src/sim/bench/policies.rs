@@ -78,7 +78,7 @@ pub fn build(
     bed: &Testbed,
     slo_s: f64,
     arrivals: &[f64],
-) -> Result<Box<dyn Policy>, BenchError> {
+) -> Result<Box<dyn Policy + Send>, BenchError> {
     let layers = bed.graph.layers.len();
     let f_max = bed.profile.max_clock_mhz();
     let setup = |e: crate::eali::EaliError| BenchError::Setup(format!("{}: {e}", id.name()));

@@ -1,0 +1,371 @@
+//! `eali serve`'s clock actuator in a cluster: when the device plugin's Allocate put
+//! `EALI_CONTROL_SOCKET` in the environment, every set-call the serving loop makes also goes to
+//! the node agent over the control socket, which sets the real GPU's clocks (the pod itself has
+//! no NVML privileges). Without the variable nothing changes.
+//!
+//! The serving loop must never wait on the agent: set-calls go to a sender thread through a
+//! queue, and a newer target supersedes one not yet sent. Only a reset (the drain at shutdown)
+//! and dropping the actuator wait for the queue to empty, so that a pod that stops does not
+//! leave its GPU locked (the agent also resets it when the kubelet releases the GPU).
+//!
+//! The local simulated device stays the executor's timing model; the remote GPU follows it.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use super::client::{CONTROL_SOCKET_ENV, ControlClient, GPU_UUID_ENV};
+use super::proto::{LayerShare, UnitTiming};
+use crate::exec::{ClockActuator, SimDevice};
+use crate::gpu::{ClockChange, GpuError};
+use crate::sim::ClockTarget;
+use crate::telemetry::LayerPowerModel;
+
+/// How long a reset or drop waits for the agent.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+enum Cmd {
+    Set(ClockTarget),
+    Timings(Vec<super::proto::UnitTiming>),
+    Flush(Sender<()>),
+}
+
+/// The sender thread's handle.
+pub struct RemoteClock {
+    tx: Sender<Cmd>,
+}
+
+impl RemoteClock {
+    /// Starts the sender thread for socket `path` and GPU `uuid`; connects on first use.
+    pub fn start(path: PathBuf, uuid: String) -> std::io::Result<Self> {
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("eali-remote-clock".into())
+            .spawn(move || sender(rx, path, uuid))?;
+        Ok(Self { tx })
+    }
+
+    /// The process's remote clock from Allocate's environment (first GPU), shared by every
+    /// worker; `None` in standalone serving.
+    pub fn from_env() -> Option<Arc<Self>> {
+        static SHARED: OnceLock<Option<Arc<RemoteClock>>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let socket = std::env::var(CONTROL_SOCKET_ENV).ok()?;
+                let first = |s: &str| s.split(',').next().unwrap_or_default().to_string();
+                let uuid = first(&std::env::var(GPU_UUID_ENV).unwrap_or_default());
+                let path = PathBuf::from(first(&socket));
+                tracing::info!(socket = %path.display(), gpu = %uuid, "clock changes go to the node agent");
+                match Self::start(path, uuid) {
+                    Ok(r) => Some(Arc::new(r)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the remote clock thread");
+                        None
+                    }
+                }
+            })
+            .clone()
+    }
+
+    /// Queues `target` (superseding one not yet sent).
+    pub fn request(&self, target: ClockTarget) {
+        let _ = self.tx.send(Cmd::Set(target));
+    }
+
+    /// Queues unit timings for the agent's energy attribution (Unix-time windows, with the
+    /// unit's predicted power and its layers' predicted energies as weights). Sent after any
+    /// clock change queued before them; dropped, with a log line, when the agent is unreachable.
+    pub fn report_timings(&self, timings: Vec<super::proto::UnitTiming>) {
+        if !timings.is_empty() {
+            let _ = self.tx.send(Cmd::Timings(timings));
+        }
+    }
+
+    /// Waits up to `timeout` for everything queued to reach the agent; whether it did.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (ack, done) = channel();
+        if self.tx.send(Cmd::Flush(ack)).is_err() {
+            return false;
+        }
+        done.recv_timeout(timeout).is_ok()
+    }
+}
+
+fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "remote clock: no runtime");
+            return;
+        }
+    };
+    let mut client: Option<ControlClient> = None;
+    let mut failures = 0u64;
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(3600)) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        // Coalesce: only the newest target matters; acknowledge flushes after sending it.
+        let (mut target, mut acks, mut timings) = (None, Vec::new(), Vec::new());
+        for cmd in std::iter::once(first).chain(rx.try_iter()) {
+            match cmd {
+                Cmd::Set(t) => target = Some(t),
+                Cmd::Timings(t) => timings.extend(t),
+                Cmd::Flush(a) => acks.push(a),
+            }
+        }
+        if let Some(t) = target {
+            let result = rt.block_on(async {
+                if client.is_none() {
+                    client = Some(ControlClient::connect(&path, &uuid).await?);
+                }
+                let c = client
+                    .as_mut()
+                    .ok_or_else(|| super::ControlError::Task("remote clock: no client".into()))?;
+                match t {
+                    ClockTarget::Locked(f) => c.set_clocks(f, f).await,
+                    ClockTarget::Default => c.reset_clocks().await,
+                }
+            });
+            match result {
+                Ok(st) => {
+                    failures = 0;
+                    tracing::debug!(?t, applied = st.applied_mhz, "agent set the clock");
+                }
+                Err(e) => {
+                    failures += 1;
+                    if let super::ControlError::Rpc(s) = &e
+                        && s.code() == tonic::Code::PermissionDenied
+                    {
+                        // Not ours to control (not the pod holding the GPU): say so clearly.
+                        if failures == 1 || failures.is_power_of_two() {
+                            tracing::error!(code = ?s.code(), reason = %s.message(), "the node agent refused clock control");
+                        }
+                    } else {
+                        client = None;
+                        if failures == 1 || failures.is_power_of_two() {
+                            tracing::warn!(error = %e, ?t, "clock change through the node agent failed");
+                        }
+                    }
+                }
+            }
+        }
+        if !timings.is_empty() {
+            let n = timings.len();
+            let result = rt.block_on(async {
+                if client.is_none() {
+                    client = Some(ControlClient::connect(&path, &uuid).await?);
+                }
+                match client.as_mut() {
+                    Some(c) => c.report_timings(timings).await,
+                    None => Err(super::ControlError::Task("remote clock: no client".into())),
+                }
+            });
+            if let Err(e) = result {
+                client = None;
+                tracing::debug!(error = %e, dropped = n, "unit timings not delivered to the node agent");
+            }
+        }
+        for a in acks {
+            let _ = a.send(());
+        }
+    }
+}
+
+/// One executed unit as the serving loop knows it, for the agent's energy attribution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitRun<'a> {
+    pub model: &'a str,
+    pub service: &'a str,
+    pub unit: u32,
+    pub unit_name: &'a str,
+    pub layers: std::ops::Range<usize>,
+    pub batch: u32,
+    pub clock_mhz: u32,
+    pub start_unix_s: f64,
+    pub end_unix_s: f64,
+}
+
+impl UnitRun<'_> {
+    /// The timing message, with the power model's predictions as the attribution weights
+    /// (without a model: the unit alone, weighted by time).
+    pub fn timing(&self, power: Option<&LayerPowerModel>) -> UnitTiming {
+        let mut t = UnitTiming {
+            model: self.model.to_string(),
+            inference_service: self.service.to_string(),
+            unit: self.unit,
+            unit_name: self.unit_name.to_string(),
+            batch: self.batch,
+            start_unix_s: self.start_unix_s,
+            end_unix_s: self.end_unix_s,
+            clock_mhz: self.clock_mhz,
+            ..UnitTiming::default()
+        };
+        if let Some(p) = power {
+            let names = &p.table().layers;
+            t.layers = self
+                .layers
+                .clone()
+                .filter_map(|l| {
+                    let (_, energy_j) = p.layer(l, self.batch, self.clock_mhz);
+                    Some(LayerShare {
+                        name: names.get(l)?.clone(),
+                        predicted_energy_j: energy_j,
+                    })
+                })
+                .collect();
+            let seg = p.segment(self.layers.clone(), self.batch, self.clock_mhz, 0.0, 1.0);
+            t.predicted_power_w = seg.power_w;
+        }
+        t
+    }
+}
+
+/// The serving loop's actuator: the local simulated device, followed by the node agent's GPU
+/// when the process runs in a pod that was allocated one.
+pub struct ServeClock {
+    local: SimDevice,
+    remote: Option<Arc<RemoteClock>>,
+    /// Unix time minus device time, taken at creation (the device clock runs in real time
+    /// when serving).
+    unix_offset_s: f64,
+}
+
+impl ServeClock {
+    /// `local` alone, plus the remote clock when `EALI_CONTROL_SOCKET` is set.
+    pub fn new(local: SimDevice) -> Self {
+        Self::with_remote(local, RemoteClock::from_env())
+    }
+
+    pub fn with_remote(local: SimDevice, remote: Option<Arc<RemoteClock>>) -> Self {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let unix_offset_s = unix - ClockActuator::now_s(&local);
+        Self {
+            local,
+            remote,
+            unix_offset_s,
+        }
+    }
+
+    /// Unix time of device time `t_s`.
+    pub fn unix_s(&self, t_s: f64) -> f64 {
+        t_s + self.unix_offset_s
+    }
+
+    /// Sends executed units to the agent (nothing without one). The serving loop's unit hook
+    /// calls this with [`UnitRun::timing`] of each unit, times through [`ServeClock::unix_s`].
+    pub fn report_units(&self, timings: Vec<UnitTiming>) {
+        if let Some(r) = &self.remote {
+            r.report_timings(timings);
+        }
+    }
+
+    pub fn local(&self) -> &SimDevice {
+        &self.local
+    }
+
+    /// The node agent's clock, when there is one (e.g. to report unit timings to it).
+    pub fn remote(&self) -> Option<&RemoteClock> {
+        self.remote.as_deref()
+    }
+}
+
+impl ClockActuator for ServeClock {
+    fn issue(&mut self, at_s: f64, target: ClockTarget) -> Result<ClockChange, GpuError> {
+        let change = self.local.issue(at_s, target)?;
+        if let Some(r) = &self.remote {
+            r.request(target);
+            if target == ClockTarget::Default {
+                // Resets come at drain: make sure it reaches the agent before the pod exits.
+                r.flush(FLUSH_TIMEOUT);
+            }
+        }
+        Ok(change)
+    }
+    fn now_s(&self) -> f64 {
+        ClockActuator::now_s(&self.local)
+    }
+    fn current_mhz(&self) -> Result<u32, GpuError> {
+        self.local.current_mhz()
+    }
+}
+
+impl Drop for ServeClock {
+    fn drop(&mut self) {
+        if let Some(r) = &self.remote {
+            r.flush(FLUSH_TIMEOUT);
+        }
+    }
+}
+
+impl std::fmt::Debug for ServeClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeClock")
+            .field("remote", &self.remote.is_some())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eali::costs::LayerCostTable;
+
+    fn table() -> LayerCostTable {
+        LayerCostTable {
+            model: "m".into(),
+            gpu: "g".into(),
+            layers: vec!["conv1".into(), "conv2".into(), "fc".into()],
+            batches: vec![1],
+            clocks_mhz: vec![1000],
+            time_s: vec![vec![vec![0.01]], vec![vec![0.03]], vec![vec![0.01]]],
+            energy_j: vec![vec![vec![1.0]], vec![vec![3.0]], vec![vec![0.5]]],
+            idle_power_w: vec![50.0],
+            batch_overhead_s: vec![0.0],
+        }
+    }
+
+    #[test]
+    fn unit_timing_carries_the_power_model_weights() {
+        let power = LayerPowerModel::new(table());
+        let run = UnitRun {
+            model: "m",
+            service: "svc",
+            unit: 0,
+            unit_name: "stem",
+            layers: 0..2,
+            batch: 1,
+            clock_mhz: 1000,
+            start_unix_s: 10.0,
+            end_unix_s: 10.04,
+        };
+        let t = run.timing(Some(&power));
+        let layers: Vec<(&str, f64)> = t
+            .layers
+            .iter()
+            .map(|l| (l.name.as_str(), l.predicted_energy_j))
+            .collect();
+        assert_eq!(layers, vec![("conv1", 1.0), ("conv2", 3.0)]);
+        // 4 J over 40 ms.
+        assert!(
+            (t.predicted_power_w - 100.0).abs() < 1e-9,
+            "{}",
+            t.predicted_power_w
+        );
+        assert_eq!(
+            (t.unit_name.as_str(), t.inference_service.as_str()),
+            ("stem", "svc")
+        );
+        let bare = run.timing(None);
+        assert!(bare.layers.is_empty());
+        assert_eq!(bare.predicted_power_w, 0.0);
+    }
+}

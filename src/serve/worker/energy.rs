@@ -1,0 +1,90 @@
+//! The worker's telemetry: GPU power, clocks and energy counter read at most every tick, and
+//! the energy counter attributed to units and layers over unit windows (the unit-boundary hook).
+
+use std::ops::Range;
+
+use super::{TICK_S, Worker};
+use crate::exec::{UnitHook, UnitRecord};
+use crate::gpu::GpuBackend;
+use crate::telemetry::Attribution;
+
+impl Worker {
+    /// GPU telemetry and an energy-counter read for attribution, at most every [`TICK_S`].
+    pub(super) fn tick(&mut self, force: bool) {
+        let now = self.now_s();
+        if !force && now - self.last_tick_s < TICK_S {
+            return;
+        }
+        self.last_tick_s = now;
+        let Some(dev) = &self.device else { return };
+        let (power, clock, counter) = {
+            let g = dev.lock();
+            (
+                g.power().ok(),
+                g.clocks().ok().map(|c| c.graphics_mhz),
+                g.energy_mj().ok(),
+            )
+        };
+        let gpu = [self.gpu_label.as_str()];
+        if let Some(p) = power {
+            self.metrics.gpu_power.with_label_values(&gpu).set(p.watts);
+        }
+        if let Some(f) = clock {
+            self.metrics
+                .clock_actual
+                .with_label_values(&gpu)
+                .set(f64::from(f) * 1e6);
+        }
+        if let Some(mj) = counter {
+            self.counter_read(now, mj, clock.unwrap_or(0));
+        }
+    }
+
+    /// Feeds one counter reading to the GPU energy total and the attribution.
+    pub(super) fn counter_read(&mut self, t_s: f64, mj: u64, clock_mhz: u32) {
+        if let Some(prev) = self.last_counter_mj {
+            let d = mj.saturating_sub(prev) as f64 / 1000.0;
+            self.metrics
+                .gpu_energy
+                .with_label_values(&[&self.gpu_label])
+                .inc_by(d);
+        }
+        self.last_counter_mj = Some(mj);
+        let idle_w = self.power.as_ref().map_or(0.0, |p| p.idle_w(clock_mhz));
+        if let Some(a) = self.attributor.reading(t_s, mj, idle_w) {
+            self.apply(a);
+        }
+    }
+
+    fn apply(&self, a: Attribution) {
+        for (layer, j) in a.busy {
+            if let Some(c) = self.layer_counters.get(layer) {
+                c.inc_by(j);
+            }
+        }
+        self.metrics
+            .gpu_idle_energy
+            .with_label_values(&[&self.gpu_label])
+            .inc_by(a.idle_j);
+    }
+}
+
+/// Unit-boundary hook of the serving loop: energy attribution per unit and layer.
+pub(super) struct Hook<'a> {
+    pub(super) worker: &'a mut Worker,
+    pub(super) units: &'a [Range<usize>],
+    pub(super) batch: u32,
+}
+
+impl UnitHook for Hook<'_> {
+    fn unit_end(&mut self, r: &UnitRecord) {
+        let w = &mut *self.worker;
+        if let (Some(power), Some(range)) = (&w.power, self.units.get(r.unit)) {
+            let seg = power.segment(range.clone(), self.batch, r.clock_mhz, r.start_s, r.end_s);
+            w.attributor.busy(seg);
+        }
+        if let Some(mj) = r.energy_counter_mj {
+            w.counter_read(r.end_s, mj, r.clock_mhz);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! `eali serve` in a pod on a node run by the real `eali agent` (see `agent_support`): started
+//! with the environment the device plugin's Allocate returns, it controls the GPU's clocks
+//! through the control socket (the stand-in driver's lock changes, and is reset when the server
+//! drains); a second serving process in a pod that does not hold the GPU is refused with
+//! PERMISSION_DENIED and changes nothing.
+//!
+//! Needs the stand-in built first: `cargo build -p nvml-standin`.
+
+mod agent_support;
+mod nvml_support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_support::*;
+use eali::deviceplugin::harness::{FakeKubelet, FakePodResources};
+
+const OTHER_UID: &str = "0c4f9e11-5a2b-4d7e-9f10-3b6a8c2d4e07";
+
+/// `eali serve` started with Allocate's environment, as pod `uid`. It runs under `sh`, which
+/// waits for a line on stdin before it execs the server (same pid), so that the process is
+/// filed in its pod before its first control call.
+struct Serve {
+    child: Child,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Serve {
+    fn spawn(dir: &Path, envs: &std::collections::HashMap<String, String>, uid: &str) -> Self {
+        let mut child = Command::new("sh")
+            .args(["-c", "read go; exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_eali"))
+            .args(["serve", "--model", "alexnet", "--policy", "maxPerformance"])
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .envs(envs)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn eali serve");
+        put_in_pod(dir, child.id(), uid);
+        child
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("go");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Self { child, log }
+    }
+
+    fn wait_log(&mut self, marker: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(l) if l.contains(marker) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("serve did not log `{marker}`:\n{}", seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_allocates_environment_controls_clocks_and_another_pod_is_refused() {
+    let dir = scratch();
+    let mut kubelet = FakeKubelet::start(&dir.join("dp")).await.expect("kubelet");
+    let pods = FakePodResources::default();
+    let pr = pods.serve(&dir.join("pr.sock")).expect("pod-resources");
+    let agent = Agent::spawn(&dir, &["--authz-cache-ms", "0"]);
+    let (ids, _) = wait_registered(&mut kubelet).await;
+    let uuid = ids[0].clone();
+    std::fs::write(
+        dir.join("pods.json"),
+        format!("{{\"{POD_UID}\": \"serving/resnet-0\", \"{OTHER_UID}\": \"serving/other-0\"}}"),
+    )
+    .expect("pod directory");
+    pods.set(
+        "eali.dev/gpu",
+        &[("serving", "resnet-0", vec![uuid.clone()])],
+    );
+    // What the kubelet hands the container (the host path doubles as the container path).
+    let mut plugin = kubelet.plugin_client().await.expect("plugin client");
+    let resp = plugin
+        .allocate(eali::deviceplugin::proto::AllocateRequest {
+            container_requests: vec![eali::deviceplugin::proto::ContainerAllocateRequest {
+                devices_ids: vec![uuid.clone()],
+            }],
+        })
+        .await
+        .expect("allocate")
+        .into_inner();
+    let envs = resp.container_responses[0].envs.clone();
+    println!("Allocate environment: {envs:?}");
+    assert_eq!(lock_of_gpu0(&dir), None);
+
+    // The pod holding the GPU: maxPerformance locks the GPU's top clock at start.
+    let mut a = Serve::spawn(&dir, &envs, POD_UID);
+    let t0 = Instant::now();
+    let locked = loop {
+        if let Some(l) = lock_of_gpu0(&dir) {
+            break l;
+        }
+        if let Ok(Some(s)) = a.child.try_wait() {
+            let log: Vec<String> = a.log.try_iter().collect();
+            panic!("serve exited ({s:?}):\n{}", log.join("\n"));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "serve never set the clocks"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!(
+        "serve in serving/resnet-0 locked the GPU at {locked:?} MHz through the control socket"
+    );
+    let (_, body) = agent.get("/metrics");
+    assert!(
+        body.contains(&format!(
+            "eali_gpu_clock_switches_total{{gpu=\"{uuid}\"}} 1"
+        )),
+        "{body}"
+    );
+    // Stopping it drains the server, whose reset goes through the socket too.
+    let _ = Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status();
+    let status = a.child.wait().expect("serve exits");
+    println!(
+        "serve stopped on SIGTERM: {status:?}, driver lock now {:?}",
+        lock_of_gpu0(&dir)
+    );
+    assert_eq!(lock_of_gpu0(&dir), None, "serve left the GPU locked");
+
+    // A second process, in a pod that does not hold the GPU, with the same environment.
+    let mut b = Serve::spawn(&dir, &envs, OTHER_UID);
+    let line = b.wait_log("refused clock control", Duration::from_secs(60));
+    println!("serve in serving/other-0: {line}");
+    assert!(line.contains("PermissionDenied"), "{line}");
+    assert!(line.contains("serving/other-0"), "{line}");
+    assert_eq!(
+        lock_of_gpu0(&dir),
+        None,
+        "the refused process changed the clocks"
+    );
+    drop(b);
+
+    let status = agent.stop();
+    assert!(status.success(), "{status:?}");
+    pr.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
