@@ -86,7 +86,10 @@ async fn serve_with_allocates_environment_controls_clocks_and_another_pod_is_ref
     let mut kubelet = FakeKubelet::start(&dir.join("dp")).await.expect("kubelet");
     let pods = FakePodResources::default();
     let pr = pods.serve(&dir.join("pr.sock")).expect("pod-resources");
-    let agent = Agent::spawn(&dir, &["--authz-cache-ms", "0"]);
+    let agent = Agent::spawn(
+        &dir,
+        &["--authz-cache-ms", "0", "--attribution-lag-ms", "300"],
+    );
     let (ids, _) = wait_registered(&mut kubelet).await;
     let uuid = ids[0].clone();
     std::fs::write(
@@ -140,6 +143,54 @@ async fn serve_with_allocates_environment_controls_clocks_and_another_pod_is_ref
         )),
         "{body}"
     );
+    // Requests through it: the pod streams its unit timings to the agent, which attributes the
+    // GPU's energy counter to the pod's units and layers.
+    let line = a.wait_log("serving", Duration::from_secs(60));
+    let http = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .unwrap_or_else(|| panic!("no http address in `{line}`"))
+        .to_string();
+    let load = Command::new(env!("CARGO_BIN_EXE_eali"))
+        .args([
+            "load",
+            "--url",
+            &format!("http://{http}"),
+            "--model",
+            "alexnet",
+        ])
+        .args(["--rate", "40", "--duration", "2", "--slo-ms", "1000"])
+        .output()
+        .expect("eali load");
+    assert!(
+        load.status.success(),
+        "eali load: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let layer_line = loop {
+        let (_, body) = agent.get("/metrics");
+        if let Some(l) = body.lines().find(|l| {
+            l.starts_with("eali_layer_energy_joules_total{")
+                && l.contains("pod=\"resnet-0\"")
+                && l.contains("inferenceservice=\"alexnet\"")
+        }) {
+            break l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no per-layer energy for serving/resnet-0 on the agent:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("agent /metrics: {layer_line}");
+    let joules: f64 = layer_line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("sample value");
+    assert!(joules > 0.0, "{layer_line}");
+
     // Stopping it drains the server, whose reset goes through the socket too.
     let _ = Command::new("kill")
         .args(["-TERM", &a.child.id().to_string()])

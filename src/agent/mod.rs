@@ -11,6 +11,7 @@
 
 pub mod energy;
 pub mod http;
+pub mod kube_status;
 pub mod metrics;
 pub mod node;
 pub mod release;

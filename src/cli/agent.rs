@@ -176,6 +176,14 @@ async fn agent(args: Args) -> anyhow::Result<()> {
     };
     let node_task = match node {
         Some(prepared) => {
+            // Per-node status in the InferenceServices, where the API and the node name are known.
+            let status: Option<std::sync::Arc<dyn crate::agent::NodeStatusSink>> =
+                match (&client, env_or(args.node_name.clone(), "NODE_NAME")) {
+                    (Some(c), Some(node)) => Some(std::sync::Arc::new(
+                        crate::agent::kube_status::KubeNodeStatus::new(c.clone(), node),
+                    )),
+                    _ => None,
+                };
             let directory: std::sync::Arc<dyn crate::control::PodDirectory> = if let Some(path) =
                 &args.pod_directory
             {
@@ -194,6 +202,7 @@ async fn agent(args: Args) -> anyhow::Result<()> {
                 prepared,
                 node_config(&args),
                 directory,
+                status,
                 metrics.clone(),
                 ready_tx,
                 stopped(stop_rx.clone()),
@@ -365,6 +374,7 @@ async fn run_node_side(
     prepared: PreparedNode,
     cfg: crate::agent::AgentNodeConfig,
     directory: std::sync::Arc<dyn crate::control::PodDirectory>,
+    status: Option<std::sync::Arc<dyn crate::agent::NodeStatusSink>>,
     metrics: crate::agent::AgentMetrics,
     ready: tokio::sync::watch::Sender<crate::agent::Readiness>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -390,8 +400,6 @@ async fn run_node_side(
         .with_pod_resources_socket(prepared.pod_resources)
         .with_proc_root(prepared.proc_root)
         .with_cache_ttl(prepared.authz_cache);
-    // The per-node InferenceService status writer plugs in here (a `NodeStatusSink`).
-    let status: Option<Arc<dyn crate::agent::NodeStatusSink>> = None;
     crate::agent::run_agent_node(
         cfg,
         gpus,

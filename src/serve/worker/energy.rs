@@ -86,5 +86,25 @@ impl UnitHook for Hook<'_> {
         if let Some(mj) = r.energy_counter_mj {
             w.counter_read(r.end_s, mj, r.clock_mhz);
         }
+        // In a pod that holds a GPU, the node agent attributes its energy counter to this
+        // pod's units and layers from these timings (`eali_layer_energy_joules_total` there).
+        if let (Some(clock), Some(range)) = (w.clock.as_ref(), self.units.get(r.unit)) {
+            let act = clock.actuator();
+            if act.remote().is_some() {
+                let unit_name = format!("u{}", r.unit);
+                let run = crate::control::remote::UnitRun {
+                    model: &w.info.graph.name,
+                    service: &w.info.name,
+                    unit: u32::try_from(r.unit).unwrap_or(u32::MAX),
+                    unit_name: &unit_name,
+                    layers: range.clone(),
+                    batch: self.batch,
+                    clock_mhz: r.clock_mhz,
+                    start_unix_s: act.unix_s(r.start_s),
+                    end_unix_s: act.unix_s(r.end_s),
+                };
+                act.report_units(vec![run.timing(w.power.as_ref())]);
+            }
+        }
     }
 }
