@@ -15,28 +15,28 @@ pub fn decay_rate(batch: u32, rate: f64, exec_s: f64) -> Option<f64> {
     if !(batch >= 1 && rate > 0.0 && exec_s > 0.0) || rate * exec_s >= b {
         return None;
     }
-    // g(θ) = b·ln(1 + θ/λ) − θ·T is concave, zero at 0 with slope b/λ − T > 0, so its positive
-    // root is bracketed by [lo, hi] once g(hi) < 0.
+    // g(θ) = b·ln(1 + θ/λ) − θ·T is concave, zero at 0 with slope b/λ − T > 0: Newton's method
+    // started right of its positive root (where g < 0) walks down to it monotonically.
     let g = |x: f64| b * (x / rate).ln_1p() - x * exec_s;
-    let (mut lo, mut hi) = (0.0, b / exec_s);
-    while g(hi) > 0.0 {
-        hi *= 2.0;
-        if !hi.is_finite() {
+    let mut x = b / exec_s;
+    while g(x) > 0.0 {
+        x *= 2.0;
+        if !x.is_finite() {
             return None;
         }
     }
     for _ in 0..100 {
-        let mid = 0.5 * (lo + hi);
-        if g(mid) > 0.0 {
-            lo = mid;
-        } else {
-            hi = mid;
+        let slope = b / (rate + x) - exec_s;
+        if slope >= 0.0 {
+            break;
         }
-        if hi - lo <= 1e-9 * hi {
+        let step = g(x) / slope;
+        x -= step;
+        if step.abs() <= 1e-12 * x {
             break;
         }
     }
-    Some(0.5 * (lo + hi))
+    (x > 0.0).then_some(x)
 }
 
 /// The `q`-quantile of a filled batch's wait for the GPU (s); infinite when unstable.
