@@ -136,13 +136,18 @@ async fn serve_with_allocates_environment_controls_clocks_and_another_pod_is_ref
     println!(
         "serve in serving/resnet-0 locked the GPU at {locked:?} MHz through the control socket"
     );
-    let (_, body) = agent.get("/metrics");
-    assert!(
-        body.contains(&format!(
-            "eali_gpu_clock_switches_total{{gpu=\"{uuid}\"}} 1"
-        )),
-        "{body}"
-    );
+    // The agent counts the switch once its set-call has returned; the driver's state can show
+    // the lock a moment earlier.
+    let switches = format!("eali_gpu_clock_switches_total{{gpu=\"{uuid}\"}} 1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = agent.get("/metrics");
+        if body.contains(&switches) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Requests through it: the pod streams its unit timings to the agent, which attributes the
     // GPU's energy counter to the pod's units and layers.
     let line = a.wait_log("serving", Duration::from_secs(60));
