@@ -195,6 +195,19 @@ pub struct ServiceEnergy {
     pub inference_service: String,
     pub model: String,
     pub joules: f64,
+    /// Requests the pod reported running (the batch sizes of its first units).
+    pub requests: u64,
+    /// The plan the pod ran last, as its timings show it: batch size and clock per unit.
+    pub last_batch: u32,
+    pub last_clocks_mhz: Vec<u32>,
+}
+
+/// What a pod's timings show of its plan.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Observed {
+    requests: u64,
+    batch: u32,
+    clocks_mhz: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -219,6 +232,7 @@ pub struct GpuEnergy {
     processed_to_s: f64,
     last_counter_mj: Option<u64>,
     by_service: HashMap<(PodName, String, String), f64>,
+    observed: HashMap<(PodName, String, String), Observed>,
 }
 
 impl GpuEnergy {
@@ -235,6 +249,7 @@ impl GpuEnergy {
             processed_to_s: f64::NEG_INFINITY,
             last_counter_mj: None,
             by_service: HashMap::new(),
+            observed: HashMap::new(),
         }
     }
 
@@ -256,6 +271,19 @@ impl GpuEnergy {
             u.unit_name.clone()
         };
         let (svc, model) = (&u.inference_service, &u.model);
+        let seen = self
+            .observed
+            .entry((t.pod.clone(), svc.clone(), model.clone()))
+            .or_default();
+        if u.unit == 0 {
+            // A batch starts with its first unit.
+            seen.requests += u64::from(u.batch);
+            seen.batch = u.batch;
+            seen.clocks_mhz.clear();
+        }
+        if seen.clocks_mhz.len() < 256 {
+            seen.clocks_mhz.push(u.clock_mhz);
+        }
         let mut shares: Vec<(usize, f64)> = u
             .layers
             .iter()
@@ -391,6 +419,7 @@ impl GpuEnergy {
     /// Forgets `pod`'s totals (it released the GPU).
     pub fn forget_pod(&mut self, pod: &PodName) {
         self.by_service.retain(|k, _| &k.0 != pod);
+        self.observed.retain(|k, _| &k.0 != pod);
     }
 
     /// Joules attributed so far per pod and model.
@@ -398,11 +427,18 @@ impl GpuEnergy {
         let mut v: Vec<ServiceEnergy> = self
             .by_service
             .iter()
-            .map(|((pod, svc, model), j)| ServiceEnergy {
-                pod: pod.clone(),
-                inference_service: svc.clone(),
-                model: model.clone(),
-                joules: *j,
+            .map(|(key, j)| {
+                let seen = self.observed.get(key).cloned().unwrap_or_default();
+                let (pod, svc, model) = key;
+                ServiceEnergy {
+                    pod: pod.clone(),
+                    inference_service: svc.clone(),
+                    model: model.clone(),
+                    joules: *j,
+                    requests: seen.requests,
+                    last_batch: seen.batch,
+                    last_clocks_mhz: seen.clocks_mhz,
+                }
             })
             .collect();
         v.sort_by(|a, b| {

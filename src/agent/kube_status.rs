@@ -3,7 +3,7 @@
 
 use futures_util::future::BoxFuture;
 
-use crate::k8s::node_status::{NodeGpu, NodePod, NodeStatusBatch, NodeStatusWriter};
+use crate::k8s::node_status::{NodeGpu, NodePod, NodeStatusBatch, NodeStatusWriter, PlanSummary};
 
 use super::node::{GpuSummary, NodeStatusSink};
 
@@ -41,14 +41,31 @@ pub fn batch_of(gpus: &[GpuSummary]) -> NodeStatusBatch {
                     energy_joules: Some(g.energy_j),
                 },
             );
-            // The plan and request figures live in the serving pod; the agent knows who holds
-            // which GPU and how much energy their units used.
+            // The plan as the pod's unit timings show it (batch size, clock per unit) and the
+            // measured joules per request: the counter's energy attributed to the pod's units
+            // over the requests those units ran.
+            let plan = (s.last_batch > 0).then(|| PlanSummary {
+                batch_size: s.last_batch,
+                switches: s
+                    .last_clocks_mhz
+                    .windows(2)
+                    .filter(|w| w[0] != w[1])
+                    .count()
+                    .try_into()
+                    .unwrap_or(u32::MAX),
+                clocks_mhz: s.last_clocks_mhz.clone(),
+                ..PlanSummary::default()
+            });
+            let joules_per_request =
+                (s.requests > 0 && s.joules.is_finite()).then(|| s.joules / s.requests as f64);
             batch.pod(
                 ns,
                 svc,
                 NodePod {
                     pod: s.pod.name.clone(),
                     gpu: Some(g.uuid.clone()),
+                    plan,
+                    joules_per_request,
                     ..NodePod::default()
                 },
             );
@@ -95,6 +112,9 @@ mod tests {
                     inference_service: (*svc).into(),
                     model: "resnet50".into(),
                     joules: 1.0,
+                    requests: 4,
+                    last_batch: 2,
+                    last_clocks_mhz: vec![900, 600],
                 })
                 .collect(),
         }
@@ -119,5 +139,21 @@ mod tests {
                 ("serving".to_string(), "resnet".to_string()),
             ]
         );
+        let resnet = batch
+            .node_report("serving", "resnet")
+            .expect("resnet entry");
+        assert_eq!(resnet.gpus.len(), 2);
+        let pod = resnet
+            .pods
+            .iter()
+            .find(|p| p.pod == "resnet-1")
+            .expect("resnet-1");
+        assert_eq!(pod.gpu.as_deref(), Some("GPU-b"));
+        let plan = pod.plan.as_ref().expect("plan from the timings");
+        assert_eq!(
+            (plan.batch_size, plan.clocks_mhz.clone(), plan.switches),
+            (2, vec![900, 600], 1)
+        );
+        assert_eq!(pod.joules_per_request, Some(0.25));
     }
 }
