@@ -174,6 +174,14 @@ async fn registration_retries_until_the_kubelet_appears() {
         .expect("stats");
     let mut kubelet = FakeKubelet::start(&dir).await.expect("kubelet");
     registered(&mut kubelet, Duration::from_secs(2)).await;
+    // The kubelet sees the Register call before the plugin has counted its reply.
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        stats.wait_for(|s| s.registrations >= 1),
+    )
+    .await
+    .expect("registration counted within 2 s")
+    .expect("stats");
     assert_eq!(plugin.stats.borrow().registrations, 1);
     plugin.shutdown().await;
 }
