@@ -11,28 +11,6 @@ use eali::k8s::crd::InferenceServiceSpec;
 use k8s_env::{ControlPlane, control_plane, eventually, repo};
 use serde_json::{Value, json};
 
-fn install_crd(cp: &ControlPlane) {
-    let crd = repo().join("crds/inferenceservice.yaml");
-    cp.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        crd.to_str().expect("utf-8"),
-    ])
-    .expect("CRD");
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/inferenceservices.eali.dev",
-        "--timeout=60s",
-    ])
-    .expect("Established");
-    eventually(30, "eisvc in discovery", || {
-        cp.kubectl(&["get", "eisvc", "-A"]).ok()
-    });
-}
-
 /// A running `eali agent`, killed on drop.
 struct Agent {
     child: Child,
@@ -182,7 +160,7 @@ fn events(cp: &ControlPlane, ns: &str, name: &str) -> Vec<(String, String, Strin
 #[test]
 fn inference_service_yields_deployment_and_service_and_status_follows_reports() {
     let Some(cp) = control_plane() else { return };
-    install_crd(cp);
+    cp.install_crd();
     let ns = cp.namespace("ctl-main");
     let _agent = Agent::start(cp, &ns, "agent-main", &[]);
     let sample = repo().join("manifests/samples/resnet50-eali.yaml");
@@ -437,7 +415,7 @@ fn reconcilers(cp: &ControlPlane, ns: &str, name: &str) -> Vec<String> {
 #[test]
 fn only_the_lease_holder_reconciles_and_the_other_takes_over() {
     let Some(cp) = control_plane() else { return };
-    install_crd(cp);
+    cp.install_crd();
     let ns = cp.namespace("ctl-lease");
     let mut one = Agent::start(cp, &ns, "agent-one", &[]);
     eventually(30, "agent-one leads", || {

@@ -4,31 +4,8 @@
 
 mod k8s_env;
 
-use k8s_env::{ControlPlane, control_plane, eventually, repo};
+use k8s_env::{control_plane, eventually, repo};
 use serde_json::{Value, json};
-
-fn install_crd(cp: &ControlPlane) {
-    let crd = repo().join("crds/inferenceservice.yaml");
-    cp.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        crd.to_str().expect("utf-8 path"),
-    ])
-    .expect("apply CRD");
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/inferenceservices.eali.dev",
-        "--timeout=60s",
-    ])
-    .expect("CRD Established");
-    // Discovery catches up after Established; kubectl get by short name needs it.
-    eventually(30, "eisvc in discovery", || {
-        cp.kubectl(&["get", "eisvc", "-A"]).ok()
-    });
-}
 
 fn isvc(name: &str, spec: Value) -> String {
     json!({"apiVersion": "eali.dev/v1alpha1", "kind": "InferenceService",
@@ -70,7 +47,7 @@ fn with(pointer: &str, value: Value) -> Value {
 #[test]
 fn crd_installs_samples_apply_and_invalid_objects_are_refused() {
     let Some(cp) = control_plane() else { return };
-    install_crd(cp);
+    cp.install_crd();
     let ns = cp.namespace("crd-test");
 
     // kubectl explain reads the descriptions from the published schema.
@@ -241,7 +218,7 @@ fn crd_installs_samples_apply_and_invalid_objects_are_refused() {
 #[test]
 fn status_subresource_and_printer_columns() {
     let Some(cp) = control_plane() else { return };
-    install_crd(cp);
+    cp.install_crd();
     let ns = cp.namespace("crd-status");
     cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], &isvc("svc", valid_spec()))
         .expect("apply");

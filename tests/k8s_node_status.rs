@@ -14,31 +14,9 @@ use eali::k8s::node_status::{
     NodeGpu, NodePod, NodeReport, NodeStatusBatch, NodeStatusWriter, PlanSummary,
 };
 use eali::k8s::objects::ServeDefaults;
-use k8s_env::{ControlPlane, control_plane, repo};
+use k8s_env::{control_plane, repo};
 use kube::Api;
 use serde_json::Value;
-
-fn install_crd(cp: &ControlPlane) {
-    let crd = repo().join("crds/inferenceservice.yaml");
-    cp.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        crd.to_str().expect("utf-8"),
-    ])
-    .expect("CRD");
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/inferenceservices.eali.dev",
-        "--timeout=60s",
-    ])
-    .expect("Established");
-    k8s_env::eventually(30, "eisvc in discovery", || {
-        cp.kubectl(&["get", "eisvc", "-A"]).ok()
-    });
-}
 
 fn now() -> String {
     jiff::Timestamp::now().to_string()
@@ -149,7 +127,7 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_entries_merge_per_node_beside_the_controller_status() {
     let Some(cp) = control_plane() else { return };
-    install_crd(cp);
+    cp.install_crd();
     let ns = cp.namespace("node-status");
     let name = "resnet50";
     let sample = repo().join("manifests/samples/resnet50-eali.yaml");
@@ -362,7 +340,7 @@ async fn node_entries_merge_per_node_beside_the_controller_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_writes_each_service_and_withdraws_from_the_ones_gone() {
     let Some(cp) = control_plane() else { return };
-    install_crd(cp);
+    cp.install_crd();
     let ns = cp.namespace("node-publish");
     let sample = std::fs::read_to_string(repo().join("manifests/samples/resnet50-eali.yaml"))
         .expect("sample");

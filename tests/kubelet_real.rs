@@ -170,25 +170,6 @@ impl Drop for Node {
     }
 }
 
-fn install_crd(cp: &ControlPlane) {
-    let crd = repo().join("crds/inferenceservice.yaml");
-    cp.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        crd.to_str().expect("utf-8"),
-    ])
-    .expect("CRD");
-    cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/inferenceservices.eali.dev",
-        "--timeout=60s",
-    ])
-    .expect("Established");
-}
-
 fn get_json(cp: &ControlPlane, args: &[&str]) -> Option<Value> {
     let mut a = vec!["get"];
     a.extend_from_slice(args);
@@ -257,7 +238,7 @@ fn real_kubelet_registers_the_device_plugin_and_admits_gpu_pods() {
         return;
     }
     let Some(cp) = control_plane() else { return };
-    install_crd(cp);
+    cp.install_crd();
     let ns = cp.namespace("kubelet-real");
     let node_name = format!("eali-kubelet-{}", std::process::id());
     let t0 = Instant::now();

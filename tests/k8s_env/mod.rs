@@ -185,6 +185,30 @@ fn b64(path: &Path) -> Result<String, String> {
 }
 
 impl ControlPlane {
+    /// Applies the generated InferenceService CRD and waits until it is served (Established,
+    /// then in discovery: `kubectl get` by short name needs the latter).
+    pub fn install_crd(&self) {
+        let crd = repo().join("crds/inferenceservice.yaml");
+        self.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crd.to_str().expect("utf-8 path"),
+        ])
+        .expect("apply CRD");
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/inferenceservices.eali.dev",
+            "--timeout=60s",
+        ])
+        .expect("CRD Established");
+        eventually(30, "eisvc in discovery", || {
+            self.kubectl(&["get", "eisvc", "-A"]).ok()
+        });
+    }
+
     fn start(bin: PathBuf) -> Result<ControlPlane, String> {
         let dir =
             std::env::temp_dir().join(format!("eali-e2e-{}-{}", std::process::id(), free_port()));
