@@ -39,19 +39,6 @@ pub fn decay_rate(batch: u32, rate: f64, exec_s: f64) -> Option<f64> {
     (x > 0.0).then_some(x)
 }
 
-/// The `q`-quantile of a filled batch's wait for the GPU (s); infinite when unstable.
-pub fn wait_quantile_s(batch: u32, rate: f64, exec_s: f64, q: f64) -> f64 {
-    if exec_s <= 0.0 || rate <= 0.0 {
-        return 0.0;
-    }
-    let Some(theta) = decay_rate(batch, rate, exec_s) else {
-        return f64::INFINITY;
-    };
-    let rho = rate * exec_s / f64::from(batch);
-    let tail = (1.0 - q).clamp(1e-12, 1.0);
-    (rho / tail).ln().max(0.0) / theta
-}
-
 /// The `q`-quantile of how long the GPU stays busy with earlier batches after the first request
 /// of a batch arrives, *minus* one service time: the quantile of `W − E` where W is the previous
 /// batch's wait and E ~ Exp(λ) the gap before the request (negative when it usually finds the GPU
@@ -127,6 +114,20 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
     use rand_distr::{Distribution, Exp};
+
+    /// The exponential-tail model of a filled batch's wait, P(W > t) ≈ ρ·e^(−θt), as a quantile:
+    /// the approximation `busy_excess_quantile_s` is built on.
+    fn wait_quantile_s(batch: u32, rate: f64, exec_s: f64, q: f64) -> f64 {
+        if exec_s <= 0.0 || rate <= 0.0 {
+            return 0.0;
+        }
+        let Some(theta) = decay_rate(batch, rate, exec_s) else {
+            return f64::INFINITY;
+        };
+        let rho = rate * exec_s / f64::from(batch);
+        let tail = (1.0 - q).clamp(1e-12, 1.0);
+        (rho / tail).ln().max(0.0) / theta
+    }
 
     /// Waits of filled batches by Lindley's recursion over simulated Poisson arrivals.
     fn simulated_wait_quantile(batch: u32, rate: f64, exec_s: f64, q: f64) -> f64 {
