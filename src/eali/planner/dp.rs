@@ -9,7 +9,7 @@
 use super::instance::{INF, Instance};
 
 /// Steps a duration takes, rounded up (with a hair of tolerance so exact multiples stay exact).
-fn steps_of(x: f64, delta: f64) -> usize {
+pub(super) fn steps_of(x: f64, delta: f64) -> usize {
     if !x.is_finite() {
         return usize::MAX;
     }

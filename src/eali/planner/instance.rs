@@ -157,6 +157,17 @@ impl Instance {
     /// clock on every unit at once (so swapping it everywhere keeps every switch where it was),
     /// (2) a clock dominated on one unit by a margin that pays for two extra switches.
     pub fn prune(&mut self) {
+        self.prune_with(None);
+    }
+
+    /// [`Instance::prune`] for the DP on a grid of `steps` steps: the DP rounds every duration up
+    /// to whole steps, so a clock that wins by 2·s in real time can still lose by up to three
+    /// steps on the grid; here the per-unit margin is checked in rounded steps instead.
+    pub fn prune_for_dp(&mut self, steps: usize) {
+        self.prune_with(Some(steps));
+    }
+
+    fn prune_with(&mut self, grid: Option<usize>) {
         let (n, nf) = (self.n, self.nf);
         let fixed = match self.entry {
             Entry::Fixed(f) => Some(f),
@@ -218,7 +229,18 @@ impl Instance {
                         let adj_g = if i == 0 { self.first_adj(g) } else { 0.0 }
                             + if i + 1 == n { self.last_adj(g) } else { 0.0 };
                         let pad_e = self.swf[self.at(i, g)] + out_pad + adj_g - adj_f;
-                        dominates(self, i, g, f, 2.0 * self.s, pad_e)
+                        match grid {
+                            None => dominates(self, i, g, f, 2.0 * self.s, pad_e),
+                            Some(steps) => {
+                                let delta = self.budget / steps as f64;
+                                let (xg, xf) = (self.at(i, g), self.at(i, f));
+                                let on_grid = |x: f64| super::dp::steps_of(x, delta);
+                                on_grid(self.t[xg])
+                                    .saturating_add(on_grid(self.s).saturating_mul(2))
+                                    <= on_grid(self.t[xf])
+                                    && self.ef[xg] + pad_e <= self.ef[xf]
+                            }
+                        }
                     });
                     if gone {
                         let x = self.at(i, f);

@@ -161,7 +161,7 @@ impl Planner {
     fn repair(&self, r: &mut BatchResult, req: &PlanRequest) {
         let (_, _, overhead) = self.budgets(r.bi, req);
         let mut inst = self.instance(r.bi, req, r.budget_any, overhead);
-        inst.prune();
+        inst.prune_for_dp(self.config.dp_steps);
         if let Some((clocks, _)) = dp::solve(&inst, self.config.dp_steps) {
             consider(&mut r.best, r.bi, clocks, &inst);
         }

@@ -93,7 +93,7 @@ proptest! {
         let entry = match entry { Entry::Fixed(f) => Entry::Fixed(f % nf), e => e };
         let raw = random_instance(seed, n, nf, s, entry, frac);
         let mut pruned = raw.clone();
-        pruned.prune();
+        pruned.prune_for_dp(steps);
         let brute = all_plans(n, nf)
             .into_iter()
             .filter(|p| dp::rounded_steps(&raw, p, steps) <= steps)
