@@ -451,6 +451,11 @@ fn print_text(x: &Explanation, costs: &UnitCostTable) {
         ms(p.exec_time_s),
         ms((1.0 - x.margin) * x.slo_s)
     );
+    if p.fill_bound == crate::eali::FillBound::DispatchDeadline && !p.saturated {
+        println!(
+            "  no batch size fills within the target at this rate: the fill wait is capped by the dispatch deadline (partial batches), not counted above"
+        );
+    }
     println!(
         "  energy {:.4} J/request ({:.3} J per batch + idle until the next batch), {} clock change(s) per batch",
         p.energy_per_request_j, p.batch_energy_j, p.switches

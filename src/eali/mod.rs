@@ -17,6 +17,6 @@ pub use controller::{Action, BatchReport, Controller, ControllerConfig};
 pub use error::EaliError;
 pub use plan_table::{PlanTable, TableConfig};
 pub use planner::{
-    Corrections, EntryClock, Plan, PlanRequest, PlanSet, Planner, PlannerConfig, Solver,
+    Corrections, EntryClock, FillBound, Plan, PlanRequest, PlanSet, Planner, PlannerConfig, Solver,
 };
 pub use switch::{SwitchCost, SwitchLatency};

@@ -117,6 +117,7 @@ impl PlanTable {
             margin: self.config.margins[margin],
             entry: EntryClock::Preset,
             corrections: self.corrections,
+            fill: Default::default(),
         }
     }
 

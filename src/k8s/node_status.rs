@@ -494,6 +494,7 @@ mod tests {
             corrections: Default::default(),
             feasible: true,
             saturated: false,
+            fill_bound: Default::default(),
         };
         let s = PlanSummary::from_plan(&plan);
         assert_eq!(s.batch_size, 8);

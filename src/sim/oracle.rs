@@ -216,6 +216,7 @@ fn pareto_options(
             margin: margin.min(0.999),
             entry: EntryClock::Preset,
             corrections: Default::default(),
+            fill: Default::default(),
         };
         let set = planner.plan_set(&req);
         for (j, p) in set.by_batch.iter().enumerate() {

@@ -394,6 +394,7 @@ impl Controller {
             margin,
             entry: EntryClock::Preset,
             corrections: self.table.corrections(),
+            fill: Default::default(),
         };
         let candidate = if self.table.above_range(rate) {
             Arc::new(self.table.planner().plan_set(&req))

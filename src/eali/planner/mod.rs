@@ -115,6 +115,23 @@ pub struct PlanRequest {
     pub margin: f64,
     pub entry: EntryClock,
     pub corrections: Corrections,
+    #[serde(default)]
+    /// How the first request's wait for its batch to fill enters the latency bound.
+    pub fill: FillBound,
+}
+
+/// How the wait for a batch to fill enters the latency bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FillBound {
+    /// A tail quantile of the fill time: the batch fills before it runs (the plan's premise).
+    #[default]
+    Quantile,
+    /// No fill term: the dispatch rule sends a partial batch when the oldest request's deadline
+    /// comes, so the fill wait is capped by it. The planner falls back to this when no batch
+    /// size fills in time at the observed rate (a load where dynamic batching still meets the
+    /// SLO with partial batches); only when this fails too is the server saturated.
+    DispatchDeadline,
 }
 
 impl PlanRequest {
@@ -126,6 +143,15 @@ impl PlanRequest {
             margin,
             entry: EntryClock::Preset,
             corrections: Corrections::default(),
+            fill: FillBound::Quantile,
+        }
+    }
+
+    /// The fill wait this request's bound counts for batch size `b` (s).
+    pub(crate) fn fill_wait_s(&self, split: &FillQuantiles, b: u32) -> f64 {
+        match self.fill {
+            FillBound::Quantile => split.wait_s(b, self.fill_rate),
+            FillBound::DispatchDeadline => 0.0,
         }
     }
 }
@@ -295,7 +321,7 @@ impl Planner {
             b,
             req.rate_upper.max(req.rate),
             self.config.percentile,
-            self.fill_split.wait_s(b, req.fill_rate),
+            req.fill_wait_s(&self.fill_split, b),
             (1.0 - req.margin) * self.config.slo_s,
         ) - overhead;
         let stable = if req.rate_upper > 0.0 {

@@ -49,6 +49,10 @@ pub struct Plan {
     pub feasible: bool,
     /// No plan met them: max clocks, largest stable batch (scale-out signal).
     pub saturated: bool,
+    /// How the fill wait entered `latency_s` (the dispatch deadline when no batch size fills in
+    /// time at this rate).
+    #[serde(default)]
+    pub fill_bound: super::FillBound,
 }
 
 impl Plan {
@@ -117,7 +121,7 @@ impl Planner {
             req.rate_upper.max(req.rate),
             exec,
             self.config.percentile,
-            self.fill_split.wait_s(b, req.fill_rate),
+            req.fill_wait_s(&self.fill_split, b),
         );
         Plan {
             batch: b,
@@ -132,6 +136,7 @@ impl Planner {
             energy_per_request_j: cycle / f64::from(b),
             switches: ev.switches,
             corrections: req.corrections,
+            fill_bound: req.fill,
             feasible,
             saturated: false,
         }

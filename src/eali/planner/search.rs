@@ -8,7 +8,7 @@
 
 use super::instance::{INF, Instance};
 use super::plan::{Plan, PlanSet};
-use super::{Choice, EntryClock, PlanRequest, Planner, Solver, dp, lagrange};
+use super::{Choice, EntryClock, FillBound, PlanRequest, Planner, Solver, dp, lagrange};
 
 /// Keeps `clocks` if its exact energy beats the best so far.
 fn consider(best: &mut Option<Choice>, bi: usize, clocks: Vec<usize>, inst: &Instance) {
@@ -44,22 +44,34 @@ impl BatchResult {
 
 impl Planner {
     /// The best plan for a request (over all candidate batch sizes).
-    pub fn plan(&self, req: &PlanRequest) -> Plan {
-        let results = self.search(req, true);
+    pub fn plan(&self, asked: &PlanRequest) -> Plan {
+        let mut req = *asked;
+        let mut results = self.search(&req, true);
+        if pick(&results).is_none() && req.fill == FillBound::Quantile {
+            req.fill = FillBound::DispatchDeadline;
+            results = self.search(&req, true);
+        }
+        let req = &req;
         match pick(&results) {
             Some(c) => self.to_plan(c, req, true),
-            None => self.saturated_plan(req),
+            None => self.saturated_plan(asked),
         }
     }
 
     /// The best plan plus the best plan for every candidate batch size (the fastest plan, marked
     /// infeasible, where none fits): what the dispatch rule needs for partial batches. Batch sizes
     /// that cannot be the best keep their fast-path plan (no DP repair).
-    pub fn plan_set(&self, req: &PlanRequest) -> PlanSet {
-        let results = self.search(req, false);
+    pub fn plan_set(&self, asked: &PlanRequest) -> PlanSet {
+        let mut req = *asked;
+        let mut results = self.search(&req, false);
+        if pick(&results).is_none() && req.fill == FillBound::Quantile {
+            req.fill = FillBound::DispatchDeadline;
+            results = self.search(&req, false);
+        }
+        let req = &req;
         let best = match pick(&results) {
             Some(c) => self.to_plan(c, req, true),
-            None => self.saturated_plan(req),
+            None => self.saturated_plan(asked),
         };
         let by_batch = self
             .candidates

@@ -387,3 +387,47 @@ fn higher_rates_do_not_shrink_the_batch_and_plan_set_is_consistent() {
     assert_eq!(best, set.best.energy_per_request_j);
     assert_eq!(set.for_queue(3).batch, 4);
 }
+
+#[test]
+fn no_batch_filling_in_time_falls_back_to_the_dispatch_deadline() {
+    let lat = SwitchLatency {
+        call_median_s: 0.0005,
+        total_median_s: 0.002,
+        total_p95_s: 0.003,
+    };
+    let (_, units) = setup(7, 30, lat);
+    let probe = Planner::new(
+        units.clone(),
+        SwitchCost::from_latency(&lat),
+        PlannerConfig::new(1.0),
+    )
+    .unwrap();
+    // An SLO of a few batch-1 executions: at high load every batch that is stable takes too
+    // long to fill at the fill quantile, though partial batches would still make it.
+    let single = probe.costs().total_time_s(0, probe.costs().max_clock_index());
+    let slo = 6.0 * single;
+    let p = Planner::new(units, SwitchCost::from_latency(&lat), PlannerConfig::new(slo)).unwrap();
+    let cap = p.max_clock_capacity();
+    let mut fell_back = 0;
+    for frac in [0.05, 0.2, 0.4, 0.6, 0.75, 0.9] {
+        let rate = cap * frac;
+        let req = PlanRequest::new(rate, rate * 1.1, 0.1);
+        let plan = p.plan(&req);
+        let strict = p.plan_set(&req).best;
+        assert_eq!(plan, strict, "plan and plan_set agree");
+        if plan.fill_bound == FillBound::DispatchDeadline {
+            fell_back += 1;
+            // Only when the fill quantile leaves no batch size, and the fallback still
+            // bounds execution plus the wait for the GPU by the target.
+            assert!(plan.feasible && !plan.saturated, "{plan:?}");
+            assert!(plan.latency_s <= 0.9 * slo + 1e-12, "{plan:?}");
+            for b in p.batches() {
+                let clocks = vec![*p.costs().clocks_mhz.last().unwrap(); p.costs().num_units()];
+                if let Some(e) = p.evaluate(b, &clocks, &req) {
+                    assert!(!e.feasible, "batch {b} fits at max clocks: {e:?}");
+                }
+            }
+        }
+    }
+    assert!(fell_back > 0, "the case should exercise the fallback");
+}
