@@ -8,7 +8,8 @@ use eali::eali::controller::{Action, Controller, ControllerConfig};
 use eali::eali::synthetic::SyntheticGpu;
 use eali::eali::units::{self, UnitConfig};
 use eali::eali::{
-    PlanRequest, PlanTable, Planner, PlannerConfig, Solver, SwitchCost, SwitchLatency, TableConfig,
+    FillBound, PlanRequest, PlanTable, Planner, PlannerConfig, Solver, SwitchCost, SwitchLatency,
+    TableConfig,
 };
 use eali::model::zoo;
 
@@ -63,6 +64,36 @@ fn bench_replan(c: &mut Criterion) {
                     g.bench_function(format!("plan_set/{name}"), |b| {
                         b.iter(|| black_box(planner.plan_set(black_box(&req))))
                     });
+                    // The slowest re-plan: a load where no batch size fills in time, so the
+                    // search runs twice (the second time with the dispatch-deadline bound);
+                    // the first SLO and load (tighter SLOs, higher loads) where that happens.
+                    let fallback = [SLO_S, SLO_S / 2.0, SLO_S / 4.0, SLO_S / 8.0]
+                        .into_iter()
+                        .find_map(|slo| {
+                            let cfg = PlannerConfig {
+                                solver,
+                                ..PlannerConfig::new(slo)
+                            };
+                            let p = Planner::new(costs.clone(), SwitchCost::from_latency(&sw), cfg)
+                                .expect("planner");
+                            let req = (5..100).find_map(|pct| {
+                                let rate = p.max_clock_capacity() * f64::from(pct) / 100.0;
+                                let req = PlanRequest::new(rate, rate * 1.1, 0.1);
+                                let plan = p.plan(&req);
+                                (plan.fill_bound == FillBound::DispatchDeadline && !plan.saturated)
+                                    .then_some(req)
+                            })?;
+                            Some((slo, p, req))
+                        });
+                    match fallback {
+                        Some((slo, p, req)) => {
+                            let ms = slo * 1e3;
+                            g.bench_function(format!("plan_set_fallback/{name}/slo_{ms}ms"), |b| {
+                                b.iter(|| black_box(p.plan_set(black_box(&req))))
+                            });
+                        }
+                        None => eprintln!("{name}: no SLO and load where the fallback plans"),
+                    }
                 }
             }
         }

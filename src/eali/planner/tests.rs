@@ -404,9 +404,16 @@ fn no_batch_filling_in_time_falls_back_to_the_dispatch_deadline() {
     .unwrap();
     // An SLO of a few batch-1 executions: at high load every batch that is stable takes too
     // long to fill at the fill quantile, though partial batches would still make it.
-    let single = probe.costs().total_time_s(0, probe.costs().max_clock_index());
+    let single = probe
+        .costs()
+        .total_time_s(0, probe.costs().max_clock_index());
     let slo = 6.0 * single;
-    let p = Planner::new(units, SwitchCost::from_latency(&lat), PlannerConfig::new(slo)).unwrap();
+    let p = Planner::new(
+        units,
+        SwitchCost::from_latency(&lat),
+        PlannerConfig::new(slo),
+    )
+    .unwrap();
     let cap = p.max_clock_capacity();
     let mut fell_back = 0;
     for frac in [0.05, 0.2, 0.4, 0.6, 0.75, 0.9] {
