@@ -218,6 +218,23 @@ fn chart_installs_with_least_privilege_rbac_and_agent_checks_explain_fixes() {
     assert_eq!(pod["priorityClassName"], "system-node-critical");
     assert_eq!(pod["serviceAccountName"], "eali");
     assert_eq!(pod["containers"][0]["securityContext"]["privileged"], true);
+    // The node side runs by default, wired to the mounted kubelet and socket directories, with
+    // host PIDs to identify control-socket callers.
+    assert_eq!(pod["hostPID"], true);
+    let args: Vec<&str> = pod["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    for want in [
+        "--device-plugin",
+        "--plugin-dir=/var/lib/kubelet/device-plugins",
+        "--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock",
+        "--control-root=/run/eali/control",
+    ] {
+        assert!(args.contains(&want), "{want} missing from {args:?}");
+    }
     let host_paths: Vec<&str> = pod["volumes"]
         .as_array()
         .expect("volumes")
