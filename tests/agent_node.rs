@@ -199,7 +199,7 @@ async fn released_gpu_is_reset_and_metrics_carry_layer_energy() {
         layer_line(&body, "layer1.0.conv2").expect("conv2"),
     );
     assert!((c2 / c1 - 3.0).abs() < 1e-6, "{c1} {c2}");
-    let full = "eali_layer_energy_joules_total{inferenceservice=\"resnet\",layer=\"fc\",model=\"resnet50\",namespace=\"serving\",pod=\"resnet-0\",unit=\"u1\"}";
+    let full = "eali_layer_energy_joules_total{layer=\"fc\",model=\"resnet50\",namespace=\"serving\",pod=\"resnet-0\",service=\"resnet\",unit=\"u1\"}";
     assert!(body.contains(full), "{body}");
     for family in [
         format!("eali_gpu_energy_joules_total{{gpu=\"{uuid}\"}}"),

@@ -178,7 +178,7 @@ async fn serve_with_allocates_environment_controls_clocks_and_another_pod_is_ref
         if let Some(l) = body.lines().find(|l| {
             l.starts_with("eali_layer_energy_joules_total{")
                 && l.contains("pod=\"resnet-0\"")
-                && l.contains("inferenceservice=\"alexnet\"")
+                && l.contains("service=\"alexnet\"")
         }) {
             break l.to_string();
         }

@@ -12,16 +12,9 @@ use crate::control::{ClockObserver, PodName};
 use crate::telemetry::TelemetryError;
 
 /// Labels of the per-unit energy family, in order.
-pub const UNIT_LABELS: [&str; 5] = ["namespace", "pod", "inferenceservice", "model", "unit"];
+pub const UNIT_LABELS: [&str; 5] = ["namespace", "pod", "service", "model", "unit"];
 /// Labels of the per-layer energy family, in order.
-pub const LAYER_LABELS: [&str; 6] = [
-    "namespace",
-    "pod",
-    "inferenceservice",
-    "model",
-    "unit",
-    "layer",
-];
+pub const LAYER_LABELS: [&str; 6] = ["namespace", "pod", "service", "model", "unit", "layer"];
 
 /// Why a clock reset was made (label of `eali_gpu_clock_resets_total`).
 pub mod reset_reason {
@@ -196,7 +189,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(
-            "eali_layer_energy_joules_total{inferenceservice=\"resnet\",layer=\"conv1\",model=\"resnet50\",namespace=\"serving\",pod=\"resnet-0\",unit=\"0\"} 2.5"
+            "eali_layer_energy_joules_total{layer=\"conv1\",model=\"resnet50\",namespace=\"serving\",pod=\"resnet-0\",service=\"resnet\",unit=\"0\"} 2.5"
         ), "{text}");
     }
 }
