@@ -8,7 +8,8 @@
 //!    server's.
 //!
 //! `cargo bench --bench serving` (env `SERVING_SECS`, `SERVING_CONNS`, `SERVING_REPS` to change
-//! the run; the latency runs are repeated, the servers taking turns, and judged on the median).
+//! the run, `SERVING_BODY=binary` for the binary tensor data extension; the latency runs are
+//! repeated, the servers taking turns, and judged on the median).
 //! This is a measurement, not a test: it prints the figures and the verdict, and never fails on
 //! them.
 
@@ -125,11 +126,40 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn body() -> Bytes {
+/// A request body: the tensor as JSON numbers (`SERVING_BODY=json`, the default) or in the binary
+/// tensor data extension (`SERVING_BODY=binary`: what tritonclient sends by default), with the
+/// `Inference-Header-Content-Length` the latter needs.
+#[derive(Clone)]
+struct Body {
+    bytes: Bytes,
+    header_len: Option<usize>,
+}
+
+fn binary_body() -> bool {
+    std::env::var("SERVING_BODY").is_ok_and(|v| v == "binary")
+}
+
+fn body() -> Body {
     let values: Vec<f32> = (0..3 * 8 * 8).map(|i| i as f32 / 192.0).collect();
-    serde_json::json!({"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": values}]})
-        .to_string()
-        .into()
+    if binary_body() {
+        let header = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32",
+            "parameters": {"binary_data_size": values.len() * 4}}]})
+        .to_string();
+        let mut bytes = header.as_bytes().to_vec();
+        for v in &values {
+            bytes.extend(v.to_le_bytes());
+        }
+        return Body {
+            bytes: bytes.into(),
+            header_len: Some(header.len()),
+        };
+    }
+    Body {
+        bytes: serde_json::json!({"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": values}]})
+            .to_string()
+            .into(),
+        header_len: None,
+    }
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -142,11 +172,15 @@ fn client() -> HttpClient {
         .build(c)
 }
 
-async fn one(c: &HttpClient, uri: &hyper::Uri, body: &Bytes) -> bool {
-    let req = hyper::Request::post(uri.clone())
-        .header("content-type", "application/json")
-        .body(Full::new(body.clone()))
-        .unwrap();
+async fn one(c: &HttpClient, uri: &hyper::Uri, body: &Body) -> bool {
+    let mut req = hyper::Request::post(uri.clone());
+    req = match body.header_len {
+        Some(n) => req
+            .header("content-type", "application/octet-stream")
+            .header("inference-header-content-length", n),
+        None => req.header("content-type", "application/json"),
+    };
+    let req = req.body(Full::new(body.bytes.clone())).unwrap();
     match c.request(req).await {
         Ok(r) => {
             let ok = r.status().is_success();
@@ -259,7 +293,8 @@ fn main() {
         let echo_uri: hyper::Uri = format!("http://{echo}/v2/models/tiny/infer").parse().unwrap();
         let eali_uri: hyper::Uri = format!("http://{eali}/v2/models/tiny/infer").parse().unwrap();
         println!(
-            "serving overhead: {conns} connections, {secs} s per measurement, same client and body; load average {}",
+            "serving overhead: {conns} connections, {secs} s per measurement, same client and body ({}); load average {}",
+            if binary_body() { "binary tensor extension" } else { "JSON tensor" },
             loadavg()
         );
         let echo_rps = peak(echo_uri.clone(), conns, secs).await;
