@@ -260,11 +260,24 @@ impl Controller {
             }
         };
         if queued >= best.batch || best.saturated {
-            let batch = queued.min(best.batch);
-            let plan = if batch == best.batch {
-                best.clone()
+            // More than one planned batch queued and the oldest request already past the time
+            // the plan would have sent it (a burst the rate estimate has not caught up with, or
+            // overload): take as many as the largest planned batch holds, as dynamic batching
+            // does, so the backlog drains instead of being served at the plan's pace.
+            let largest = self.current.by_batch.last().map_or(best.batch, |p| p.batch);
+            let target = (1.0 - self.margin.margin()) * self.config.planner.slo_s;
+            let late = now >= oldest + target - best.exec_time_s;
+            let (batch, plan) = if queued > best.batch && late {
+                let batch = queued.min(largest.max(best.batch));
+                (batch, self.current.for_queue(batch).clone())
             } else {
-                self.current.for_queue(batch).clone()
+                let batch = queued.min(best.batch);
+                let plan = if batch == best.batch {
+                    best.clone()
+                } else {
+                    self.current.for_queue(batch).clone()
+                };
+                (batch, plan)
             };
             return self.dispatch(batch, plan);
         }

@@ -327,3 +327,35 @@ fn overload_sets_saturated() {
             .all(|&c| c == fmax)
     );
 }
+
+#[test]
+fn a_late_backlog_is_drained_in_larger_batches() {
+    let (chain, uc) = costs();
+    let slo = 0.15;
+    let mut ctl = Controller::new(ControllerConfig::new(slo), &chain, uc, switch(), 0.0).unwrap();
+    let planned = ctl.current_plan().batch;
+    let largest = ctl
+        .current_plans()
+        .by_batch
+        .last()
+        .map_or(planned, |p| p.batch);
+    assert!(
+        largest > planned,
+        "the case needs room above the plan's batch"
+    );
+    let now = 1.0;
+    let queued = largest * 2;
+    // A fresh queue beyond one batch: the plan's batch, at the plan's pace.
+    match ctl.next_action(now, queued, Some(now - 1e-3)) {
+        Action::Dispatch { batch, .. } => assert_eq!(batch, planned),
+        a => panic!("{a:?}"),
+    }
+    // The oldest past its dispatch time: as many as the largest planned batch holds.
+    match ctl.next_action(now, queued, Some(now - slo)) {
+        Action::Dispatch { batch, plan } => {
+            assert_eq!(batch, largest);
+            assert!(plan.batch >= batch);
+        }
+        a => panic!("{a:?}"),
+    }
+}
