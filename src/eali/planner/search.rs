@@ -45,12 +45,7 @@ impl BatchResult {
 impl Planner {
     /// The best plan for a request (over all candidate batch sizes).
     pub fn plan(&self, asked: &PlanRequest) -> Plan {
-        let mut req = *asked;
-        let mut results = self.search(&req, true);
-        if pick(&results).is_none() && req.fill == FillBound::Quantile {
-            req.fill = FillBound::DispatchDeadline;
-            results = self.search(&req, true);
-        }
+        let (req, results) = self.search_with_fallback(asked, true);
         let req = &req;
         match pick(&results) {
             Some(c) => self.to_plan(c, req, true),
@@ -62,12 +57,7 @@ impl Planner {
     /// infeasible, where none fits): what the dispatch rule needs for partial batches. Batch sizes
     /// that cannot be the best keep their fast-path plan (no DP repair).
     pub fn plan_set(&self, asked: &PlanRequest) -> PlanSet {
-        let mut req = *asked;
-        let mut results = self.search(&req, false);
-        if pick(&results).is_none() && req.fill == FillBound::Quantile {
-            req.fill = FillBound::DispatchDeadline;
-            results = self.search(&req, false);
-        }
+        let (req, results) = self.search_with_fallback(asked, false);
         let req = &req;
         let best = match pick(&results) {
             Some(c) => self.to_plan(c, req, true),
@@ -88,6 +78,23 @@ impl Planner {
             })
             .collect();
         PlanSet { best, by_batch }
+    }
+
+    /// [`Planner::search`] under the request's fill bound and, when no batch size fits at the
+    /// fill quantile, again with the fill wait capped by the dispatch deadline; the request the
+    /// results belong to.
+    fn search_with_fallback(
+        &self,
+        asked: &PlanRequest,
+        prune_across: bool,
+    ) -> (PlanRequest, Vec<BatchResult>) {
+        let mut req = *asked;
+        let mut results = self.search(&req, prune_across);
+        if pick(&results).is_none() && req.fill == FillBound::Quantile {
+            req.fill = FillBound::DispatchDeadline;
+            results = self.search(&req, prune_across);
+        }
+        (req, results)
     }
 
     /// Both phases. `prune_across`: let earlier batch sizes cut the fast path of later ones
