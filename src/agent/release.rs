@@ -48,12 +48,7 @@ impl ReleaseWatcher {
         let gpus = gpus
             .iter()
             .map(|g| {
-                let uuid = g
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .info()
-                    .uuid
-                    .clone();
+                let uuid = crate::deviceplugin::health::shared_uuid(g);
                 (uuid, g.clone())
             })
             .collect();

@@ -99,12 +99,7 @@ pub async fn run_node_with(
         if let Some(o) = &hooks.clock_observer {
             svc = svc.with_clock_observer(o.clone());
         }
-        let uuid = g
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .info()
-            .uuid
-            .clone();
+        let uuid = crate::deviceplugin::health::shared_uuid(g);
         servers.push(ControlServer::spawn(&cfg.alloc.host_socket(&uuid), svc)?);
     }
     let monitor = HealthMonitor::new(table.clone(), gpus, cfg.health.clone());

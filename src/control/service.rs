@@ -160,12 +160,7 @@ impl ControlService {
         authz: Arc<Authorizer>,
         timings: Option<mpsc::UnboundedSender<AttributedTiming>>,
     ) -> Self {
-        let uuid = gpu
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .info()
-            .uuid
-            .clone();
+        let uuid = crate::deviceplugin::health::shared_uuid(&gpu);
         Self {
             uuid,
             gpu,

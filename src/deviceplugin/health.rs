@@ -16,6 +16,15 @@ use crate::gpu::{GpuBackend, HealthEvent};
 /// keep a typed handle to the same device.
 pub type SharedGpu = Arc<Mutex<dyn GpuBackend + Send>>;
 
+/// The UUID of a shared GPU (a poisoned lock still holds a readable backend).
+pub fn shared_uuid(gpu: &SharedGpu) -> String {
+    gpu.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .info()
+        .uuid
+        .clone()
+}
+
 /// XIDs NVIDIA's device plugin treats as application errors (`internal/rm/health.go`).
 pub const APPLICATION_XIDS: [u64; 6] = [13, 31, 43, 45, 68, 109];
 
