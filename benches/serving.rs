@@ -3,12 +3,13 @@
 //!
 //! 1. Peak throughput: closed loop, `CONNS` clients sending back to back for `SECS` seconds.
 //!    Target (DESIGN.md §5): eali ≥ 50 % of the echo server's requests per second.
-//! 2. Latency at half the echo server's peak (the target's load) and at half eali's own peak:
+//! 2. Latency at half the echo server's peak (the strictest reading of the target's load), at
+//!    half eali's own peak, and at half the throughput target (a quarter of the echo peak):
 //!    open loop (Poisson), p50/p99 of both. Target: eali's p99 at most 1 ms above the echo
 //!    server's.
 //!
-//! `cargo bench --bench serving` (env `SERVING_SECS`, `SERVING_CONNS`, `SERVING_REPS` to change
-//! the run, `SERVING_BODY=binary` for the binary tensor data extension; the latency runs are
+//! `cargo bench --bench serving` (env `SERVING_SECS`, `SERVING_CONNS`, `SERVING_REPS`,
+//! `SERVING_SERVER_THREADS`, `SERVING_CLIENT_THREADS` to change the run, `SERVING_BODY=binary` for the binary tensor data extension; the latency runs are
 //! repeated, the servers taking turns, and judged on the median).
 //! This is a measurement, not a test: it prints the figures and the verdict, and never fails on
 //! them.
@@ -16,7 +17,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -229,33 +230,32 @@ async fn peak(uri: hyper::Uri, conns: usize, secs: f64) -> f64 {
 }
 
 /// Open loop at `rate` for `secs` over `conns` kept-alive connections (as wrk2 does): Poisson
-/// send times are fixed in advance, each connection takes the next one when free and sleeps until
-/// it, and latency counts from the scheduled time, so a request that waited for a free
-/// connection is charged for it. Returns (p50, p99) in ms of successful requests.
+/// send times are fixed in advance, each connection takes the next one when free (an atomic
+/// index, so the client threads never wait on a lock) and sleeps until it, and latency counts
+/// from the scheduled time, so a request that waited for a free connection is charged for it.
+/// Returns (p50, p99) in ms of successful requests.
 async fn latency(uri: hyper::Uri, rate: f64, secs: f64, conns: usize, seed: u64) -> (f64, f64) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let exp = Exp::new(rate).unwrap();
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
-    let mut times = std::collections::VecDeque::new();
+    let mut times = Vec::new();
     let mut t = 0.0;
     while t < secs {
         t += exp.sample(&mut rng);
-        times.push_back(start + Duration::from_secs_f64(t));
+        times.push(start + Duration::from_secs_f64(t));
     }
-    let times = Arc::new(std::sync::Mutex::new(times));
+    let times: Arc<[tokio::time::Instant]> = times.into();
+    let next = Arc::new(AtomicUsize::new(0));
     let b = body();
     let workers: Vec<_> = (0..conns)
         .map(|_| {
-            let (times, b, uri) = (times.clone(), b.clone(), uri.clone());
+            let (times, next, b, uri) = (times.clone(), next.clone(), b.clone(), uri.clone());
             tokio::spawn(async move {
                 // One client per task: its pool holds this task's single connection.
                 let c = client();
                 one(&c, &uri, &b).await;
                 let mut lat = Vec::new();
-                loop {
-                    let Some(at) = times.lock().unwrap().pop_front() else {
-                        break;
-                    };
+                while let Some(&at) = times.get(next.fetch_add(1, Ordering::Relaxed)) {
                     tokio::time::sleep_until(at).await;
                     if one(&c, &uri, &b).await {
                         lat.push(at.elapsed().as_secs_f64() * 1e3);
@@ -277,24 +277,47 @@ async fn latency(uri: hyper::Uri, rate: f64, secs: f64, conns: usize, seed: u64)
     (q(0.5), q(0.99))
 }
 
+/// Worker threads for the servers' runtime and for the client's, from `SERVING_SERVER_THREADS`
+/// and `SERVING_CLIENT_THREADS`; by default the cores are split in half. The client runs on its
+/// own runtime so that, where there are cores enough, the load it generates does not queue
+/// behind the server's work on the same worker threads (on 2 cores they still share the CPU).
+fn threads() -> (usize, usize) {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let server = (env("SERVING_SERVER_THREADS", (cores / 2).max(1) as f64) as usize).max(1);
+    let client = (env(
+        "SERVING_CLIENT_THREADS",
+        cores.saturating_sub(server).max(1) as f64,
+    ) as usize)
+        .max(1);
+    (server, client)
+}
+
 fn main() {
     let secs = env("SERVING_SECS", 5.0);
     let conns = env("SERVING_CONNS", 32.0) as usize;
     let reps = (env("SERVING_REPS", 3.0) as usize).max(1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (server_threads, client_threads) = threads();
+    let runtime = |n: usize| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (server_rt, client_rt) = (runtime(server_threads), runtime(client_threads));
     let dir = std::env::temp_dir().join(format!("eali-serving-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    rt.block_on(async {
-        let echo = echo_server().await;
-        let (eali, stop) = eali_server(&dir).await;
+    // Both servers live on the servers' runtime (their accept loops and connections are spawned
+    // there); the client drives them from its own.
+    let (echo, (eali, stop)) =
+        server_rt.block_on(async { (echo_server().await, eali_server(&dir).await) });
+    client_rt.block_on(async {
         let echo_uri: hyper::Uri = format!("http://{echo}/v2/models/tiny/infer").parse().unwrap();
         let eali_uri: hyper::Uri = format!("http://{eali}/v2/models/tiny/infer").parse().unwrap();
         println!(
-            "serving overhead: {conns} connections, {secs} s per measurement, same client and body ({}); load average {}",
+            "serving overhead: {conns} connections, {secs} s per measurement, same client and body ({}); server runtime {server_threads} threads, client runtime {client_threads}, {} cores; load average {}",
             if binary_body() { "binary tensor extension" } else { "JSON tensor" },
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
             loadavg()
         );
         let echo_rps = peak(echo_uri.clone(), conns, secs).await;
@@ -302,7 +325,12 @@ fn main() {
         let ratio = eali_rps / echo_rps;
         println!("peak throughput   hyper echo {echo_rps:>9.0} req/s   eali serve {eali_rps:>9.0} req/s   ratio {:.1} % (target >= 50 %: {})",
             100.0 * ratio, if ratio >= 0.5 { "met" } else { "NOT met" });
-        for (what, rate) in [("half the echo peak", echo_rps / 2.0), ("half eali's peak", eali_rps / 2.0)] {
+        let rates = [
+            ("half the echo peak", echo_rps / 2.0),
+            ("half eali's peak", eali_rps / 2.0),
+            ("half the 50 % target, a quarter of the echo peak", echo_rps / 4.0),
+        ];
+        for (what, rate) in rates {
             // Repeated, the two servers taking turns, so a burst of other work on the machine
             // lands on one repetition rather than on one server; the verdict is on the median.
             let mut added = Vec::with_capacity(reps);
@@ -325,7 +353,8 @@ fn main() {
             );
         }
         println!("load average after: {}", loadavg());
-        let _ = stop.send(());
     });
+    let _ = stop.send(());
+    drop(server_rt);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::serve::ListenerExt;
 use kube::ResourceExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 
 use super::config::ServeConfig;
 use super::grpc::{GrpcInferenceServiceServer, Service};
@@ -134,8 +136,16 @@ impl Server {
         };
         let max = self.state.max_body_bytes;
         let app = rest::router(self.state.clone());
+        // TCP_NODELAY on every accepted connection: axum's plaintext `serve` leaves Nagle on, and
+        // a response written in two segments would then wait out the client's delayed ACK
+        // (up to 40 ms) on the second.
+        let listener = self.http.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         let http = tokio::spawn(
-            axum::serve(self.http, app)
+            axum::serve(listener, app)
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         );
@@ -145,7 +155,13 @@ impl Server {
             })
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                conn.inspect(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                    }
+                })
+            });
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(svc)
