@@ -41,7 +41,16 @@ fn suite_runs_every_policy_on_every_case() {
             assert_eq!(r.completed + r.dropped, r.arrivals);
             assert!(r.energy_per_request_j > 0.0 && r.p99_ms >= r.p50_ms);
             assert!((0.0..=1.0).contains(&r.slo_attainment));
+            // No policy, the oracle included, gets below the physics floor (noise aside: the
+            // floor is noise-free, the runs draw a few percent around it).
+            assert!(
+                r.energy_per_request_j >= 0.97 * c.floor_j,
+                "{p:?} {} below the floor {}",
+                r.energy_per_request_j,
+                c.floor_j
+            );
         }
+        assert!(c.floor_j > 0.0);
         // Max clocks never change the clock after the initial lock.
         assert_eq!(c.run(PolicyId::MaxClock).unwrap().switches, 1);
     }
@@ -69,6 +78,7 @@ fn suite_runs_every_policy_on_every_case() {
         "slo_attainment",
         "switches",
         "saturated",
+        "floor_energy_per_request_j",
     ] {
         assert!(json[0].get(key).is_some(), "record lacks {key}");
     }

@@ -197,7 +197,7 @@ fn write_plots(suite: &SuiteResult, dir: &std::path::Path) -> anyhow::Result<usi
                     && c.case.workload.name() == *wl
             })
             .collect();
-        let series: Vec<Series> = suite
+        let mut series: Vec<Series> = suite
             .spec
             .policies
             .iter()
@@ -211,6 +211,14 @@ fn write_plots(suite: &SuiteResult, dir: &std::path::Path) -> anyhow::Result<usi
                     .collect(),
             })
             .collect();
+        // What no policy can go below: shows how much of the way a policy has gone.
+        series.push(Series {
+            name: "physics floor".into(),
+            points: cases
+                .iter()
+                .map(|c| (c.case.load * 100.0, c.floor_j * 1e3))
+                .collect(),
+        });
         let title = format!("{model} on {gpu}, {wl} arrivals, p99 SLO {slo} ms");
         let svg = plot::line_chart(
             &title,

@@ -15,6 +15,7 @@ use crate::model::Graph;
 use super::metrics::{RunResult, Timeline};
 use super::workload::WorkloadKind;
 
+pub mod floor;
 pub mod policies;
 pub mod report;
 pub mod testbed;
@@ -162,6 +163,10 @@ pub struct CaseResult {
     /// Max-clock capacity at this SLO (req/s) and the offered mean rate.
     pub capacity: f64,
     pub rate: f64,
+    /// Energy per request no policy can go below in this case (J; see [`floor`]).
+    pub floor_j: f64,
+    /// The same floor with one clock per batch (J): how much a clock per layer could ever gain.
+    pub floor_batch_clock_j: f64,
     pub runs: Vec<(PolicyId, RunResult)>,
 }
 

@@ -160,6 +160,10 @@ pub fn run_case(
         case: case.clone(),
         capacity,
         rate,
+        floor_j: bed.floor.per_request_j(duration_s, arrivals.len()),
+        floor_batch_clock_j: bed
+            .floor
+            .per_request_batch_clock_j(duration_s, arrivals.len()),
         runs,
     })
 }

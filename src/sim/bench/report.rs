@@ -29,6 +29,8 @@ pub struct Record {
     pub switches: usize,
     pub saturated: f64,
     pub mean_batch: f64,
+    /// The case's physics floor: energy per request no policy can go below (J).
+    pub floor_energy_per_request_j: f64,
 }
 
 pub fn records(suite: &SuiteResult) -> Vec<Record> {
@@ -52,6 +54,7 @@ pub fn records(suite: &SuiteResult) -> Vec<Record> {
                 switches: r.switches,
                 saturated: r.saturated_s,
                 mean_batch: r.mean_batch,
+                floor_energy_per_request_j: c.floor_j,
             });
         }
     }
@@ -81,6 +84,7 @@ pub fn table(suite: &SuiteResult) -> String {
         .map(String::from)
         .to_vec();
     head.extend(pols.iter().map(|p| format!("{} mJ", p.short())));
+    head.push("floor".into());
     head.extend(
         pols.iter()
             .filter(|&&p| p != focus)
@@ -103,6 +107,7 @@ pub fn table(suite: &SuiteResult) -> String {
         ];
         let e = |p: PolicyId| c.run(p).map_or(f64::NAN, |r| r.energy_per_request_j);
         row.extend(pols.iter().map(|&p| format!("{:.1}", e(p) * 1e3)));
+        row.push(format!("{:.1}", c.floor_j * 1e3));
         row.extend(
             pols.iter()
                 .filter(|&&p| p != focus)
@@ -184,6 +189,12 @@ pub struct Summary {
     pub best_reduction_vs_d: f64,
     pub mean_reduction_vs_b: f64,
     pub mean_reduction_vs_c: f64,
+    /// Mean reduction against (a) of the physics floor (what no policy can beat) and of (e).
+    pub floor_reduction_vs_a: f64,
+    pub oracle_reduction_vs_a: f64,
+    /// Mean reduction of the floor with a clock per layer against the floor with one clock per
+    /// batch: the most layer-level clocks could gain over per-batch DVFS without an SLO.
+    pub floor_layer_vs_batch_clock: f64,
     /// Mean and worst (E_policy / E_oracle − 1), where the oracle meets the SLO too.
     pub mean_gap_to_oracle: f64,
     pub worst_gap_to_oracle: f64,
@@ -249,6 +260,35 @@ pub fn summary(suite: &SuiteResult) -> Summary {
         best_reduction_vs_d: vs_d.iter().copied().fold(f64::NAN, f64::max),
         mean_reduction_vs_b: mean(&reductions(PolicyId::Clipper, &a_met)),
         mean_reduction_vs_c: mean(&reductions(PolicyId::DefaultClock, &a_met)),
+        floor_reduction_vs_a: mean(
+            &suite
+                .cases
+                .iter()
+                .filter(|c| a_meets(c))
+                .filter_map(|c| Some(reduction(c.floor_j, e(c, PolicyId::MaxClock)?)))
+                .collect::<Vec<_>>(),
+        ),
+        oracle_reduction_vs_a: mean(
+            &suite
+                .cases
+                .iter()
+                .filter(|c| a_meets(c))
+                .filter_map(|c| {
+                    Some(reduction(
+                        e(c, PolicyId::Oracle)?,
+                        e(c, PolicyId::MaxClock)?,
+                    ))
+                })
+                .collect::<Vec<_>>(),
+        ),
+        floor_layer_vs_batch_clock: mean(
+            &suite
+                .cases
+                .iter()
+                .filter(|c| a_meets(c))
+                .map(|c| reduction(c.floor_j, c.floor_batch_clock_j))
+                .collect::<Vec<_>>(),
+        ),
         mean_gap_to_oracle: mean(&gaps),
         worst_gap_to_oracle: gaps.iter().copied().fold(f64::NAN, f64::max),
         slo_met_share: if att.is_empty() {
@@ -291,9 +331,20 @@ pub fn summary_text(s: &Summary) -> String {
     );
     let _ = writeln!(
         out,
+        "  floor vs (a):           {} less is the most any policy could reach (physics floor: no SLO, a clock per layer, free switches); (e) oracle {} less",
+        p(s.floor_reduction_vs_a),
+        p(s.oracle_reduction_vs_a)
+    );
+    let _ = writeln!(
+        out,
         "  vs (d) per-batch DVFS:  {} less on average, {} in the best case   target >= 10 % mean, >= 25 % best",
         p(s.mean_reduction_vs_d),
         p(s.best_reduction_vs_d)
+    );
+    let _ = writeln!(
+        out,
+        "  floor, clock per layer vs one per batch: {} less (without an SLO; under one, a clock per layer can gain more)",
+        p(s.floor_layer_vs_batch_clock)
     );
     let _ = writeln!(
         out,

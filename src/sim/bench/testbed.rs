@@ -16,6 +16,7 @@ use super::super::baselines::TritonConfig;
 use super::super::device::Device;
 use super::super::policy::ClockTarget;
 use super::super::truth;
+use super::floor::Floor;
 use super::{BenchError, CostSource};
 
 /// Clocks in the cost tables (the planner keeps at most 24).
@@ -50,6 +51,8 @@ pub struct Testbed {
     /// Noise-free whole-model time per batch size at f_max and at the default clock.
     pub exec_fmax_s: Vec<f64>,
     pub exec_default_s: Vec<f64>,
+    /// The physics floor of energy per request (see [`super::floor`]).
+    pub floor: Floor,
 }
 
 impl Testbed {
@@ -96,6 +99,7 @@ impl Testbed {
         let exec_fmax_s = truth::batch_times_s(&graph, &profile, max_batch, f_max);
         let f_def = profile.default_clock_under_load_mhz();
         let exec_default_s = truth::batch_times_s(&graph, &profile, max_batch, f_def);
+        let floor = Floor::new(&graph, &profile, max_batch);
         Ok(Self {
             model: model.to_string(),
             gpu: profile.name().to_string(),
@@ -110,6 +114,7 @@ impl Testbed {
             oracle_chain,
             exec_fmax_s,
             exec_default_s,
+            floor,
         })
     }
 
