@@ -61,9 +61,9 @@ fn busy_excess_quantile_s(batch: u32, rate: f64, service_s: f64, q: f64) -> f64 
     }
 }
 
-/// The `q`-quantile of the time from the first request's arrival until its batch starts (s): the
-/// later of its batch filling (the `fill_q` given, taken at √q) and the GPU finishing the
-/// batches before it. The two are independent under Poisson arrivals, so splitting the quantile
+/// The `q`-quantile of the time from a request's arrival until its batch starts (s): the later
+/// of its batch filling (the per-request fill quantile given, taken at √q) and the GPU finishing
+/// the batches before it (as the batch's first request sees it: later ones see less of it). The two are independent under Poisson arrivals, so splitting the quantile
 /// as √q·√q bounds the quantile of their maximum from above without the sum's double counting
 /// (a batch that fills slowly is the one that waits least).
 pub fn pre_service_quantile_s(
@@ -77,8 +77,8 @@ pub fn pre_service_quantile_s(
     fill_at_sqrt_q_s.max(busy).max(0.0)
 }
 
-/// The longest service time `S` (the GPU's busy time per batch) whose first-request latency
-/// quantile `pre_service(S) + S` stays within `room_s`, 0 if none. Increasing in `S`, so
+/// The longest service time `S` (the GPU's busy time per batch) whose latency quantile
+/// `pre_service(S) + S` stays within `room_s`, 0 if none. Increasing in `S`, so
 /// bisection finds the boundary.
 pub fn max_service_s(batch: u32, rate: f64, q: f64, fill_at_sqrt_q_s: f64, room_s: f64) -> f64 {
     if room_s.is_nan() || room_s <= 0.0 || fill_at_sqrt_q_s >= room_s {
@@ -166,22 +166,24 @@ mod tests {
         assert!(decay_rate(b, rate, f64::from(b) / rate).is_none());
     }
 
-    /// First-request pre-service times (fill of the other b − 1 requests, then the wait for the
-    /// GPU) of simulated Poisson arrivals with a deterministic service.
+    /// Pre-service times of every request (from its arrival until its batch starts: the rest of
+    /// the batch filling, then the wait for the GPU) of simulated Poisson arrivals with a
+    /// deterministic service.
     fn simulated_pre_service_quantile(batch: u32, rate: f64, service_s: f64, q: f64) -> f64 {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let gap = Exp::new(rate).unwrap();
         let (mut t, mut free_at) = (0.0, 0.0_f64);
         let mut pre = Vec::new();
-        for _ in 0..200_000 {
-            t += gap.sample(&mut rng);
-            let first = t;
-            for _ in 1..batch {
+        let mut arrivals = Vec::with_capacity(batch as usize);
+        for _ in 0..200_000 / batch {
+            arrivals.clear();
+            for _ in 0..batch {
                 t += gap.sample(&mut rng);
+                arrivals.push(t);
             }
             let start = t.max(free_at);
             free_at = start + service_s;
-            pre.push(start - first);
+            pre.extend(arrivals.iter().map(|a| start - a));
         }
         pre.sort_by(f64::total_cmp);
         pre[((q * pre.len() as f64) as usize).min(pre.len() - 1)]

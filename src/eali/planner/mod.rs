@@ -116,7 +116,7 @@ pub struct PlanRequest {
     pub entry: EntryClock,
     pub corrections: Corrections,
     #[serde(default)]
-    /// How the first request's wait for its batch to fill enters the latency bound.
+    /// How a request's wait for its batch to fill enters the latency bound.
     pub fill: FillBound,
 }
 
@@ -314,9 +314,9 @@ impl Planner {
     pub(super) fn budgets(&self, bi: usize, req: &PlanRequest) -> (f64, f64, f64) {
         let b = self.costs.batches[bi];
         let overhead = self.costs.batch_overhead_s[bi] * req.corrections.time;
-        // The first request waits for its batch to fill and for the batches before it to finish,
-        // then runs (the GPU is busy T_o + T_x per batch): the longest service whose tail
-        // latency stays within the target.
+        // A request waits for the rest of its batch to arrive and for the batches before it to
+        // finish, then runs (the GPU is busy T_o + T_x per batch): the longest service whose
+        // tail latency stays within the target.
         let latency = super::queue_wait::max_service_s(
             b,
             req.rate_upper.max(req.rate),

@@ -114,8 +114,8 @@ impl Planner {
         }
         let fill = self.fill.wait_s(b, req.fill_rate);
         let exec = inst.overhead_s + ev.time;
-        // The first request's tail latency: the later of its batch filling and the GPU freeing
-        // up, then the execution.
+        // A request's tail latency: the later of its batch filling and the GPU freeing up, then
+        // the execution.
         let pre = super::super::queue_wait::pre_service_quantile_s(
             b,
             req.rate_upper.max(req.rate),
