@@ -34,7 +34,9 @@ impl Default for TableConfig {
             rate_min: 1.0,
             rate_max: None,
             buckets: 32,
-            margins: vec![0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5],
+            margins: vec![
+                -0.3, -0.2, -0.12, -0.06, 0.0, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5,
+            ],
             z: 2.0,
             window_s: 1.0,
         }
@@ -73,10 +75,10 @@ impl PlanTable {
         }
         if config.margins.is_empty()
             || config.margins.windows(2).any(|w| w[0] >= w[1])
-            || config.margins.iter().any(|m| !(0.0..1.0).contains(m))
+            || config.margins.iter().any(|m| !(-1.0..1.0).contains(m))
         {
             return Err(EaliError::BadConfig(
-                "margins must be ascending, in [0, 1)".into(),
+                "margins must be ascending, in [-1, 1)".into(),
             ));
         }
         if !(config.z >= 0.0 && config.window_s > 0.0) {

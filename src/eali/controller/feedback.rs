@@ -7,24 +7,37 @@ use crate::eali::planner::Corrections;
 
 /// AIMD margin settings (reference/eali.md §4.5 step 4).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MarginConfig {
     pub initial: f64,
+    /// Lowest margin. Below 0 the planner targets more than the SLO *in its latency model*:
+    /// the model is a bound (fill and GPU-busy quantiles taken apart, batches assumed to fill
+    /// before they run) and at high load it can sit far above the latencies the server sees;
+    /// a tail that stays comfortably below the SLO lets the margin go negative to take up that
+    /// slack, and the first violation sets it positive again.
     pub min: f64,
     pub max: f64,
     /// Tolerated fraction of requests over the SLO per control period (1 − percentile).
     pub violation_target: f64,
     /// Guard band below the target (1 − m)·L, as a fraction of L, before the margin shrinks.
     pub guard_frac: f64,
+    /// Least margin while the arrival rate is not known to be steady, and the requests a
+    /// period needs before its tail may take the margin below it: slack is taken from the
+    /// model only on enough evidence, never on a handful of requests or across a burst.
+    pub unsteady_min: f64,
+    pub slack_min_requests: usize,
 }
 
 impl Default for MarginConfig {
     fn default() -> Self {
         Self {
             initial: 0.1,
-            min: 0.05,
+            min: -0.3,
             max: 0.5,
             violation_target: 0.01,
             guard_frac: 0.05,
+            unsteady_min: 0.05,
+            slack_min_requests: 200,
         }
     }
 }
@@ -73,9 +86,17 @@ impl MarginController {
         }
     }
 
+    /// The arrival rate changed: whatever slack the margin took from the model is given back
+    /// (the slack was measured under the old arrivals).
+    pub fn on_rate_change(&mut self) {
+        self.margin = self.margin.max(self.cfg.unsteady_min.min(self.cfg.max));
+    }
+
     /// Closes a control period: applies the AIMD rule to the latencies seen since the last one.
-    /// Returns `None` (margin unchanged) when no request finished in the period.
-    pub fn end_period(&mut self) -> Option<MarginUpdate> {
+    /// `steady` says whether the arrival rate has held long enough for the margin to go below
+    /// [`MarginConfig::unsteady_min`]. Returns `None` (margin unchanged) when no request
+    /// finished in the period.
+    pub fn end_period(&mut self, steady: bool) -> Option<MarginUpdate> {
         let n = self.latencies.len();
         if n == 0 {
             return None;
@@ -86,10 +107,22 @@ impl MarginController {
         let (_, tail, _) = self.latencies.select_nth_unstable_by(rank, f64::total_cmp);
         let tail = *tail;
         let before = self.margin;
+        // A negative margin is slack taken from the model, not a target past the SLO: a
+        // violation gives it all back at once, and it only grows while the observed tail stays
+        // a guard band below the SLO itself.
         if rate > self.cfg.violation_target {
-            self.margin = (2.0 * self.margin + 0.02).min(self.cfg.max);
-        } else if tail < (1.0 - self.margin) * self.slo_s - self.cfg.guard_frac * self.slo_s {
-            self.margin = (self.margin - 0.01).max(self.cfg.min);
+            self.margin = (2.0 * self.margin.max(0.0) + 0.02).min(self.cfg.max);
+        } else if tail
+            < (1.0 - self.margin.max(0.0)) * self.slo_s - self.cfg.guard_frac * self.slo_s
+        {
+            let floor = if steady && n >= self.cfg.slack_min_requests {
+                self.cfg.min
+            } else {
+                self.cfg.unsteady_min.max(self.cfg.min)
+            };
+            if self.margin > floor {
+                self.margin = (self.margin - 0.01).max(floor);
+            }
         }
         self.latencies.clear();
         Some(MarginUpdate {
@@ -153,7 +186,7 @@ mod tests {
         for i in 0..100 {
             m.record(if i < 5 { 0.12 } else { 0.05 });
         }
-        let u = m.end_period().unwrap();
+        let u = m.end_period(false).unwrap();
         assert_eq!(u.requests, 100);
         assert!((u.violation_rate - 0.05).abs() < 1e-12);
         assert!((m.margin() - 0.22).abs() < 1e-12);
@@ -161,10 +194,10 @@ mod tests {
         for _ in 0..10 {
             m.record(0.2);
         }
-        m.end_period();
+        m.end_period(false);
         assert!((m.margin() - 0.46).abs() < 1e-12);
         m.record(0.2);
-        m.end_period();
+        m.end_period(false);
         assert_eq!(m.margin(), 0.5);
     }
 
@@ -182,13 +215,13 @@ mod tests {
         for _ in 0..200 {
             m.record(0.05);
         }
-        m.end_period();
+        m.end_period(false);
         assert!((m.margin() - 0.19).abs() < 1e-12);
         // Tail right at the target (within the guard): unchanged.
         for _ in 0..200 {
             m.record(0.078);
         }
-        let u = m.end_period().unwrap();
+        let u = m.end_period(false).unwrap();
         assert_eq!(u.margin_after, u.margin_before);
         // Never below the floor.
         let mut low = MarginController::new(
@@ -200,10 +233,56 @@ mod tests {
             0.99,
         );
         low.record(0.001);
-        low.end_period();
+        low.end_period(false);
         assert_eq!(low.margin(), 0.05);
         // An empty period changes nothing.
-        assert!(low.end_period().is_none());
+        assert!(low.end_period(false).is_none());
+    }
+
+    #[test]
+    fn slack_is_taken_only_when_steady_on_enough_requests_and_given_back_at_once() {
+        let cfg = MarginConfig {
+            initial: 0.06,
+            ..MarginConfig::default()
+        };
+        let mut m = MarginController::new(cfg, 0.1, 0.99);
+        let period = |m: &mut MarginController, n: usize, latency: f64, steady: bool| {
+            for _ in 0..n {
+                m.record(latency);
+            }
+            m.end_period(steady);
+        };
+        // A comfortable tail, but the arrivals not steady yet: down to the unsteady floor only.
+        for _ in 0..5 {
+            period(&mut m, 500, 0.03, false);
+        }
+        assert!((m.margin() - 0.05).abs() < 1e-12);
+        // Steady, but too few requests for a p99: still held.
+        period(&mut m, 50, 0.03, true);
+        assert!((m.margin() - 0.05).abs() < 1e-12);
+        // Steady with evidence: it goes negative, one point per period, down to the minimum.
+        for _ in 0..10 {
+            period(&mut m, 500, 0.03, true);
+        }
+        assert!((m.margin() - (-0.05)).abs() < 1e-9, "{}", m.margin());
+        for _ in 0..100 {
+            period(&mut m, 500, 0.03, true);
+        }
+        assert!((m.margin() - cfg.min).abs() < 1e-9);
+        // A tail close to the SLO itself (within the guard) takes no more slack.
+        let before = m.margin();
+        period(&mut m, 500, 0.097, true);
+        assert_eq!(m.margin(), before);
+        // A violation gives the slack back at once.
+        period(&mut m, 500, 0.2, true);
+        assert!((m.margin() - 0.02).abs() < 1e-12);
+        // So does a change of the arrival rate.
+        for _ in 0..10 {
+            period(&mut m, 500, 0.03, true);
+        }
+        assert!(m.margin() < 0.0);
+        m.on_rate_change();
+        assert!((m.margin() - 0.05).abs() < 1e-12);
     }
 
     #[test]

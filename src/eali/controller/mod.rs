@@ -38,6 +38,9 @@ mod tests;
 pub use feedback::{Corrector, MarginConfig, MarginController, MarginUpdate};
 pub use rate::{RateConfig, RateEstimator};
 
+/// Margin the dispatch deadline keeps at least (the lowest before margins could go negative).
+const DISPATCH_MARGIN_MIN: f64 = 0.05;
+
 /// Controller settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ControllerConfig {
@@ -54,6 +57,14 @@ pub struct ControllerConfig {
     pub correction_weight: f64,
     /// Re-solve the table when α has moved this much (relative) since it was solved.
     pub resolve_tolerance: f64,
+    /// Time without a detected rate change after which the arrivals count as steady, so the
+    /// margin may take slack from the latency model (s).
+    #[serde(default = "default_steady_s")]
+    pub steady_s: f64,
+}
+
+fn default_steady_s() -> f64 {
+    30.0
 }
 
 impl ControllerConfig {
@@ -72,6 +83,7 @@ impl ControllerConfig {
             hysteresis: 0.03,
             correction_weight: 0.2,
             resolve_tolerance: 0.05,
+            steady_s: default_steady_s(),
         }
     }
 }
@@ -164,6 +176,8 @@ pub struct Controller {
     last_margin_update: Option<MarginUpdate>,
     /// Rate bucket of the estimate at the last re-plan.
     planned_bucket: usize,
+    /// When the rate estimator last detected a change (or the controller started).
+    last_rate_change: f64,
 }
 
 impl Controller {
@@ -214,6 +228,7 @@ impl Controller {
         let planned_bucket = table.bucket(rate.estimate());
         Ok(Self {
             planned_bucket,
+            last_rate_change: start_s,
             corrector: Corrector::new(config.correction_weight),
             next_tick: start_s + config.control_period_s,
             clock: ClockBelief {
@@ -237,6 +252,8 @@ impl Controller {
         self.rate.on_arrival(t);
         if self.rate.detect_change(t).is_some() {
             self.stats.rate_changes += 1;
+            self.last_rate_change = t;
+            self.margin.on_rate_change();
             self.replan();
         } else if self.table.bucket(self.rate.estimate()) != self.planned_bucket {
             // After a change the estimate moves with every arrival: follow it across buckets.
@@ -265,7 +282,7 @@ impl Controller {
             // overload): take as many as the largest planned batch holds, as dynamic batching
             // does, so the backlog drains instead of being served at the plan's pace.
             let largest = self.current.by_batch.last().map_or(best.batch, |p| p.batch);
-            let target = (1.0 - self.margin.margin()) * self.config.planner.slo_s;
+            let target = self.dispatch_target_s();
             let late = now >= oldest + target - best.exec_time_s;
             let (batch, plan) = if queued > best.batch && late {
                 let batch = queued.min(largest.max(best.batch));
@@ -282,7 +299,7 @@ impl Controller {
             return self.dispatch(batch, plan);
         }
         let plan = self.current.for_queue(queued);
-        let target = (1.0 - self.margin.margin()) * self.config.planner.slo_s;
+        let target = self.dispatch_target_s();
         let deadline = oldest + target - plan.exec_time_s - self.entry_penalty(now, plan);
         if now >= deadline {
             let plan = plan.clone();
@@ -293,6 +310,13 @@ impl Controller {
             until: deadline.min(self.next_tick),
             hold_clock_mhz: hold,
         }
+    }
+
+    /// How long after its arrival the oldest request must be done: the SLO less the margin, and
+    /// never less than the smallest positive tabulated margin (a negative margin is slack in
+    /// the planner's latency model; the dispatch deadline works on the real clock).
+    fn dispatch_target_s(&self) -> f64 {
+        (1.0 - self.margin.margin().max(DISPATCH_MARGIN_MIN)) * self.config.planner.slo_s
     }
 
     /// A batch finished: feeds α, the margin controller and the clock belief.
@@ -369,7 +393,8 @@ impl Controller {
         while now >= self.next_tick {
             let tick = self.next_tick;
             self.stats.control_periods += 1;
-            if let Some(u) = self.margin.end_period() {
+            let steady = tick - self.last_rate_change >= self.config.steady_s;
+            if let Some(u) = self.margin.end_period(steady) {
                 self.last_margin_update = Some(u);
             }
             self.rate.tick(tick);
