@@ -32,12 +32,12 @@ impl Default for MarginConfig {
     fn default() -> Self {
         Self {
             initial: 0.1,
-            min: -0.3,
+            min: -0.5,
             max: 0.5,
             violation_target: 0.01,
             guard_frac: 0.05,
             unsteady_min: 0.05,
-            slack_min_requests: 200,
+            slack_min_requests: 50,
         }
     }
 }
@@ -258,7 +258,7 @@ mod tests {
         }
         assert!((m.margin() - 0.05).abs() < 1e-12);
         // Steady, but too few requests for a p99: still held.
-        period(&mut m, 50, 0.03, true);
+        period(&mut m, 20, 0.03, true);
         assert!((m.margin() - 0.05).abs() < 1e-12);
         // Steady with evidence: it goes negative, one point per period, down to the minimum.
         for _ in 0..10 {

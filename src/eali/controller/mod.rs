@@ -64,7 +64,7 @@ pub struct ControllerConfig {
 }
 
 fn default_steady_s() -> f64 {
-    30.0
+    10.0
 }
 
 impl ControllerConfig {
