@@ -233,6 +233,17 @@ pub fn summary(suite: &SuiteResult) -> Summary {
             .collect()
     };
     let a_met = |c: &CaseResult| a_meets(c);
+    // Mean of a per-case figure over the cases where (a) meets the SLO.
+    let mean_where_a_met = |f: &dyn Fn(&CaseResult) -> Option<f64>| {
+        mean(
+            &suite
+                .cases
+                .iter()
+                .filter(|c| a_meets(c))
+                .filter_map(f)
+                .collect::<Vec<_>>(),
+        )
+    };
     let vs_d = reductions(PolicyId::PerBatchDvfs, &a_met);
     let gaps: Vec<f64> = suite
         .cases
@@ -260,35 +271,18 @@ pub fn summary(suite: &SuiteResult) -> Summary {
         best_reduction_vs_d: vs_d.iter().copied().fold(f64::NAN, f64::max),
         mean_reduction_vs_b: mean(&reductions(PolicyId::Clipper, &a_met)),
         mean_reduction_vs_c: mean(&reductions(PolicyId::DefaultClock, &a_met)),
-        floor_reduction_vs_a: mean(
-            &suite
-                .cases
-                .iter()
-                .filter(|c| a_meets(c))
-                .filter_map(|c| Some(reduction(c.floor_j, e(c, PolicyId::MaxClock)?)))
-                .collect::<Vec<_>>(),
-        ),
-        oracle_reduction_vs_a: mean(
-            &suite
-                .cases
-                .iter()
-                .filter(|c| a_meets(c))
-                .filter_map(|c| {
-                    Some(reduction(
-                        e(c, PolicyId::Oracle)?,
-                        e(c, PolicyId::MaxClock)?,
-                    ))
-                })
-                .collect::<Vec<_>>(),
-        ),
-        floor_layer_vs_batch_clock: mean(
-            &suite
-                .cases
-                .iter()
-                .filter(|c| a_meets(c))
-                .map(|c| reduction(c.floor_j, c.floor_batch_clock_j))
-                .collect::<Vec<_>>(),
-        ),
+        floor_reduction_vs_a: mean_where_a_met(&|c| {
+            Some(reduction(c.floor_j, e(c, PolicyId::MaxClock)?))
+        }),
+        oracle_reduction_vs_a: mean_where_a_met(&|c| {
+            Some(reduction(
+                e(c, PolicyId::Oracle)?,
+                e(c, PolicyId::MaxClock)?,
+            ))
+        }),
+        floor_layer_vs_batch_clock: mean_where_a_met(&|c| {
+            Some(reduction(c.floor_j, c.floor_batch_clock_j))
+        }),
         mean_gap_to_oracle: mean(&gaps),
         worst_gap_to_oracle: gaps.iter().copied().fold(f64::NAN, f64::max),
         slo_met_share: if att.is_empty() {
