@@ -9,7 +9,11 @@
 //!    server's.
 //!
 //! `cargo bench --bench serving` (env `SERVING_SECS`, `SERVING_CONNS`, `SERVING_REPS`,
-//! `SERVING_SERVER_THREADS`, `SERVING_CLIENT_THREADS` to change the run, `SERVING_BODY=binary` for the binary tensor data extension; the latency runs are
+//! `SERVING_SERVER_THREADS`, `SERVING_CLIENT_THREADS` to change the run, `SERVING_BODY=binary`
+//! for the binary tensor data extension, `SERVING_RATES=r1,r2,…` for latency at these request
+//! rates instead of the three above, `SERVING_AA=1` for the control: a second echo server in
+//! eali's place, so the "added p99" printed is what the machine and client measure between two
+//! identical servers; the latency runs are
 //! repeated, the servers taking turns, and judged on the median).
 //! This is a measurement, not a test: it prints the figures and the verdict, and never fails on
 //! them.
@@ -297,20 +301,37 @@ fn main() {
     let conns = env("SERVING_CONNS", 32.0) as usize;
     let reps = (env("SERVING_REPS", 3.0) as usize).max(1);
     let (server_threads, client_threads) = threads();
-    let runtime = |n: usize| {
+    let runtime = |n: usize, name: &str| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
+            .thread_name(name)
             .enable_all()
             .build()
             .unwrap()
     };
-    let (server_rt, client_rt) = (runtime(server_threads), runtime(client_threads));
+    let (server_rt, client_rt) = (
+        runtime(server_threads, "server-rt"),
+        runtime(client_threads, "client-rt"),
+    );
     let dir = std::env::temp_dir().join(format!("eali-serving-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // Both servers live on the servers' runtime (their accept loops and connections are spawned
     // there); the client drives them from its own.
-    let (echo, (eali, stop)) =
-        server_rt.block_on(async { (echo_server().await, eali_server(&dir).await) });
+    // `SERVING_AA=1`: a second echo server in eali's place, the control that shows how much
+    // "added p99" this machine and client measure between two identical servers.
+    let aa = std::env::var("SERVING_AA").is_ok_and(|v| v == "1");
+    let name = if aa { "echo no.2" } else { "eali serve" };
+    let (echo, (eali, stop)) = server_rt.block_on(async {
+        let echo = echo_server().await;
+        if aa {
+            (
+                echo,
+                (echo_server().await, tokio::sync::oneshot::channel::<()>().0),
+            )
+        } else {
+            (echo, eali_server(&dir).await)
+        }
+    });
     client_rt.block_on(async {
         let echo_uri: hyper::Uri = format!("http://{echo}/v2/models/tiny/infer").parse().unwrap();
         let eali_uri: hyper::Uri = format!("http://{eali}/v2/models/tiny/infer").parse().unwrap();
@@ -323,13 +344,21 @@ fn main() {
         let echo_rps = peak(echo_uri.clone(), conns, secs).await;
         let eali_rps = peak(eali_uri.clone(), conns, secs).await;
         let ratio = eali_rps / echo_rps;
-        println!("peak throughput   hyper echo {echo_rps:>9.0} req/s   eali serve {eali_rps:>9.0} req/s   ratio {:.1} % (target >= 50 %: {})",
+        println!("peak throughput   hyper echo {echo_rps:>9.0} req/s   {name} {eali_rps:>9.0} req/s   ratio {:.1} % (target >= 50 %: {})",
             100.0 * ratio, if ratio >= 0.5 { "met" } else { "NOT met" });
-        let rates = [
-            ("half the echo peak", echo_rps / 2.0),
-            ("half eali's peak", eali_rps / 2.0),
-            ("half the 50 % target, a quarter of the echo peak", echo_rps / 4.0),
+        let mut rates = vec![
+            ("half the echo peak".to_string(), echo_rps / 2.0),
+            ("half eali's peak".to_string(), eali_rps / 2.0),
+            ("half the 50 % target, a quarter of the echo peak".to_string(), echo_rps / 4.0),
         ];
+        // `SERVING_RATES=30000,40000`: a latency-against-load curve at these rates instead.
+        if let Ok(list) = std::env::var("SERVING_RATES") {
+            rates = list
+                .split(',')
+                .filter_map(|r| r.trim().parse::<f64>().ok())
+                .map(|r| (format!("{:.0} % of the echo peak", 100.0 * r / echo_rps), r))
+                .collect();
+        }
         for (what, rate) in rates {
             // Repeated, the two servers taking turns, so a burst of other work on the machine
             // lands on one repetition rather than on one server; the verdict is on the median.
@@ -339,7 +368,7 @@ fn main() {
                 let (e50, e99) = latency(echo_uri.clone(), rate, secs, conns, seed).await;
                 let (s50, s99) = latency(eali_uri.clone(), rate, secs, conns, seed).await;
                 println!(
-                    "at {rate:.0} req/s ({what}), run {}: hyper echo p50 {e50:.3} ms p99 {e99:.3} ms; eali serve p50 {s50:.3} ms p99 {s99:.3} ms; added p99 {:.3} ms",
+                    "at {rate:.0} req/s ({what}), run {}: hyper echo p50 {e50:.3} ms p99 {e99:.3} ms; {name} p50 {s50:.3} ms p99 {s99:.3} ms; added p99 {:.3} ms",
                     rep + 1,
                     s99 - e99
                 );
@@ -348,7 +377,9 @@ fn main() {
             added.sort_by(f64::total_cmp);
             let median = added[added.len() / 2];
             println!(
-                "at {rate:.0} req/s ({what}): median added p99 {median:.3} ms over {reps} runs (target <= 1 ms: {})",
+                "at {rate:.0} req/s ({what}): median added p99 {median:.3} ms over {reps} runs, range {:.3} to {:.3} (target <= 1 ms: {})",
+                added[0],
+                added[added.len() - 1],
                 if median <= 1.0 { "met" } else { "NOT met" }
             );
         }
