@@ -18,6 +18,7 @@ use super::{
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct JsonRequest {
     #[serde(default)]
     id: Option<String>,
@@ -29,6 +30,7 @@ struct JsonRequest {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct JsonInput {
     name: String,
     shape: Vec<i64>,
@@ -43,6 +45,7 @@ struct JsonInput {
 /// may come after it, so numbers are kept as FP32 candidates and every scalar is counted; a
 /// second pass over the text cost a third of the decoding time of a 192-value tensor).
 #[derive(Default)]
+#[cfg_attr(test, derive(Debug))]
 struct JsonData {
     numbers: Vec<f32>,
     scalars: usize,
@@ -59,6 +62,7 @@ impl<'de> Deserialize<'de> for JsonData {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct JsonOutput {
     name: String,
     #[serde(default)]
@@ -89,6 +93,20 @@ fn params(map: Option<Map<String, Value>>, what: &str) -> Result<Params, OipErro
 /// Decodes a REST infer request body. `header_len` is the `Inference-Header-Content-Length`
 /// header, present when the body uses the binary tensor data extension.
 pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferRequest, OipError> {
+    decode(body, header_len, true)
+}
+
+/// [`decode_request`] with serde_json alone: the baseline the codec bench runs the fast path
+/// against.
+#[doc(hidden)]
+pub fn decode_request_serde_only(
+    body: &[u8],
+    header_len: Option<usize>,
+) -> Result<InferRequest, OipError> {
+    decode(body, header_len, false)
+}
+
+fn decode(body: &[u8], header_len: Option<usize>, fast: bool) -> Result<InferRequest, OipError> {
     let (json, mut binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(OipError::bad_request(format!(
@@ -99,8 +117,11 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
-    let req: JsonRequest = serde_json::from_slice(json)
-        .map_err(|e| OipError::bad_request(format!("malformed infer request JSON: {e}")))?;
+    let req: JsonRequest = match fast.then(|| fast::parse(json)).flatten() {
+        Some(r) => r,
+        None => serde_json::from_slice(json)
+            .map_err(|e| OipError::bad_request(format!("malformed infer request JSON: {e}")))?,
+    };
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for i in req.inputs {
         let datatype = Datatype::parse(&i.datatype)
@@ -364,6 +385,9 @@ pub fn encode_response(
 pub fn error_body(message: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default()
 }
+
+#[path = "json_fast.rs"]
+mod fast;
 
 #[cfg(test)]
 #[path = "json_tests.rs"]
