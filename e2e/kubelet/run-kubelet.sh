@@ -104,6 +104,7 @@ syncFrequency: 5s
 EOF
 
 start_kubelet() {
+    log_from=$(($(stat -c %s "$work/kubelet.log" 2>/dev/null || echo 0) + 1))
     "$bin/kubelet" --config="$work/kubelet.yaml" --kubeconfig="$kubeconfig" \
         --hostname-override="$node" --root-dir=/var/lib/kubelet \
         --cert-dir="$work/pki" -v="${EALI_KUBELET_V:-2}" >>"$work/kubelet.log" 2>&1 &
@@ -120,9 +121,21 @@ fi
 # device plugins must register again). Otherwise this ends when any child ends (the test reads
 # the logs) or on SIGTERM/SIGINT.
 restart=0
+retries=0
 trap 'restart=1' HUP
 while true; do
     wait -n "${pids[@]}" "$kubelet_pid" || true
+    # The kubelet sometimes dies at start-up renaming its pod-resources socket into place
+    # ("invalid cross-device link" within one directory, a known kubelet race: k3s-io/k3s#4042).
+    # That start is retried, a few times at most; any other exit ends the run as before.
+    if [ $restart = 0 ] && [ $retries -lt 3 ] && ! kill -0 "$kubelet_pid" 2>/dev/null \
+        && tail -c +"$log_from" "$work/kubelet.log" | grep -q "pod-resources/kubelet.sock: invalid cross-device link"; then
+        retries=$((retries + 1))
+        echo "run-kubelet: the kubelet hit the pod-resources socket race; starting it again" >>"$work/kubelet.log"
+        start_kubelet
+        echo "$kubelet_pid" >"$work/kubelet.pid"
+        continue
+    fi
     if [ $restart = 1 ]; then
         restart=0
         kill "$kubelet_pid" 2>/dev/null || true
