@@ -148,6 +148,10 @@ fn events(cp: &ControlPlane, ns: &str, name: &str) -> Vec<(String, String, Strin
         .map(|items| {
             items
                 .iter()
+                // Only events about the InferenceService: the Service of the same name also
+                // gets events from the API server's own controllers (e.g. the ClusterIP
+                // allocator's repair loop), which are not ours to check.
+                .filter(|e| e["regarding"]["kind"] == "InferenceService")
                 .map(|e| {
                     let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
                     (s("reason"), s("reportingInstance"), s("note"))
