@@ -112,6 +112,7 @@ async fn eali_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::oneshot
         queue_capacity: 1 << 16,
         deadline_factor: 100.0,
         max_body_bytes: 1 << 20,
+        report_window_s: 10.0,
     };
     let server = Server::bind(&ServeConfig::single("tiny", spec).unwrap(), opts)
         .await

@@ -1,8 +1,9 @@
 //! The agent's node side put together: the device plugin and control sockets
 //! ([`crate::control::run_node_with`]), a telemetry loop (samples every GPU, attributes the
-//! pods' unit timings, keeps the metric families current), a release watcher (resets the clocks
-//! of GPUs their pod let go) and, every `status_every`, a per-GPU summary handed to a
-//! [`NodeStatusSink`] (the per-node InferenceService status writer plugs in there).
+//! pods' unit timings, keeps the metric families current, holds each serving pod's last window
+//! with the GPU energy measured over it), a release watcher (resets the clocks of GPUs their pod
+//! let go) and, every `status_every`, a per-GPU summary handed to a [`NodeStatusSink`] (the
+//! per-node InferenceService status writer plugs in there).
 //!
 //! Clock recovery (resetting what a previous agent left locked) happens before this runs: the
 //! caller starts the [`ClockGuard`] first, so nothing here touches a GPU before its clocks are
@@ -21,7 +22,8 @@ use super::http::Readiness;
 use super::metrics::AgentMetrics;
 use super::release::{ReleasePoll, ReleaseWatcher};
 use crate::control::{
-    AttributedTiming, Authorizer, NodeConfig, NodeHooks, PodName, node::devices_of, run_node_with,
+    AttributedTiming, AttributedWindow, Authorizer, NodeConfig, NodeHooks, PodName,
+    node::devices_of, proto::ServingWindow, run_node_with,
 };
 use crate::deviceplugin::{DeviceTable, Health, SharedGpu};
 use crate::gpu::clockguard::ClockGuard;
@@ -65,7 +67,25 @@ pub struct GpuSummary {
     pub energy_j: f64,
     /// Energy attributed to the holding pods' models so far (J).
     pub services: Vec<ServiceEnergy>,
+    /// The holding pods' last serving windows (fresh ones only).
+    pub windows: Vec<PodWindow>,
 }
+
+/// A serving pod's last window as the agent holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodWindow {
+    pub pod: PodName,
+    pub window: ServingWindow,
+    /// The GPU's energy counter over the window (J): the difference between its readings when
+    /// this window and the pod's previous one arrived. `None` for a pod's first window, or when
+    /// the previous one is too old to bound this one.
+    pub measured_energy_j: Option<f64>,
+}
+
+/// A window is dropped from the summaries once this many of its lengths have passed without a
+/// newer one (the pod stopped reporting), and it bounds the next window's measured energy only
+/// if that arrives within this many lengths.
+const WINDOW_KEEP: f64 = 3.0;
 
 /// Receives the per-GPU summaries (the per-node InferenceService status writer).
 pub trait NodeStatusSink: Send + Sync + 'static {
@@ -122,6 +142,8 @@ struct Telemetry {
     energy: HashMap<String, GpuEnergy>,
     holders: HashMap<String, Vec<PodName>>,
     last: HashMap<String, Sample>,
+    /// Last window per (GPU, pod), with the GPU energy total (J) and Unix time at its arrival.
+    windows: HashMap<(String, PodName), (PodWindow, f64, f64)>,
 }
 
 impl Telemetry {
@@ -169,7 +191,28 @@ impl Telemetry {
         e.timing(t, &mut self.series, &self.metrics);
     }
 
+    fn window(&mut self, w: AttributedWindow) {
+        let now = unix_now();
+        let energy_j = self
+            .metrics
+            .gpu_energy
+            .with_label_values(&[&w.gpu_uuid])
+            .get();
+        let key = (w.gpu_uuid, w.pod);
+        let measured_energy_j = self.windows.get(&key).and_then(|(_, e, at)| {
+            (now - at <= WINDOW_KEEP * w.window.window_s).then_some((energy_j - e).max(0.0))
+        });
+        let pod = PodWindow {
+            pod: key.1.clone(),
+            window: w.window,
+            measured_energy_j,
+        };
+        self.windows.insert(key, (pod, energy_j, now));
+    }
+
     fn released(&mut self, poll: ReleasePoll) {
+        self.windows
+            .retain(|(gpu, pod), _| !poll.released.iter().any(|(g, p)| g == gpu && p == pod));
         for (gpu, pod) in &poll.released {
             if let Some(e) = self.energy.get_mut(gpu) {
                 e.forget_pod(pod);
@@ -181,6 +224,20 @@ impl Telemetry {
             }
         }
         self.holders = poll.holders;
+    }
+
+    fn fresh_windows(&self, gpu: &str) -> Vec<PodWindow> {
+        let now = unix_now();
+        let mut out: Vec<PodWindow> = self
+            .windows
+            .iter()
+            .filter(|((g, _), (w, _, at))| {
+                g == gpu && now - at <= WINDOW_KEEP * w.window.window_s.max(1.0)
+            })
+            .map(|(_, (w, _, _))| w.clone())
+            .collect();
+        out.sort_by(|a, b| a.pod.to_string().cmp(&b.pod.to_string()));
+        out
     }
 
     fn summaries(&self) -> Vec<GpuSummary> {
@@ -206,6 +263,7 @@ impl Telemetry {
                         .get(uuid)
                         .map(GpuEnergy::services)
                         .unwrap_or_default(),
+                    windows: self.fresh_windows(uuid),
                 }
             })
             .collect()
@@ -287,6 +345,7 @@ pub async fn run_agent_node(
     });
 
     let (timings_tx, mut timings) = mpsc::unbounded_channel::<AttributedTiming>();
+    let (windows_tx, mut windows) = mpsc::unbounded_channel::<AttributedWindow>();
     let mut tel = Telemetry {
         gpus: gpus.clone(),
         energy: info
@@ -300,6 +359,7 @@ pub async fn run_agent_node(
         cfg: cfg.energy.clone(),
         holders: HashMap::new(),
         last: HashMap::new(),
+        windows: HashMap::new(),
     };
     let (sample_every, status_every) = (cfg.sample_every, cfg.status_every);
     let tel_stop = until(stop_rx.clone());
@@ -314,6 +374,7 @@ pub async fn run_agent_node(
                 _ = &mut tel_stop => return,
                 _ = sample.tick() => tel.sample().await,
                 Some(t) = timings.recv() => tel.timing(&t),
+                Some(w) = windows.recv() => tel.window(w),
                 Some(p) = polls.recv() => tel.released(p),
                 _ = report.tick() => {
                     if let Some(sink) = &status {
@@ -327,6 +388,7 @@ pub async fn run_agent_node(
 
     let hooks = NodeHooks {
         timings: Some(timings_tx),
+        windows: Some(windows_tx),
         clock_observer: Some(Arc::new(metrics.clone())),
         table: Some(table),
         registered: Some(registered),

@@ -76,6 +76,7 @@ fn serve_args(a: &Args, policy: &str) -> ServeArgs {
         queue_capacity: 4096,
         deadline_factor: 2.0,
         max_body_mib: 64,
+        report_window_secs: 10.0,
         seed: a.seed,
         log_json: false,
     }

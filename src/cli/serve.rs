@@ -69,6 +69,10 @@ pub struct Args {
     /// Largest request body in MiB (413 beyond it).
     #[arg(long, default_value_t = 64)]
     pub max_body_mib: usize,
+    /// Seconds per serving window: in a pod, each window's tail latency, load and energy
+    /// estimate go to the node agent, which publishes them in the InferenceService's status.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_secs)]
+    pub report_window_secs: f64,
     /// Seed of the simulated GPUs and of seeded weights.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -78,6 +82,14 @@ pub struct Args {
 }
 
 /// The single-model configuration the flags describe.
+/// A window length in seconds: finite and above zero.
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a number of seconds above 0, got `{s}`")),
+    }
+}
+
 pub fn flags_config(a: &Args) -> anyhow::Result<ServeConfig> {
     let policy: Policy = serde_json::from_value(serde_json::Value::String(a.policy.clone()))
         .map_err(|_| {
@@ -133,6 +145,7 @@ pub fn options(a: &Args) -> anyhow::Result<ServeOptions> {
         queue_capacity: a.queue_capacity,
         deadline_factor: a.deadline_factor,
         max_body_bytes: a.max_body_mib << 20,
+        report_window_s: a.report_window_secs,
     })
 }
 

@@ -81,4 +81,12 @@ impl ControlClient {
             .await?
             .into_inner())
     }
+
+    /// Sends the pod's figures over its last serving window.
+    pub async fn report_window(
+        &mut self,
+        window: proto::ServingWindow,
+    ) -> Result<proto::WindowAck, ControlError> {
+        Ok(self.inner.report_window(window).await?.into_inner())
+    }
 }

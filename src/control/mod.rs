@@ -36,7 +36,9 @@ pub use authz::{
 pub use client::ControlClient;
 pub use identity::{PodRef, pod_of_cgroup};
 pub use node::{NodeConfig, NodeHooks, run_node, run_node_with};
-pub use service::{AttributedTiming, ClockObserver, ControlServer, ControlService};
+pub use service::{
+    AttributedTiming, AttributedWindow, ClockObserver, ControlServer, ControlService,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

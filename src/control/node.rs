@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::ControlError;
 use super::authz::Authorizer;
-use super::service::{AttributedTiming, ClockObserver, ControlServer, ControlService};
+use super::service::{AttributedTiming, AttributedWindow, ClockObserver, ControlServer, ControlService};
 use crate::deviceplugin::{
     AllocateConfig, DevicePluginRunner, DeviceTable, HealthMonitor, HealthPolicy, PluginConfig,
     PluginDevice, SharedGpu,
@@ -42,12 +42,13 @@ async fn until(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
-/// What the agent plugs into the node runtime beyond the defaults: where unit timings go, who
-/// hears of clock set-calls, the device table it wants to read health from, and a flag raised
-/// once the plugin has registered with the kubelet (readiness).
+/// What the agent plugs into the node runtime beyond the defaults: where unit timings and serving
+/// windows go, who hears of clock set-calls, the device table it wants to read health from, and
+/// a flag raised once the plugin has registered with the kubelet (readiness).
 #[derive(Default)]
 pub struct NodeHooks {
     pub timings: Option<mpsc::UnboundedSender<AttributedTiming>>,
+    pub windows: Option<mpsc::UnboundedSender<AttributedWindow>>,
     pub clock_observer: Option<Arc<dyn ClockObserver>>,
     pub table: Option<DeviceTable>,
     pub registered: Option<watch::Sender<bool>>,
@@ -98,6 +99,9 @@ pub async fn run_node_with(
         );
         if let Some(o) = &hooks.clock_observer {
             svc = svc.with_clock_observer(o.clone());
+        }
+        if let Some(w) = &hooks.windows {
+            svc = svc.with_windows(w.clone());
         }
         let uuid = crate::deviceplugin::health::shared_uuid(g);
         servers.push(ControlServer::spawn(&cfg.alloc.host_socket(&uuid), svc)?);

@@ -28,6 +28,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 enum Cmd {
     Set(ClockTarget),
     Timings(Vec<super::proto::UnitTiming>),
+    Window(Box<super::proto::ServingWindow>),
     Flush(Sender<()>),
 }
 
@@ -82,6 +83,12 @@ impl RemoteClock {
         }
     }
 
+    /// Queues a serving window for the agent (the pod's entry of the InferenceService's
+    /// `status.reports`); dropped, with a log line, when the agent is unreachable.
+    pub fn report_window(&self, window: super::proto::ServingWindow) {
+        let _ = self.tx.send(Cmd::Window(Box::new(window)));
+    }
+
     /// Waits up to `timeout` for everything queued to reach the agent; whether it did.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (ack, done) = channel();
@@ -113,10 +120,12 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
         };
         // Coalesce: only the newest target matters; acknowledge flushes after sending it.
         let (mut target, mut acks, mut timings) = (None, Vec::new(), Vec::new());
+        let mut windows = Vec::new();
         for cmd in std::iter::once(first).chain(rx.try_iter()) {
             match cmd {
                 Cmd::Set(t) => target = Some(t),
                 Cmd::Timings(t) => timings.extend(t),
+                Cmd::Window(w) => windows.push(*w),
                 Cmd::Flush(a) => acks.push(a),
             }
         }
@@ -170,6 +179,21 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
             if let Err(e) = result {
                 client = None;
                 tracing::debug!(error = %e, dropped = n, "unit timings not delivered to the node agent");
+            }
+        }
+        for w in windows {
+            let result = rt.block_on(async {
+                if client.is_none() {
+                    client = Some(ControlClient::connect(&path, &uuid).await?);
+                }
+                match client.as_mut() {
+                    Some(c) => c.report_window(w).await,
+                    None => Err(super::ControlError::Task("remote clock: no client".into())),
+                }
+            });
+            if let Err(e) = result {
+                client = None;
+                tracing::warn!(error = %e, "serving window not delivered to the node agent");
             }
         }
         for a in acks {

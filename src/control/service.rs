@@ -31,6 +31,15 @@ pub struct AttributedTiming {
     pub timing: proto::UnitTiming,
 }
 
+/// A serving window with the pod that reported it (the pod's entry of status.reports).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributedWindow {
+    /// The GPU whose socket received it.
+    pub gpu_uuid: String,
+    pub pod: PodName,
+    pub window: proto::ServingWindow,
+}
+
 /// Told of every clock set-call the socket carried out (the agent's switch and target metrics).
 pub trait ClockObserver: Send + Sync + 'static {
     /// `pod` set GPU `gpu` to `[min_mhz, max_mhz]` (0/0: back to the default clocks).
@@ -43,6 +52,7 @@ pub struct ControlService {
     guard: Arc<ClockGuard>,
     authz: Arc<Authorizer>,
     timings: Option<mpsc::UnboundedSender<AttributedTiming>>,
+    windows: Option<mpsc::UnboundedSender<AttributedWindow>>,
     observer: Option<Arc<dyn ClockObserver>>,
 }
 
@@ -167,8 +177,15 @@ impl ControlService {
             guard,
             authz,
             timings,
+            windows: None,
             observer: None,
         }
+    }
+
+    /// Where the pods' serving windows go (without it they are acknowledged and dropped).
+    pub fn with_windows(mut self, windows: mpsc::UnboundedSender<AttributedWindow>) -> Self {
+        self.windows = Some(windows);
+        self
     }
 
     pub fn with_clock_observer(mut self, observer: Arc<dyn ClockObserver>) -> Self {
@@ -279,6 +296,55 @@ impl GpuControl for ControlService {
             energy_mj,
         }))
     }
+
+    async fn report_window(
+        &self,
+        request: Request<proto::ServingWindow>,
+    ) -> Result<Response<proto::WindowAck>, Status> {
+        let pod = self.authorize(&request).await?;
+        let window = request.into_inner();
+        self.check_uuid(&window.gpu_uuid)?;
+        if let Some(why) = window_problem(&window) {
+            return Err(Status::invalid_argument(why));
+        }
+        if let Some(tx) = &self.windows {
+            let _ = tx.send(AttributedWindow {
+                gpu_uuid: self.uuid.clone(),
+                pod,
+                window,
+            });
+        }
+        let energy_mj = self.on_gpu(|g, _| Ok(g.energy_mj().unwrap_or(0))).await?;
+        Ok(Response::new(proto::WindowAck { energy_mj }))
+    }
+}
+
+/// Why a serving window is refused, if it is: figures the status could not carry (the API
+/// server refuses NaN and infinities) or that describe no window at all.
+fn window_problem(w: &proto::ServingWindow) -> Option<String> {
+    let figures = [
+        ("window_s", Some(w.window_s)),
+        ("end_unix_s", Some(w.end_unix_s)),
+        ("latency_ms", w.latency_ms),
+        ("slo_percentile", Some(w.slo_percentile)),
+        ("slo_latency_ms", Some(w.slo_latency_ms)),
+        ("load_ratio", w.load_ratio),
+        ("predicted_energy_j", w.predicted_energy_j),
+        ("max_clock_energy_j", w.max_clock_energy_j),
+    ];
+    let bad = figures
+        .iter()
+        .find_map(|(name, v)| v.filter(|v| !v.is_finite() || *v < 0.0).map(|v| (name, v)));
+    if let Some((name, v)) = bad {
+        return Some(format!("{name} must be a finite number >= 0, got {v}"));
+    }
+    if w.window_s <= 0.0 {
+        return Some("window_s must be above 0".into());
+    }
+    if w.inference_service.is_empty() {
+        return Some("inference_service is empty".into());
+    }
+    None
 }
 
 /// A running control server for one GPU.

@@ -241,6 +241,13 @@ impl NodeStatusBatch {
         self.entries.keys()
     }
 
+    /// This node's entry and its pods' reports for `ns/service`, if the batch has them.
+    pub fn entry_of(&self, ns: &str, service: &str) -> Option<(&NodeReport, &[ServingReport])> {
+        self.entries
+            .get(&(ns.to_string(), service.to_string()))
+            .map(|(n, r)| (n, r.as_slice()))
+    }
+
     /// This node's entry for `ns/service`, if the batch has one.
     pub fn node_report(&self, ns: &str, service: &str) -> Option<&NodeReport> {
         self.entries

@@ -37,6 +37,8 @@ pub struct ServeOptions {
     pub deadline_factor: f64,
     /// Largest request body (REST) or message (gRPC) in bytes.
     pub max_body_bytes: usize,
+    /// Length of the serving windows reported to the node agent (s).
+    pub report_window_s: f64,
 }
 
 /// A bound, ready server.
@@ -73,6 +75,7 @@ impl Server {
                 power: prepared.power,
                 policy: prepared.policy,
                 timebase,
+                report_window_s: opts.report_window_s,
             };
             let handle = spawn(setup).await.map_err(|reason| ServeError::Model {
                 name: name.clone(),

@@ -34,7 +34,7 @@ use super::queue::{Job, Queue, SampleDone};
 use crate::exec::{BatchRequest, ClockActuator, ClockThread, Executor, SimDevice};
 use crate::gpu::GpuBackend;
 use crate::sim::{Action, BatchDone, ClockTarget, Policy};
-use crate::telemetry::{Attributor, LayerPowerModel, Metrics};
+use crate::telemetry::{Attributor, LayerPowerModel, Metrics, WindowMeter};
 
 /// Seconds since the server's epoch: the time axis of arrivals, deadlines and the device.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +80,8 @@ pub struct WorkerSetup {
     pub power: Option<LayerPowerModel>,
     pub policy: PolicyFactory,
     pub timebase: Timebase,
+    /// Length of the serving windows reported to the node agent (s).
+    pub report_window_s: f64,
 }
 
 /// What the protocol handlers can see of a running worker.
@@ -271,6 +273,12 @@ struct Worker {
     stats: Arc<WorkerStats>,
     last_tick_s: f64,
     last_counter_mj: Option<u64>,
+    /// The current serving window (tail latency, load, energy estimate for the node agent).
+    window: WindowMeter,
+    /// Max-clock capacity at the SLO (req/s), the reference of the reported load ratio.
+    capacity_rps: Option<f64>,
+    /// Clock of each unit of the batch running now, as the unit-boundary hook saw it.
+    unit_clocks: Vec<u32>,
 }
 
 impl Worker {
@@ -322,6 +330,14 @@ impl Worker {
             .with_label_values(&[s.info.name.as_str(), crate::telemetry::outcome::OK])
             .inc_by(0);
         m.saturated.with_label_values(&[&s.info.name]).set(0);
+        let capacity_rps = s.power.as_ref().and_then(|p| {
+            p.capacity_at_slo(
+                s.info.graph.layers.len(),
+                built.policy.max_batch(),
+                s.info.slo_s,
+            )
+        });
+        let window = WindowMeter::new(0.0, s.report_window_s, s.info.percentile);
         let mut w = Self {
             queue_depth: m.queue_depth.with_label_values(&[&s.info.name]),
             batch_size: m.batch_size.with_label_values(&[&s.info.name]),
@@ -344,7 +360,11 @@ impl Worker {
             stats,
             last_tick_s: f64::NEG_INFINITY,
             last_counter_mj: None,
+            window,
+            capacity_rps,
+            unit_clocks: Vec::new(),
         };
+        w.window = WindowMeter::new(w.now_s(), s.report_window_s, w.info.percentile);
         if let Some(target) = w.policy.initial_clock() {
             let now = w.now_s();
             w.set_clock(now, target);
@@ -474,6 +494,9 @@ impl Worker {
         }
         let batch = jobs.len() as u32;
         let start = self.now_s();
+        // The clock the GPU held while this batch waited (the idle power of the window's gap).
+        let rest_mhz = self.device.as_ref().and_then(|d| d.current_mhz().ok());
+        self.unit_clocks.clear();
         let e0 = self.device.as_ref().and_then(|d| d.lock().energy_mj().ok());
         if let Some(mj) = e0 {
             let clock = self
@@ -524,6 +547,17 @@ impl Worker {
         };
         let out_len = self.info.output_len();
         let latencies: Vec<f64> = jobs.iter().map(|j| run.end_s - j.arrival_s).collect();
+        let estimate = self
+            .power
+            .as_ref()
+            .map(|p| p.batch_estimate(&self.units, batch, &self.unit_clocks));
+        let idle_w = match (&self.power, rest_mhz) {
+            (Some(p), Some(f)) => p.idle_w(f),
+            (Some(p), None) => p.idle_w(p.max_clock_mhz()),
+            (None, _) => 0.0,
+        };
+        self.window
+            .batch(run.start_s, run.end_s, &latencies, estimate.as_ref(), idle_w);
         for (i, j) in jobs.into_iter().enumerate() {
             if run.end_s > j.deadline_s {
                 j.slot.fail(deadline_error());
@@ -562,6 +596,7 @@ impl Worker {
             latencies_s: &latencies,
         };
         self.policy.on_batch_done(&done);
+        self.window.saturated(self.policy.saturated());
         self.metrics
             .saturated
             .with_label_values(&[&self.info.name])

@@ -12,8 +12,10 @@ use prometheus::{
 };
 
 pub mod attribution;
+pub mod window;
 
 pub use attribution::{Attribution, Attributor, LayerPowerModel, Segment};
+pub use window::{BatchEstimate, WindowFigures, WindowMeter};
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]

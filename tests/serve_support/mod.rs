@@ -54,6 +54,7 @@ pub fn options() -> ServeOptions {
         queue_capacity: 256,
         deadline_factor: 2.0,
         max_body_bytes: 16 << 20,
+        report_window_s: 10.0,
     }
 }
 

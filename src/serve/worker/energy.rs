@@ -4,8 +4,9 @@
 use std::ops::Range;
 
 use super::{TICK_S, Worker};
-use crate::exec::{UnitHook, UnitRecord};
+use crate::exec::{ClockActuator, UnitHook, UnitRecord};
 use crate::gpu::GpuBackend;
+use crate::control::proto::ServingWindow;
 use crate::telemetry::Attribution;
 
 impl Worker {
@@ -16,6 +17,7 @@ impl Worker {
             return;
         }
         self.last_tick_s = now;
+        self.close_window(now);
         let Some(dev) = &self.device else { return };
         let (power, clock, counter) = {
             let g = dev.lock();
@@ -37,6 +39,52 @@ impl Worker {
         }
         if let Some(mj) = counter {
             self.counter_read(now, mj, clock.unwrap_or(0));
+        }
+    }
+
+    /// Closes the serving window when it is due; in a pod, its figures go to the node agent,
+    /// which publishes them as this pod's entry of the InferenceService's `status.reports`.
+    fn close_window(&mut self, now: f64) {
+        if !self.window.due(now) {
+            return;
+        }
+        let (idle_now, idle_max) = match &self.power {
+            Some(p) => {
+                let fmax = p.max_clock_mhz();
+                let held = self.device.as_ref().and_then(|d| d.current_mhz().ok());
+                (p.idle_w(held.unwrap_or(fmax)), p.idle_w(fmax))
+            }
+            None => (0.0, 0.0),
+        };
+        let f = self.window.close(now, idle_now, idle_max, self.capacity_rps);
+        tracing::debug!(
+            model = %self.info.name,
+            requests = f.requests,
+            latency_ms = f.latency_s.map(|s| s * 1e3),
+            load = f.load_ratio,
+            saturated = f.saturated,
+            saved = f.energy_saved_ratio(),
+            "serving window"
+        );
+        let Some(act) = self.clock.as_ref().map(|c| c.actuator()) else {
+            return;
+        };
+        if let Some(remote) = act.remote() {
+            remote.report_window(ServingWindow {
+                gpu_uuid: String::new(),
+                inference_service: self.info.name.clone(),
+                model: self.info.graph.name.clone(),
+                window_s: f.window_s(),
+                end_unix_s: act.unix_s(f.end_s),
+                requests: f.requests,
+                latency_ms: f.latency_s.map(|s| s * 1e3),
+                slo_percentile: self.info.percentile,
+                slo_latency_ms: self.info.slo_s * 1e3,
+                load_ratio: f.load_ratio,
+                saturated: f.saturated,
+                predicted_energy_j: f.predicted_energy_j,
+                max_clock_energy_j: f.max_clock_energy_j,
+            });
         }
     }
 
@@ -79,6 +127,7 @@ pub(super) struct Hook<'a> {
 impl UnitHook for Hook<'_> {
     fn unit_end(&mut self, r: &UnitRecord) {
         let w = &mut *self.worker;
+        w.unit_clocks.push(r.clock_mhz);
         if let (Some(power), Some(range)) = (&w.power, self.units.get(r.unit)) {
             let seg = power.segment(range.clone(), self.batch, r.clock_mhz, r.start_s, r.end_s);
             w.attributor.busy(seg);
