@@ -9,76 +9,14 @@
 mod agent_support;
 mod nvml_support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_support::*;
 use eali::deviceplugin::harness::{FakeKubelet, FakePodResources};
 
 const OTHER_UID: &str = "0c4f9e11-5a2b-4d7e-9f10-3b6a8c2d4e07";
-
-/// `eali serve` started with Allocate's environment, as pod `uid`. It runs under `sh`, which
-/// waits for a line on stdin before it execs the server (same pid), so that the process is
-/// filed in its pod before its first control call.
-struct Serve {
-    child: Child,
-    log: std::sync::mpsc::Receiver<String>,
-}
-
-impl Serve {
-    fn spawn(dir: &Path, envs: &std::collections::HashMap<String, String>, uid: &str) -> Self {
-        let mut child = Command::new("sh")
-            .args(["-c", "read go; exec \"$0\" \"$@\""])
-            .arg(env!("CARGO_BIN_EXE_eali"))
-            .args(["serve", "--model", "alexnet", "--policy", "maxPerformance"])
-            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-            .envs(envs)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn eali serve");
-        put_in_pod(dir, child.id(), uid);
-        child
-            .stdin
-            .as_mut()
-            .expect("stdin")
-            .write_all(b"go\n")
-            .expect("go");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, log) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        Self { child, log }
-    }
-
-    fn wait_log(&mut self, marker: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(l) if l.contains(marker) => return l,
-                Ok(l) => seen.push(l),
-                Err(_) => panic!("serve did not log `{marker}`:\n{}", seen.join("\n")),
-            }
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+const SERVE_ARGS: &[&str] = &["--model", "alexnet", "--policy", "maxPerformance"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_with_allocates_environment_controls_clocks_and_another_pod_is_refused() {
@@ -117,7 +55,7 @@ async fn serve_with_allocates_environment_controls_clocks_and_another_pod_is_ref
     assert_eq!(lock_of_gpu0(&dir), None);
 
     // The pod holding the GPU: maxPerformance locks the GPU's top clock at start.
-    let mut a = Serve::spawn(&dir, &envs, POD_UID);
+    let mut a = Serve::spawn(&dir, &envs, POD_UID, SERVE_ARGS);
     let t0 = Instant::now();
     let locked = loop {
         if let Some(l) = lock_of_gpu0(&dir) {
@@ -208,7 +146,7 @@ async fn serve_with_allocates_environment_controls_clocks_and_another_pod_is_ref
     assert_eq!(lock_of_gpu0(&dir), None, "serve left the GPU locked");
 
     // A second process, in a pod that does not hold the GPU, with the same environment.
-    let mut b = Serve::spawn(&dir, &envs, OTHER_UID);
+    let mut b = Serve::spawn(&dir, &envs, OTHER_UID, SERVE_ARGS);
     let line = b.wait_log("refused clock control", Duration::from_secs(60));
     println!("serve in serving/other-0: {line}");
     assert!(line.contains("PermissionDenied"), "{line}");

@@ -99,6 +99,9 @@ pub struct Args {
     /// How long counter readings wait for the pods' unit timings before attribution (ms).
     #[arg(long, default_value_t = 2000)]
     pub attribution_lag_ms: u64,
+    /// Seconds between the node's InferenceService status writes (GPUs, pods, their reports).
+    #[arg(long, default_value_t = 10)]
+    pub status_secs: u64,
 }
 
 fn env_or(value: Option<String>, var: &str) -> Option<String> {
@@ -324,7 +327,7 @@ fn node_config(args: &Args) -> crate::agent::AgentNodeConfig {
         },
         sample_every: Duration::from_millis(args.sample_ms.max(1)),
         release_every: Duration::from_millis(args.release_poll_ms.max(1)),
-        ..AgentNodeConfig::default()
+        status_every: Duration::from_secs(args.status_secs.max(1)),
     }
 }
 

@@ -57,9 +57,17 @@ pub struct Agent {
 }
 
 pub fn agent_command(dir: &Path, extra: &[&str]) -> Command {
+    let mut cmd = node_agent_command(dir, extra);
+    cmd.arg("--no-controller");
+    cmd
+}
+
+/// The agent's node side on the test's node, without `--no-controller`: with a kubeconfig in
+/// the environment it runs the controller too and writes the node's InferenceService status.
+pub fn node_agent_command(dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_eali"));
     cmd.arg("agent")
-        .args(["--device-plugin", "--no-controller"])
+        .arg("--device-plugin")
         .arg("--pod-directory")
         .arg(dir.join("pods.json"))
         .arg("--plugin-dir")
@@ -267,4 +275,71 @@ pub fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs_f64()
+}
+
+/// `eali serve` started with Allocate's environment, as pod `uid`. It runs under `sh`, which
+/// waits for a line on stdin before it execs the server (same pid), so that the process is
+/// filed in its pod before its first control call.
+pub struct Serve {
+    pub child: Child,
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Serve {
+    pub fn spawn(
+        dir: &Path,
+        envs: &std::collections::HashMap<String, String>,
+        uid: &str,
+        args: &[&str],
+    ) -> Self {
+        let mut child = Command::new("sh")
+            .args(["-c", "read go; exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_eali"))
+            .arg("serve")
+            .args(args)
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .envs(envs)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn eali serve");
+        put_in_pod(dir, child.id(), uid);
+        child
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("go");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Self { child, log }
+    }
+
+    pub fn wait_log(&mut self, marker: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(l) if l.contains(marker) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("serve did not log `{marker}`:\n{}", seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

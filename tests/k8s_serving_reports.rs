@@ -1,0 +1,197 @@
+//! The figures `kubectl get eisvc` shows come from the serving pods, end to end: a real
+//! kube-apiserver, the real `eali agent` (controller and node side, the stand-in NVML, the
+//! device-plugin harness as kubelet) and a real `eali serve` started with Allocate's
+//! environment in a pod that holds the GPU. Under load from `eali load`, the pod sends each
+//! serving window over the control socket; the agent writes it as the pod's `status.reports`
+//! entry (joules per request from the GPU's energy counter) and the controller aggregates it
+//! into `p99Ms`, `requestsPerSecond`, `joulesPerRequest` and `energySavedRatio`. When the pod
+//! stops and lets the GPU go, its report is withdrawn.
+//!
+//! Needs the control-plane binaries (`e2e/build-control-plane.sh`) and the stand-in
+//! (`cargo build -p nvml-standin`).
+
+mod agent_support;
+mod k8s_env;
+mod nvml_support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use agent_support::*;
+use eali::deviceplugin::harness::{FakeKubelet, FakePodResources};
+use k8s_env::{ControlPlane, control_plane, eventually};
+use serde_json::{Value, json};
+
+fn get_isvc(cp: &ControlPlane, ns: &str, name: &str) -> Option<Value> {
+    cp.kubectl(&["get", "eisvc", name, "-n", ns, "-o", "json"])
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+}
+
+fn report_of<'a>(isvc: &'a Value, pod: &str) -> Option<&'a Value> {
+    isvc["status"]["reports"]
+        .as_array()?
+        .iter()
+        .find(|r| r["pod"] == pod)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_pods_windows_become_the_status_kubectl_shows() {
+    let Some(cp) = control_plane() else { return };
+    cp.install_crd();
+    let ns = cp.namespace("reports");
+    let isvc = json!({"apiVersion": "eali.dev/v1alpha1", "kind": "InferenceService",
+        "metadata": {"name": "alexnet"},
+        "spec": {"model": {"zoo": "alexnet"}, "slo": {"latencyMs": 200}}});
+    cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], &isvc.to_string())
+        .expect("apply");
+
+    let dir = scratch();
+    let mut kubelet = FakeKubelet::start(&dir.join("dp")).await.expect("kubelet");
+    let pods = FakePodResources::default();
+    let pr = pods.serve(&dir.join("pr.sock")).expect("pod-resources");
+    let mut cmd = node_agent_command(
+        &dir,
+        &[
+            "--namespace",
+            &ns,
+            "--watch-namespace",
+            &ns,
+            "--identity",
+            "agent-reports",
+            "--node-name",
+            "node-a",
+            "--serve-image",
+            "eali:test",
+            "--requeue-secs",
+            "1",
+            "--status-secs",
+            "1",
+            "--report-max-age-secs",
+            "30",
+            "--authz-cache-ms",
+            "0",
+            "--attribution-lag-ms",
+            "300",
+        ],
+    );
+    cmd.env("KUBECONFIG", &cp.kubeconfig);
+    let agent = Agent::attach(cmd.spawn().expect("spawn eali agent"));
+    let (ids, _) = wait_registered(&mut kubelet).await;
+    let uuid = ids[0].clone();
+    std::fs::write(
+        dir.join("pods.json"),
+        format!("{{\"{POD_UID}\": \"{ns}/alexnet-0\"}}"),
+    )
+    .expect("pod directory");
+    pods.set("eali.dev/gpu", &[(&ns, "alexnet-0", vec![uuid.clone()])]);
+    let mut plugin = kubelet.plugin_client().await.expect("plugin client");
+    let resp = plugin
+        .allocate(eali::deviceplugin::proto::AllocateRequest {
+            container_requests: vec![eali::deviceplugin::proto::ContainerAllocateRequest {
+                devices_ids: vec![uuid.clone()],
+            }],
+        })
+        .await
+        .expect("allocate")
+        .into_inner();
+    let envs = resp.container_responses[0].envs.clone();
+
+    // The serving pod: the EALI policy, two-second windows.
+    let mut serve = Serve::spawn(
+        &dir,
+        &envs,
+        POD_UID,
+        &[
+            "--model",
+            "alexnet",
+            "--name",
+            "alexnet",
+            "--slo-ms",
+            "200",
+            "--report-window-secs",
+            "2",
+        ],
+    );
+    let line = serve.wait_log("serving", Duration::from_secs(120));
+    let http = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .unwrap_or_else(|| panic!("no http address in `{line}`"))
+        .to_string();
+    let load = Command::new(env!("CARGO_BIN_EXE_eali"))
+        .args(["load", "--url", &format!("http://{http}"), "--model", "alexnet"])
+        .args(["--rate", "60", "--duration", "8", "--slo-ms", "200"])
+        .output()
+        .expect("eali load");
+    assert!(
+        load.status.success(),
+        "eali load: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&load.stdout));
+
+    // A report of a window with traffic, written by this node, aggregated by the controller.
+    let isvc = eventually(60, "the pod's report and the aggregated status", || {
+        let v = get_isvc(cp, &ns, "alexnet")?;
+        let r = report_of(&v, "alexnet-0")?;
+        let busy = r["requestsPerSecond"].as_f64()? > 20.0;
+        (busy && v["status"]["p99Ms"].as_f64().is_some()).then(|| v.clone())
+    });
+    println!(
+        "{}",
+        cp.kubectl(&["get", "eisvc", "-n", &ns, "-o", "wide"])
+            .expect("get")
+    );
+    let r = report_of(&isvc, "alexnet-0").expect("report");
+    println!("status.reports[alexnet-0]: {r}");
+    let status = &isvc["status"];
+    println!(
+        "status: p99Ms {} requestsPerSecond {} joulesPerRequest {} energySavedRatio {}",
+        status["p99Ms"], status["requestsPerSecond"], status["joulesPerRequest"],
+        status["energySavedRatio"]
+    );
+    assert_eq!(r["node"], "node-a");
+    let f = |k: &str| {
+        r[k].as_f64()
+            .unwrap_or_else(|| panic!("report has no {k}: {r}"))
+    };
+    assert!(f("p99Ms") > 0.0 && f("p99Ms") <= 200.0, "{r}");
+    assert!((20.0..=100.0).contains(&f("requestsPerSecond")), "{r}");
+    assert!(f("joulesPerRequest") > 0.0, "{r}");
+    assert!(f("loadRatio") > 0.0 && f("loadRatio") < 1.0, "{r}");
+    assert!(
+        f("energySavedRatio") > 0.0 && f("energySavedRatio") < 1.0,
+        "below max-clock capacity EALI runs lower clocks: {r}"
+    );
+    assert_eq!(r["saturated"], false);
+    assert!(status["joulesPerRequest"].as_f64().is_some_and(|j| j > 0.0));
+    assert!(status["energySavedRatio"].as_f64().is_some());
+    let slo_met = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "SloMet"))
+        .cloned();
+    println!("SloMet: {slo_met:?}");
+    assert!(
+        slo_met.is_some_and(|c| c["status"] == "True"),
+        "the pods' reports meet the SLO"
+    );
+
+    // The pod stops and the kubelet lets the GPU go: its report is withdrawn.
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.child.id().to_string()])
+        .status();
+    let _ = serve.child.wait();
+    pods.set("eali.dev/gpu", &[]);
+    eventually(30, "the stopped pod's report withdrawn", || {
+        let v = get_isvc(cp, &ns, "alexnet")?;
+        report_of(&v, "alexnet-0").is_none().then_some(())
+    });
+
+    cp.kubectl(&["delete", "eisvc", "alexnet", "-n", &ns, "--wait=true"])
+        .expect("delete");
+    let status = agent.stop();
+    assert!(status.success(), "{status:?}");
+    pr.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
