@@ -65,6 +65,12 @@ pub const CRD_NAME: &str = "inferenceservices.eali.dev";
         description = "Observed GPU energy per request in joules"
     ),
     printcolumn(
+        name = "Saved",
+        type_ = "number",
+        json_path = ".status.energySavedRatio",
+        description = "Estimated fraction of GPU energy saved against maximum clocks"
+    ),
+    printcolumn(
         name = "Replicas",
         type_ = "integer",
         json_path = ".status.replicas",
