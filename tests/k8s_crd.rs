@@ -249,7 +249,10 @@ fn status_subresource_and_printer_columns() {
         .expect("header")
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["NAME", "READY", "SLO", "P99", "J/REQ", "SAVED", "AGE"]);
+    assert_eq!(
+        header,
+        ["NAME", "READY", "SLO", "P99", "J/REQ", "SAVED", "AGE"]
+    );
     let row: Vec<&str> = table
         .lines()
         .nth(1)

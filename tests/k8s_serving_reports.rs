@@ -120,7 +120,13 @@ async fn serving_pods_windows_become_the_status_kubectl_shows() {
         .unwrap_or_else(|| panic!("no http address in `{line}`"))
         .to_string();
     let load = Command::new(env!("CARGO_BIN_EXE_eali"))
-        .args(["load", "--url", &format!("http://{http}"), "--model", "alexnet"])
+        .args([
+            "load",
+            "--url",
+            &format!("http://{http}"),
+            "--model",
+            "alexnet",
+        ])
         .args(["--rate", "60", "--duration", "8", "--slo-ms", "200"])
         .output()
         .expect("eali load");
@@ -148,7 +154,9 @@ async fn serving_pods_windows_become_the_status_kubectl_shows() {
     let status = &isvc["status"];
     println!(
         "status: p99Ms {} requestsPerSecond {} joulesPerRequest {} energySavedRatio {}",
-        status["p99Ms"], status["requestsPerSecond"], status["joulesPerRequest"],
+        status["p99Ms"],
+        status["requestsPerSecond"],
+        status["joulesPerRequest"],
         status["energySavedRatio"]
     );
     assert_eq!(r["node"], "node-a");

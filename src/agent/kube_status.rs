@@ -269,9 +269,7 @@ mod tests {
         g.windows[1].window.latency_ms = None;
         g.windows[1].window.load_ratio = Some(0.0);
         let batch = batch_of(&[g]);
-        let (node, reports) = batch
-            .entry_of("serving", "resnet")
-            .expect("resnet entry");
+        let (node, reports) = batch.entry_of("serving", "resnet").expect("resnet entry");
         let r0 = reports.iter().find(|r| r.pod == "resnet-0").expect("r0");
         assert_eq!(r0.p99_ms, 38.5);
         assert_eq!(r0.requests_per_second, 40.0);
@@ -291,7 +289,10 @@ mod tests {
             .iter()
             .map(|p| (p.pod.as_str(), p.requests_per_second))
             .collect();
-        assert_eq!(pods, vec![("resnet-0", Some(40.0)), ("resnet-9", Some(0.0))]);
+        assert_eq!(
+            pods,
+            vec![("resnet-0", Some(40.0)), ("resnet-9", Some(0.0))]
+        );
         assert_eq!(node.gpus.len(), 1, "one GPU, listed once");
     }
 

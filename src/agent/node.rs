@@ -236,7 +236,7 @@ impl Telemetry {
             })
             .map(|(_, (w, _, _))| w.clone())
             .collect();
-        out.sort_by(|a, b| a.pod.to_string().cmp(&b.pod.to_string()));
+        out.sort_by_key(|w| w.pod.to_string());
         out
     }
 

@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::ControlError;
 use super::authz::Authorizer;
-use super::service::{AttributedTiming, AttributedWindow, ClockObserver, ControlServer, ControlService};
+use super::service::{
+    AttributedTiming, AttributedWindow, ClockObserver, ControlServer, ControlService,
+};
 use crate::deviceplugin::{
     AllocateConfig, DevicePluginRunner, DeviceTable, HealthMonitor, HealthPolicy, PluginConfig,
     PluginDevice, SharedGpu,

@@ -453,7 +453,7 @@ mod tests {
             .filter(|c| c.priority.unwrap_or(0) == 0)
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(cols, ["Ready", "SLO", "p99", "J/req", "Age"]);
+        assert_eq!(cols, ["Ready", "SLO", "p99", "J/req", "Saved", "Age"]);
     }
 
     #[test]

@@ -556,8 +556,13 @@ impl Worker {
             (Some(p), None) => p.idle_w(p.max_clock_mhz()),
             (None, _) => 0.0,
         };
-        self.window
-            .batch(run.start_s, run.end_s, &latencies, estimate.as_ref(), idle_w);
+        self.window.batch(
+            run.start_s,
+            run.end_s,
+            &latencies,
+            estimate.as_ref(),
+            idle_w,
+        );
         for (i, j) in jobs.into_iter().enumerate() {
             if run.end_s > j.deadline_s {
                 j.slot.fail(deadline_error());

@@ -35,7 +35,8 @@ fn batch_estimate_prices_each_unit_at_its_clock_and_all_at_the_highest() {
     assert!(close(e.max_clock_energy_j, 1.0 + 1.6), "{e:?}");
     assert!(close(e.max_clock_time_s, 0.01 + 0.02), "{e:?}");
     // A unit without a clock counts at the highest one.
-    let e = m.batch_estimate(&[0..2], 4, &[]);
+    let whole = vec![Range { start: 0, end: 2 }];
+    let e = m.batch_estimate(&whole, 4, &[]);
     assert!(close(e.energy_j, 3.0 + 4.8) && close(e.max_clock_energy_j, 7.8));
 }
 
@@ -66,7 +67,11 @@ fn a_window_reports_tail_rate_load_saturation_and_both_energies() {
     assert!(w.due(10.0));
     let f = w.close(10.0, 40.0, 60.0, Some(0.5));
     assert_eq!(f.requests, 3);
-    assert_eq!(f.latency_s, Some(0.3), "nearest rank: p99 of three is the largest");
+    assert_eq!(
+        f.latency_s,
+        Some(0.3),
+        "nearest rank: p99 of three is the largest"
+    );
     assert!(close(f.requests_per_second, 0.3));
     assert!(close(f.load_ratio.expect("load"), 0.6));
     assert!(f.saturated, "saturated at some point in the window");
@@ -76,7 +81,10 @@ fn a_window_reports_tail_rate_load_saturation_and_both_energies() {
     let max = 2.0 * 2.6 + 60.0 * (10.0 - 0.06);
     assert!(close(f.predicted_energy_j.expect("run"), run), "{f:?}");
     assert!(close(f.max_clock_energy_j.expect("max"), max), "{f:?}");
-    assert!(close(f.energy_saved_ratio().expect("ratio"), 1.0 - run / max));
+    assert!(close(
+        f.energy_saved_ratio().expect("ratio"),
+        1.0 - run / max
+    ));
 
     // The next window starts where this one ended, empty.
     assert!(!w.due(19.0));

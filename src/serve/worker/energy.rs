@@ -4,9 +4,9 @@
 use std::ops::Range;
 
 use super::{TICK_S, Worker};
+use crate::control::proto::ServingWindow;
 use crate::exec::{ClockActuator, UnitHook, UnitRecord};
 use crate::gpu::GpuBackend;
-use crate::control::proto::ServingWindow;
 use crate::telemetry::Attribution;
 
 impl Worker {
@@ -56,7 +56,9 @@ impl Worker {
             }
             None => (0.0, 0.0),
         };
-        let f = self.window.close(now, idle_now, idle_max, self.capacity_rps);
+        let f = self
+            .window
+            .close(now, idle_now, idle_max, self.capacity_rps);
         tracing::debug!(
             model = %self.info.name,
             requests = f.requests,
