@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eali::control::proto::UnitTiming;
+use eali::control::proto::{ServingWindow, UnitTiming};
 use eali::control::{
     Authorizer, ControlClient, ControlError, ControlServer, ControlService, StaticPodDirectory,
 };
@@ -149,6 +149,7 @@ struct Node {
     guard: Arc<ClockGuard>,
     socket: PathBuf,
     timings: tokio::sync::mpsc::UnboundedReceiver<eali::control::AttributedTiming>,
+    windows: tokio::sync::mpsc::UnboundedReceiver<eali::control::AttributedWindow>,
     server: ControlServer,
     pr_server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -187,7 +188,9 @@ fn start_node(tag: &str) -> Node {
         .with_cache_ttl(Duration::ZERO);
     let (tx, timings) = tokio::sync::mpsc::unbounded_channel();
     let shared: SharedGpu = sim.clone();
-    let svc = ControlService::new(shared, guard.clone(), Arc::new(authz), Some(tx));
+    let (wtx, windows) = tokio::sync::mpsc::unbounded_channel();
+    let svc =
+        ControlService::new(shared, guard.clone(), Arc::new(authz), Some(tx)).with_windows(wtx);
     let socket = dir.join("control").join(&uuid).join("control.sock");
     let server = ControlServer::spawn(&socket, svc).expect("control server");
     Node {
@@ -199,6 +202,7 @@ fn start_node(tag: &str) -> Node {
         guard,
         socket,
         timings,
+        windows,
         server,
         pr_server,
     }
@@ -215,6 +219,7 @@ async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
         guard,
         socket,
         mut timings,
+        mut windows,
         server,
         pr_server,
     } = start_node("main");
@@ -291,6 +296,58 @@ async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
     let first = timings.recv().await.expect("attributed timing");
     assert_eq!(first.pod.to_string(), "serving/resnet-0");
 
+    // A serving window reaches the agent with the caller's pod; one the status could not
+    // carry (NaN, negative) is a bad request.
+    let window = ServingWindow {
+        gpu_uuid: uuid.clone(),
+        inference_service: "resnet50".into(),
+        model: "resnet50".into(),
+        window_s: 10.0,
+        end_unix_s: 1_795_000_000.0,
+        requests: 400,
+        latency_ms: Some(41.0),
+        slo_percentile: 0.99,
+        slo_latency_ms: 50.0,
+        load_ratio: Some(0.4),
+        saturated: false,
+        predicted_energy_j: Some(900.0),
+        max_clock_energy_j: Some(1200.0),
+    };
+    let ack = client.report_window(window.clone()).await.expect("window");
+    assert!(ack.energy_mj > 0);
+    let got = windows.recv().await.expect("attributed window");
+    assert_eq!(
+        (got.pod.to_string(), got.gpu_uuid.as_str(), &got.window),
+        ("serving/resnet-0".to_string(), uuid.as_str(), &window)
+    );
+    for bad in [
+        ServingWindow {
+            latency_ms: Some(f64::NAN),
+            ..window.clone()
+        },
+        ServingWindow {
+            load_ratio: Some(-0.1),
+            ..window.clone()
+        },
+        ServingWindow {
+            window_s: 0.0,
+            ..window.clone()
+        },
+        ServingWindow {
+            inference_service: String::new(),
+            ..window.clone()
+        },
+    ] {
+        match client.report_window(bad).await {
+            Err(ControlError::Rpc(s)) => {
+                assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+                println!("refused window: {}", s.message());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(windows.try_recv().is_err(), "refused windows go nowhere");
+
     client.reset_clocks().await.expect("reset");
     assert!(
         guard.locked().is_empty(),
@@ -316,6 +373,8 @@ async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
     );
     assert!(guard.locked().is_empty(), "a refused call records nothing");
     denied(client.status().await);
+    denied(client.report_window(window.clone()).await);
+    assert!(windows.try_recv().is_err(), "a refused window goes nowhere");
 
     // A process outside any pod, and one in an unknown pod, are refused too.
     pods.set_holder("serving", "resnet-0", &uuid);
