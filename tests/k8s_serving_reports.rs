@@ -19,13 +19,58 @@ use std::time::Duration;
 
 use agent_support::*;
 use eali::deviceplugin::harness::{FakeKubelet, FakePodResources};
-use k8s_env::{ControlPlane, control_plane, eventually};
+use k8s_env::{ControlPlane, control_plane, eventually, repo};
 use serde_json::{Value, json};
 
 fn get_isvc(cp: &ControlPlane, ns: &str, name: &str) -> Option<Value> {
     cp.kubectl(&["get", "eisvc", name, "-n", ns, "-o", "json"])
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
+}
+
+/// Every PromQL expression of the chart's Grafana dashboard.
+fn dashboard_exprs() -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(e)) = m.get("expr") {
+                    out.push(e.clone());
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let path = repo().join("charts/eali/dashboards/eali-energy.json");
+    let text = std::fs::read_to_string(&path).expect("dashboard");
+    let v: Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut out = Vec::new();
+    walk(&v, &mut out);
+    out
+}
+
+/// The `eali_*` metric names an expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("eali_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        out.push(name);
+    }
+    out
+}
+
+fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn report_of<'a>(isvc: &'a Value, pod: &str) -> Option<&'a Value> {
@@ -185,6 +230,32 @@ async fn serving_pods_windows_become_the_status_kubectl_shows() {
         "the pods' reports meet the SLO"
     );
 
+    // Every series the chart's Grafana dashboard reads is on the agent's /metrics.
+    let (_, metrics) = agent.get("/metrics");
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for e in &exprs {
+        for name in metric_names(e) {
+            assert!(
+                metrics.contains(&format!("\n{name}{{")) || metrics.contains(&format!("\n{name} ")),
+                "the dashboard reads {name} ({e}), which the agent does not export:\n{metrics}"
+            );
+        }
+    }
+    let as_run = sample(
+        &metrics,
+        "eali_serving_estimated_energy_joules_total{clocks=\"as_run\"",
+    );
+    let max = sample(
+        &metrics,
+        "eali_serving_estimated_energy_joules_total{clocks=\"max\"",
+    );
+    println!(
+        "agent /metrics: estimated energy as run {as_run:.1} J, at max clocks {max:.1} J: dashboard's saved = {:.3}",
+        1.0 - as_run / max
+    );
+    assert!(as_run > 0.0 && as_run < max);
+
     // The pod stops and the kubelet lets the GPU go: its report is withdrawn.
     let _ = Command::new("kill")
         .args(["-TERM", &serve.child.id().to_string()])
@@ -195,6 +266,11 @@ async fn serving_pods_windows_become_the_status_kubectl_shows() {
         let v = get_isvc(cp, &ns, "alexnet")?;
         report_of(&v, "alexnet-0").is_none().then_some(())
     });
+    let (_, metrics) = agent.get("/metrics");
+    assert!(
+        !metrics.contains("eali_serving_requests_total{"),
+        "the released pod's window series are dropped:\n{metrics}"
+    );
 
     cp.kubectl(&["delete", "eisvc", "alexnet", "-n", &ns, "--wait=true"])
         .expect("delete");

@@ -1,6 +1,7 @@
 //! The agent's Prometheus families (DESIGN.md §3): per GPU energy, power, target and actual
 //! clock, clock switches and resets, health; per unit and per layer attributed energy of the
-//! serving pods. The agent has its own registry, separate from `eali serve`'s
+//! serving pods; and the serving pods' windows (tail latency, rate, load, and the power model's
+//! energy estimate as run and at maximum clocks, from which dashboards show the energy saved). The agent has its own registry, separate from `eali serve`'s
 //! ([`crate::telemetry::Metrics`]): the two run in different processes, and the agent's layer
 //! series carry the pod that ran them.
 
@@ -13,6 +14,8 @@ use crate::telemetry::TelemetryError;
 
 /// Labels of the per-unit energy family, in order.
 pub const UNIT_LABELS: [&str; 5] = ["namespace", "pod", "service", "model", "unit"];
+/// Labels of the serving-window families (the pods' windows), in order.
+pub const SERVING_LABELS: [&str; 3] = ["namespace", "pod", "service"];
 /// Labels of the per-layer energy family, in order.
 pub const LAYER_LABELS: [&str; 6] = ["namespace", "pod", "service", "model", "unit", "layer"];
 
@@ -40,6 +43,19 @@ pub struct AgentMetrics {
     pub layer_energy: CounterVec,
     pub timings: IntCounterVec,
     pub series_capped: IntCounterVec,
+    pub serving_latency: GaugeVec,
+    pub serving_rate: GaugeVec,
+    pub serving_load: GaugeVec,
+    pub serving_requests: IntCounterVec,
+    pub serving_estimated_energy: CounterVec,
+}
+
+/// Label values of `eali_serving_estimated_energy_joules_total{clocks}`.
+pub mod clocks {
+    /// The window as it ran (each unit at its clock).
+    pub const AS_RUN: &str = "as_run";
+    /// The same batches at maximum clocks.
+    pub const MAX: &str = "max";
 }
 
 impl AgentMetrics {
@@ -129,6 +145,41 @@ impl AgentMetrics {
                 ),
                 &["family"],
             )?,
+            serving_latency: GaugeVec::new(
+                Opts::new(
+                    "eali_serving_latency_seconds",
+                    "Latency at the SLO's percentile over the serving pod's last window.",
+                ),
+                &SERVING_LABELS,
+            )?,
+            serving_rate: GaugeVec::new(
+                Opts::new(
+                    "eali_serving_requests_per_second",
+                    "Requests the serving pod answered per second over its last window.",
+                ),
+                &SERVING_LABELS,
+            )?,
+            serving_load: GaugeVec::new(
+                Opts::new(
+                    "eali_serving_load_ratio",
+                    "Served rate over the pod's max-clock capacity at its SLO, last window.",
+                ),
+                &SERVING_LABELS,
+            )?,
+            serving_requests: IntCounterVec::new(
+                Opts::new(
+                    "eali_serving_requests_total",
+                    "Requests the serving pod answered, summed over its reported windows.",
+                ),
+                &SERVING_LABELS,
+            )?,
+            serving_estimated_energy: CounterVec::new(
+                Opts::new(
+                    "eali_serving_estimated_energy_joules_total",
+                    "GPU energy of the pod's windows by the power model: clocks=\"as_run\" as they ran, clocks=\"max\" had every batch run at maximum clocks.",
+                ),
+                &["namespace", "pod", "service", "clocks"],
+            )?,
         };
         for c in [
             Box::new(m.gpu_energy.clone()) as Box<dyn prometheus::core::Collector>,
@@ -144,10 +195,63 @@ impl AgentMetrics {
             Box::new(m.layer_energy.clone()),
             Box::new(m.timings.clone()),
             Box::new(m.series_capped.clone()),
+            Box::new(m.serving_latency.clone()),
+            Box::new(m.serving_rate.clone()),
+            Box::new(m.serving_load.clone()),
+            Box::new(m.serving_requests.clone()),
+            Box::new(m.serving_estimated_energy.clone()),
         ] {
             m.registry.register(c)?;
         }
         Ok(m)
+    }
+
+    /// Records a serving pod's window.
+    pub fn window(&self, pod: &PodName, w: &crate::control::proto::ServingWindow) {
+        let l = [
+            pod.namespace.as_str(),
+            pod.name.as_str(),
+            w.inference_service.as_str(),
+        ];
+        match w.latency_ms {
+            Some(ms) => self.serving_latency.with_label_values(&l).set(ms / 1e3),
+            None => {
+                let _ = self.serving_latency.remove_label_values(&l);
+            }
+        }
+        let rate = if w.window_s > 0.0 {
+            w.requests as f64 / w.window_s
+        } else {
+            0.0
+        };
+        self.serving_rate.with_label_values(&l).set(rate);
+        if let Some(load) = w.load_ratio {
+            self.serving_load.with_label_values(&l).set(load);
+        }
+        self.serving_requests
+            .with_label_values(&l)
+            .inc_by(w.requests);
+        if let (Some(run), Some(max)) = (w.predicted_energy_j, w.max_clock_energy_j) {
+            for (clocks, j) in [(clocks::AS_RUN, run), (clocks::MAX, max)] {
+                self.serving_estimated_energy
+                    .with_label_values(&[l[0], l[1], l[2], clocks])
+                    .inc_by(j);
+            }
+        }
+    }
+
+    /// Drops a pod's serving-window series for `service` (the pod is gone).
+    pub fn forget_window(&self, pod: &PodName, service: &str) {
+        let l = [pod.namespace.as_str(), pod.name.as_str(), service];
+        let _ = self.serving_latency.remove_label_values(&l);
+        let _ = self.serving_rate.remove_label_values(&l);
+        let _ = self.serving_load.remove_label_values(&l);
+        let _ = self.serving_requests.remove_label_values(&l);
+        for c in [clocks::AS_RUN, clocks::MAX] {
+            let _ = self
+                .serving_estimated_energy
+                .remove_label_values(&[l[0], l[1], l[2], c]);
+        }
     }
 
     /// The Prometheus text exposition of every family.

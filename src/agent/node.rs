@@ -198,6 +198,7 @@ impl Telemetry {
             .gpu_energy
             .with_label_values(&[&w.gpu_uuid])
             .get();
+        self.metrics.window(&w.pod, &w.window);
         let key = (w.gpu_uuid, w.pod);
         let measured_energy_j = self.windows.get(&key).and_then(|(_, e, at)| {
             (now - at <= WINDOW_KEEP * w.window.window_s).then_some((energy_j - e).max(0.0))
@@ -211,8 +212,14 @@ impl Telemetry {
     }
 
     fn released(&mut self, poll: ReleasePoll) {
-        self.windows
-            .retain(|(gpu, pod), _| !poll.released.iter().any(|(g, p)| g == gpu && p == pod));
+        let metrics = &self.metrics;
+        self.windows.retain(|(gpu, pod), (w, _, _)| {
+            let gone = poll.released.iter().any(|(g, p)| g == gpu && p == pod);
+            if gone {
+                metrics.forget_window(pod, &w.window.inference_service);
+            }
+            !gone
+        });
         for (gpu, pod) in &poll.released {
             if let Some(e) = self.energy.get_mut(gpu) {
                 e.forget_pod(pod);

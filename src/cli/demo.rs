@@ -271,5 +271,12 @@ fn table(runs: &[Run], top: usize) -> String {
         let _ = write!(s, "{t:>16.2}");
     }
     let _ = writeln!(s);
+    // The rest of the GPU's energy ran outside any layer: idle and between batches, where a
+    // lower held clock saves the most at light load.
+    let _ = write!(s, "{:<52}", "outside the layers (idle, between batches)");
+    for (r, t) in runs.iter().zip(&totals) {
+        let _ = write!(s, "{:>16.2}", (r.joules_per_request * 1e3 - t).max(0.0));
+    }
+    let _ = writeln!(s);
     s
 }
