@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds a real Kubernetes control plane for the integration tests from the Go module proxy:
-# kube-apiserver, kubectl, kubelet (skipped with E2E_WITH_KUBELET=0), etcd and helm.
+# kube-apiserver, kubectl, kubelet (skipped with E2E_WITH_KUBELET=0), etcd and helm; and a real
+# Prometheus server that scrapes the agent and evaluates the Grafana dashboard's queries.
 #
 # Each tool is built from its own throw-away consumer module under e2e/tools/<tool> (go.mod and
 # go.sum are committed, so versions are pinned and checksummed); separate modules keep Go's
@@ -12,13 +13,14 @@
 # Binaries are cached outside the work tree, keyed on tool version and Go version, so a fresh
 # clone on the same machine (CI) only copies them; the Go module and build caches are the
 # machine's (GOMODCACHE, GOCACHE). Output: e2e/.bin/{kube-apiserver,kubectl,kubelet,etcd,helm},
-# e2e/.bin/fakecri (a fake container runtime for the kubelet, from e2e/kubelet/fakecri) and
-# e2e/.bin/VERSIONS. Usage: e2e/build-control-plane.sh [--force]
+# e2e/.bin/fakecri (a fake container runtime for the kubelet, from e2e/kubelet/fakecri),
+# e2e/.bin/prometheus and e2e/.bin/VERSIONS. Usage: e2e/build-control-plane.sh [--force]
 set -euo pipefail
 
 K8S_VERSION=v1.34.4   # k8s-openapi feature v1_34 in Cargo.toml must match the minor
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.22.0
+PROMETHEUS_VERSION=v0.316.0   # Go module version of Prometheus 3.16.0
 
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$here/.bin"
@@ -134,6 +136,26 @@ build_helm() {
     install_bins "$key" helm
 }
 
+# Prometheus without its service-discovery plugins (tag remove_all_sd: the tests scrape a static
+# target) and without the web UI's assets (the HTTP API is all the tests use).
+build_prometheus() {
+    local key="$cache/prometheus-$PROMETHEUS_VERSION-$gover"
+    if [ $force = 1 ] || [ ! -x "$key/prometheus" ]; then
+        module_pins prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" ||
+            gen_simple_module prometheus github.com/prometheus/prometheus \
+                github.com/prometheus/prometheus/cmd/prometheus "$PROMETHEUS_VERSION"
+        local v="${PROMETHEUS_VERSION#v0.}"
+        v="3.${v:1:2}.${v##*.}"
+        local ldf="-s -w -X github.com/prometheus/common/version.Version=$v"
+        log "building prometheus $v ($PROMETHEUS_VERSION)"
+        mkdir -p "$key"
+        (cd "$here/tools/prometheus" && go build -trimpath -tags remove_all_sd -ldflags "$ldf" \
+            -o "$key/prometheus.tmp" github.com/prometheus/prometheus/cmd/prometheus)
+        mv -f "$key/prometheus.tmp" "$key/prometheus"
+    fi
+    install_bins "$key" prometheus
+}
+
 # The fake container runtime the real-kubelet test runs the kubelet on (e2e/kubelet/fakecri: its
 # own module pinning k8s.io/cri-client at the Kubernetes version above). Small and quick to build;
 # cached on a hash of its sources so an edit rebuilds it.
@@ -155,10 +177,12 @@ build_etcd
 build_helm
 build_k8s
 [ "${E2E_WITH_KUBELET:-1}" = 1 ] && build_fakecri
+build_prometheus
 {
     echo "kubernetes $K8S_VERSION"
     echo "etcd $ETCD_VERSION"
     echo "helm $HELM_VERSION"
+    echo "prometheus $PROMETHEUS_VERSION"
     echo "go $gover"
 } >"$out/VERSIONS"
 log "done in $(($(date +%s) - start)) s; binaries in $out:"
@@ -166,3 +190,4 @@ log "done in $(($(date +%s) - start)) s; binaries in $out:"
 "$out/kubectl" version --client 2>&1 | sed -n 1p >&2
 "$out/etcd" --version 2>&1 | sed -n 1p >&2
 "$out/helm" version --short >&2
+"$out/prometheus" --version 2>&1 | sed -n 1p >&2

@@ -4,22 +4,24 @@
 //! environment in a pod that holds the GPU. Under load from `eali load`, the pod sends each
 //! serving window over the control socket; the agent writes it as the pod's `status.reports`
 //! entry (joules per request from the GPU's energy counter) and the controller aggregates it
-//! into `p99Ms`, `requestsPerSecond`, `joulesPerRequest` and `energySavedRatio`. When the pod
-//! stops and lets the GPU go, its report is withdrawn.
+//! into `p99Ms`, `requestsPerSecond`, `joulesPerRequest` and `energySavedRatio`. A real
+//! Prometheus scrapes the agent meanwhile and evaluates every query of the chart's Grafana
+//! dashboard. When the pod stops and lets the GPU go, its report is withdrawn.
 //!
-//! Needs the control-plane binaries (`e2e/build-control-plane.sh`) and the stand-in
-//! (`cargo build -p nvml-standin`).
+//! Needs the binaries of `e2e/build-control-plane.sh` (control plane and Prometheus), the
+//! stand-in (`cargo build -p nvml-standin`) and curl.
 
 mod agent_support;
 mod k8s_env;
 mod nvml_support;
 
-use std::process::Command;
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use agent_support::*;
 use eali::deviceplugin::harness::{FakeKubelet, FakePodResources};
-use k8s_env::{ControlPlane, control_plane, eventually, repo};
+use k8s_env::{ControlPlane, bin_dir, control_plane, eventually, repo};
 use serde_json::{Value, json};
 
 fn get_isvc(cp: &ControlPlane, ns: &str, name: &str) -> Option<Value> {
@@ -73,6 +75,79 @@ fn sample(metrics: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// A real Prometheus scraping one target every second.
+struct Prometheus {
+    child: Child,
+    addr: String,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: &str) -> Self {
+        let bin = bin_dir().join("prometheus");
+        assert!(
+            bin.is_file(),
+            "{} missing: run e2e/build-control-plane.sh",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n  - job_name: eali-agent\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("prometheus.yml");
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus");
+        let p = Self { child, addr };
+        eventually(60, "Prometheus scrapes the agent", || {
+            let v = p.query("up{job=\"eali-agent\"}").ok()?;
+            (v.first()?["value"][1] == "1").then_some(())
+        });
+        p
+    }
+
+    /// The result vector of an instant query.
+    fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-G"])
+            .arg(format!("http://{}/api/v1/query", self.addr))
+            .arg("--data-urlencode")
+            .arg(format!("query={expr}"))
+            .output()
+            .map_err(|e| format!("curl: {e}"))?;
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+        if v["status"] != "success" {
+            return Err(v.to_string());
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn report_of<'a>(isvc: &'a Value, pod: &str) -> Option<&'a Value> {
     isvc["status"]["reports"]
         .as_array()?
@@ -124,6 +199,7 @@ async fn serving_pods_windows_become_the_status_kubectl_shows() {
     let agent = Agent::attach(cmd.spawn().expect("spawn eali agent"));
     let (ids, _) = wait_registered(&mut kubelet).await;
     let uuid = ids[0].clone();
+    let prometheus = Prometheus::start(&dir, &agent.addr);
     std::fs::write(
         dir.join("pods.json"),
         format!("{{\"{POD_UID}\": \"{ns}/alexnet-0\"}}"),
@@ -255,6 +331,41 @@ async fn serving_pods_windows_become_the_status_kubectl_shows() {
         1.0 - as_run / max
     );
     assert!(as_run > 0.0 && as_run < max);
+
+    // Prometheus, which scraped the agent all along, answers every query of the dashboard
+    // (Grafana's $__range as the last two minutes) with data.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for e in &exprs {
+        let q = e.replace("$__range", "2m");
+        let result = loop {
+            match prometheus.query(&q) {
+                Ok(r) if !r.is_empty() => break r,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "Prometheus has no data for the dashboard's `{q}`: {other:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let first: f64 = result[0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        println!("prometheus: {q} -> {first:.4} ({} series)", result.len());
+        assert!(first.is_finite(), "{q}: {result:?}");
+    }
+    let saved = prometheus
+        .query(&exprs[0].replace("$__range", "2m"))
+        .expect("saved");
+    let saved: f64 = saved[0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+    assert!(
+        saved > 0.0 && saved < 1.0,
+        "the dashboard's energy saved: {saved}"
+    );
+    drop(prometheus);
 
     // The pod stops and the kubelet lets the GPU go: its report is withdrawn.
     let _ = Command::new("kill")
