@@ -40,17 +40,7 @@ async fn serve_with_allocates_environment_controls_clocks_and_another_pod_is_ref
         &[("serving", "resnet-0", vec![uuid.clone()])],
     );
     // What the kubelet hands the container (the host path doubles as the container path).
-    let mut plugin = kubelet.plugin_client().await.expect("plugin client");
-    let resp = plugin
-        .allocate(eali::deviceplugin::proto::AllocateRequest {
-            container_requests: vec![eali::deviceplugin::proto::ContainerAllocateRequest {
-                devices_ids: vec![uuid.clone()],
-            }],
-        })
-        .await
-        .expect("allocate")
-        .into_inner();
-    let envs = resp.container_responses[0].envs.clone();
+    let envs = allocate_envs(&kubelet, &uuid).await;
     println!("Allocate environment: {envs:?}");
     assert_eq!(lock_of_gpu0(&dir), None);
 
@@ -88,28 +78,8 @@ async fn serve_with_allocates_environment_controls_clocks_and_another_pod_is_ref
     }
     // Requests through it: the pod streams its unit timings to the agent, which attributes the
     // GPU's energy counter to the pod's units and layers.
-    let line = a.wait_log("serving", Duration::from_secs(60));
-    let http = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .unwrap_or_else(|| panic!("no http address in `{line}`"))
-        .to_string();
-    let load = Command::new(env!("CARGO_BIN_EXE_eali"))
-        .args([
-            "load",
-            "--url",
-            &format!("http://{http}"),
-            "--model",
-            "alexnet",
-        ])
-        .args(["--rate", "40", "--duration", "2", "--slo-ms", "1000"])
-        .output()
-        .expect("eali load");
-    assert!(
-        load.status.success(),
-        "eali load: {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
+    let http = a.http_addr(Duration::from_secs(60));
+    load(&http, "alexnet", 40, 2, 1000);
     let deadline = Instant::now() + Duration::from_secs(30);
     let layer_line = loop {
         let (_, body) = agent.get("/metrics");

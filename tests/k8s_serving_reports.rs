@@ -206,17 +206,7 @@ async fn serving_pods_windows_become_the_status_kubectl_shows() {
     )
     .expect("pod directory");
     pods.set("eali.dev/gpu", &[(&ns, "alexnet-0", vec![uuid.clone()])]);
-    let mut plugin = kubelet.plugin_client().await.expect("plugin client");
-    let resp = plugin
-        .allocate(eali::deviceplugin::proto::AllocateRequest {
-            container_requests: vec![eali::deviceplugin::proto::ContainerAllocateRequest {
-                devices_ids: vec![uuid.clone()],
-            }],
-        })
-        .await
-        .expect("allocate")
-        .into_inner();
-    let envs = resp.container_responses[0].envs.clone();
+    let envs = allocate_envs(&kubelet, &uuid).await;
 
     // The serving pod: the EALI policy, two-second windows.
     let mut serve = Serve::spawn(
@@ -234,29 +224,8 @@ async fn serving_pods_windows_become_the_status_kubectl_shows() {
             "2",
         ],
     );
-    let line = serve.wait_log("serving", Duration::from_secs(120));
-    let http = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .unwrap_or_else(|| panic!("no http address in `{line}`"))
-        .to_string();
-    let load = Command::new(env!("CARGO_BIN_EXE_eali"))
-        .args([
-            "load",
-            "--url",
-            &format!("http://{http}"),
-            "--model",
-            "alexnet",
-        ])
-        .args(["--rate", "60", "--duration", "8", "--slo-ms", "200"])
-        .output()
-        .expect("eali load");
-    assert!(
-        load.status.success(),
-        "eali load: {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
-    println!("{}", String::from_utf8_lossy(&load.stdout));
+    let http = serve.http_addr(Duration::from_secs(120));
+    println!("{}", load(&http, "alexnet", 60, 8, 200));
 
     // A report of a window with traffic, written by this node, aggregated by the controller.
     let isvc = eventually(60, "the pod's report and the aggregated status", || {

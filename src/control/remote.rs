@@ -10,7 +10,7 @@
 //!
 //! The local simulated device stays the executor's timing model; the remote GPU follows it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -99,6 +99,24 @@ impl RemoteClock {
     }
 }
 
+/// Runs `call` on the agent's client, connecting first when there is none (the caller drops the
+/// client after a failure, so the next call reconnects).
+fn on_agent<T>(
+    rt: &tokio::runtime::Runtime,
+    client: &mut Option<ControlClient>,
+    path: &Path,
+    uuid: &str,
+    call: impl AsyncFnOnce(&mut ControlClient) -> Result<T, super::ControlError>,
+) -> Result<T, super::ControlError> {
+    rt.block_on(async {
+        let c = match client {
+            Some(c) => c,
+            None => client.insert(ControlClient::connect(path, uuid).await?),
+        };
+        call(c).await
+    })
+}
+
 fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -130,17 +148,9 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
             }
         }
         if let Some(t) = target {
-            let result = rt.block_on(async {
-                if client.is_none() {
-                    client = Some(ControlClient::connect(&path, &uuid).await?);
-                }
-                let c = client
-                    .as_mut()
-                    .ok_or_else(|| super::ControlError::Task("remote clock: no client".into()))?;
-                match t {
-                    ClockTarget::Locked(f) => c.set_clocks(f, f).await,
-                    ClockTarget::Default => c.reset_clocks().await,
-                }
+            let result = on_agent(&rt, &mut client, &path, &uuid, async |c| match t {
+                ClockTarget::Locked(f) => c.set_clocks(f, f).await,
+                ClockTarget::Default => c.reset_clocks().await,
             });
             match result {
                 Ok(st) => {
@@ -167,14 +177,8 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
         }
         if !timings.is_empty() {
             let n = timings.len();
-            let result = rt.block_on(async {
-                if client.is_none() {
-                    client = Some(ControlClient::connect(&path, &uuid).await?);
-                }
-                match client.as_mut() {
-                    Some(c) => c.report_timings(timings).await,
-                    None => Err(super::ControlError::Task("remote clock: no client".into())),
-                }
+            let result = on_agent(&rt, &mut client, &path, &uuid, async |c| {
+                c.report_timings(timings).await
             });
             if let Err(e) = result {
                 client = None;
@@ -182,14 +186,8 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
             }
         }
         for w in windows {
-            let result = rt.block_on(async {
-                if client.is_none() {
-                    client = Some(ControlClient::connect(&path, &uuid).await?);
-                }
-                match client.as_mut() {
-                    Some(c) => c.report_window(w).await,
-                    None => Err(super::ControlError::Task("remote clock: no client".into())),
-                }
+            let result = on_agent(&rt, &mut client, &path, &uuid, async |c| {
+                c.report_window(w).await
             });
             if let Err(e) = result {
                 client = None;

@@ -343,3 +343,48 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+impl Serve {
+    /// Waits for the server's "serving" line; its REST address.
+    pub fn http_addr(&mut self, timeout: Duration) -> String {
+        let line = self.wait_log("serving", timeout);
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .unwrap_or_else(|| panic!("no http address in `{line}`"))
+            .to_string()
+    }
+}
+
+/// `eali load` at `rate` req/s for `secs` against the REST server at `http`; its report.
+pub fn load(http: &str, model: &str, rate: u32, secs: u32, slo_ms: u32) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_eali"))
+        .args(["load", "--url", &format!("http://{http}"), "--model", model])
+        .args(["--rate", &rate.to_string(), "--duration", &secs.to_string()])
+        .args(["--slo-ms", &slo_ms.to_string()])
+        .output()
+        .expect("eali load");
+    assert!(
+        out.status.success(),
+        "eali load: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Allocate of one GPU, as the kubelet asks it: the environment the container gets.
+pub async fn allocate_envs(
+    kubelet: &FakeKubelet,
+    uuid: &str,
+) -> std::collections::HashMap<String, String> {
+    let mut plugin = kubelet.plugin_client().await.expect("plugin client");
+    let resp = plugin
+        .allocate(eali::deviceplugin::proto::AllocateRequest {
+            container_requests: vec![eali::deviceplugin::proto::ContainerAllocateRequest {
+                devices_ids: vec![uuid.to_string()],
+            }],
+        })
+        .await
+        .expect("allocate")
+        .into_inner();
+    resp.container_responses[0].envs.clone()
+}
