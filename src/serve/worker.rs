@@ -185,7 +185,7 @@ async fn run_loop(mut w: Box<Worker>) -> Option<Box<Worker>> {
                 let wait = (t - w.now_s()).clamp(MIN_WAIT_S, TICK_S);
                 wait_for_arrival(&queue, Duration::from_secs_f64(wait)).await;
             }
-            Step::Reject(jobs) => reject_late(jobs),
+            Step::Reject(jobs) => w.reject_late(jobs),
             Step::Dispatch { jobs, now, oldest } if blocking => {
                 w = on_blocking_pool(w, move |w| w.dispatch(jobs, now, oldest)).await?;
             }
@@ -488,7 +488,7 @@ impl Worker {
             Some(f) => jobs.into_iter().partition(|j| j.deadline_s < f),
             None => (Vec::new(), jobs),
         };
-        reject_late(late);
+        self.reject_late(late);
         if jobs.is_empty() {
             return;
         }
@@ -617,8 +617,19 @@ fn deadline_error() -> OipError {
     )
 }
 
-fn reject_late(jobs: Vec<Job>) {
-    for j in jobs {
-        j.slot.fail(deadline_error());
+impl Worker {
+    /// Answers requests that cannot make their deadline 503; the window counts each at the
+    /// time it waited, so the reported tail shows them (they are past their deadline, which is
+    /// at least the SLO).
+    fn reject_late(&mut self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let now = self.now_s();
+        let waited: Vec<f64> = jobs.iter().map(|j| now - j.arrival_s).collect();
+        self.window.unanswered(&waited);
+        for j in jobs {
+            j.slot.fail(deadline_error());
+        }
     }
 }

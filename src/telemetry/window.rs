@@ -84,7 +84,8 @@ pub struct WindowFigures {
     pub end_s: f64,
     /// Requests answered by batches that ended in the window.
     pub requests: u64,
-    /// Latency at the SLO's percentile over those requests (s); `None` without requests.
+    /// Latency at the SLO's percentile over those requests and the ones refused in the window
+    /// for their deadline (counted at the time they waited), s; `None` without any.
     pub latency_s: Option<f64>,
     pub requests_per_second: f64,
     /// Served rate over the max-clock capacity at the SLO; `None` when the capacity is unknown.
@@ -119,6 +120,7 @@ pub struct WindowMeter {
     /// End of the last batch (or the window's start): where the current idle gap began.
     idle_since_s: f64,
     latencies_s: Vec<f64>,
+    answered: u64,
     saturated: bool,
     /// Predicted energy as run: busy (layers at their clocks) plus idle gaps at the clock held.
     run_j: f64,
@@ -137,6 +139,7 @@ impl WindowMeter {
             start_s,
             idle_since_s: start_s,
             latencies_s: Vec::new(),
+            answered: 0,
             saturated: false,
             run_j: 0.0,
             max_busy_j: 0.0,
@@ -157,6 +160,7 @@ impl WindowMeter {
         idle_w: f64,
     ) {
         self.latencies_s.extend_from_slice(latencies_s);
+        self.answered += latencies_s.len() as u64;
         if let Some(e) = estimate {
             self.estimated = true;
             self.run_j += e.energy_j + idle_w * (start_s - self.idle_since_s).max(0.0);
@@ -164,6 +168,12 @@ impl WindowMeter {
             self.max_busy_s += e.max_clock_time_s;
         }
         self.idle_since_s = self.idle_since_s.max(end_s);
+    }
+
+    /// Requests refused for their deadline without running, after waiting `waited_s`: they
+    /// count in the latency percentile, not in the answered rate.
+    pub fn unanswered(&mut self, waited_s: &[f64]) {
+        self.latencies_s.extend_from_slice(waited_s);
     }
 
     /// Whether the policy is saturated now (the window reports it if it was at any point).
@@ -188,7 +198,7 @@ impl WindowMeter {
     ) -> WindowFigures {
         let end_s = now_s.max(self.start_s);
         let len = (end_s - self.start_s).max(1e-9);
-        let requests = self.latencies_s.len() as u64;
+        let requests = self.answered;
         let rps = requests as f64 / len;
         let latency_s = (!self.latencies_s.is_empty())
             .then(|| percentile(&mut self.latencies_s, self.percentile));

@@ -96,6 +96,23 @@ fn a_window_reports_tail_rate_load_saturation_and_both_energies() {
 }
 
 #[test]
+fn requests_refused_for_their_deadline_count_in_the_tail_not_the_rate() {
+    let mut w = WindowMeter::new(0.0, 1.0, 0.5);
+    w.batch(0.1, 0.2, &[0.05, 0.06], None, 0.0);
+    w.unanswered(&[0.4, 0.5]);
+    let f = w.close(1.0, 0.0, 0.0, Some(10.0));
+    assert_eq!(f.requests, 2);
+    assert!(close(f.requests_per_second, 2.0));
+    assert!(close(f.load_ratio.expect("load"), 0.2));
+    // Nearest rank: the median of four is the second smallest.
+    assert_eq!(f.latency_s, Some(0.06));
+    let mut w = WindowMeter::new(0.0, 1.0, 0.75);
+    w.batch(0.1, 0.2, &[0.05, 0.06], None, 0.0);
+    w.unanswered(&[0.4, 0.5]);
+    assert_eq!(w.close(1.0, 0.0, 0.0, None).latency_s, Some(0.4));
+}
+
+#[test]
 fn without_a_power_model_or_capacity_the_estimates_stay_empty() {
     let mut w = WindowMeter::new(0.0, 1.0, 0.95);
     w.batch(0.1, 0.2, &[0.05, 0.06], None, 0.0);
