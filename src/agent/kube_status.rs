@@ -6,7 +6,6 @@
 use futures_util::future::BoxFuture;
 
 use crate::control::PodName;
-use crate::control::proto::ServingWindow;
 use crate::k8s::crd::ServingReport;
 use crate::k8s::node_status::{NodeGpu, NodePod, NodeStatusBatch, NodeStatusWriter, PlanSummary};
 
@@ -71,7 +70,7 @@ pub fn batch_of(gpus: &[GpuSummary]) -> NodeStatusBatch {
                     gpu: Some(g.uuid.clone()),
                     plan,
                     joules_per_request,
-                    requests_per_second: window.map(|w| rate(&w.window)),
+                    requests_per_second: window.map(|w| w.window.requests_per_second()),
                 },
             );
             if let Some(w) = window {
@@ -97,7 +96,7 @@ pub fn batch_of(gpus: &[GpuSummary]) -> NodeStatusBatch {
                 NodePod {
                     pod: w.pod.name.clone(),
                     gpu: Some(g.uuid.clone()),
-                    requests_per_second: Some(rate(&w.window)),
+                    requests_per_second: Some(w.window.requests_per_second()),
                     ..NodePod::default()
                 },
             );
@@ -105,14 +104,6 @@ pub fn batch_of(gpus: &[GpuSummary]) -> NodeStatusBatch {
         }
     }
     batch
-}
-
-fn rate(w: &ServingWindow) -> f64 {
-    if w.window_s > 0.0 {
-        w.requests as f64 / w.window_s
-    } else {
-        0.0
-    }
 }
 
 /// The pod's `status.reports` entry from its last window. Joules per request are measured: the
@@ -127,10 +118,6 @@ fn serving_report(w: &PodWindow, attributed: Option<f64>) -> ServingReport {
         .measured_energy_j
         .filter(|_| win.requests > 0)
         .map(|e| e / win.requests as f64);
-    let saved = match (win.predicted_energy_j, win.max_clock_energy_j) {
-        (Some(run), Some(max)) if max > 0.0 => Some(1.0 - run / max),
-        _ => None,
-    };
     let time = jiff::SignedDuration::try_from_secs_f64(win.end_unix_s)
         .ok()
         .and_then(|d| jiff::Timestamp::from_duration(d).ok())
@@ -140,9 +127,9 @@ fn serving_report(w: &PodWindow, attributed: Option<f64>) -> ServingReport {
         node: None,
         time: time.to_string(),
         p99_ms: win.latency_ms.unwrap_or(0.0),
-        requests_per_second: rate(win),
+        requests_per_second: win.requests_per_second(),
         joules_per_request: measured.or(attributed).unwrap_or(0.0),
-        energy_saved_ratio: saved,
+        energy_saved_ratio: win.energy_saved_ratio(),
         load_ratio: win.load_ratio,
         saturated: win.saturated,
     }
@@ -164,6 +151,7 @@ mod tests {
     use super::*;
     use crate::agent::energy::ServiceEnergy;
     use crate::control::authz::PodName;
+    use crate::control::proto::ServingWindow;
 
     fn gpu(uuid: &str, services: &[(&str, &str, &str)]) -> GpuSummary {
         GpuSummary {

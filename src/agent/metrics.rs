@@ -1,7 +1,8 @@
 //! The agent's Prometheus families (DESIGN.md §3): per GPU energy, power, target and actual
 //! clock, clock switches and resets, health; per unit and per layer attributed energy of the
 //! serving pods; and the serving pods' windows (tail latency, rate, load, and the power model's
-//! energy estimate as run and at maximum clocks, from which dashboards show the energy saved). The agent has its own registry, separate from `eali serve`'s
+//! energy estimate as run and at maximum clocks, from which dashboards show the energy saved).
+//! The agent has its own registry, separate from `eali serve`'s
 //! ([`crate::telemetry::Metrics`]): the two run in different processes, and the agent's layer
 //! series carry the pod that ran them.
 
@@ -219,12 +220,9 @@ impl AgentMetrics {
                 let _ = self.serving_latency.remove_label_values(&l);
             }
         }
-        let rate = if w.window_s > 0.0 {
-            w.requests as f64 / w.window_s
-        } else {
-            0.0
-        };
-        self.serving_rate.with_label_values(&l).set(rate);
+        self.serving_rate
+            .with_label_values(&l)
+            .set(w.requests_per_second());
         if let Some(load) = w.load_ratio {
             self.serving_load.with_label_values(&l).set(load);
         }

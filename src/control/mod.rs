@@ -28,6 +28,25 @@ pub mod service;
 #[allow(clippy::all, clippy::pedantic)]
 pub mod proto {
     tonic::include_proto!("eali.control.v1");
+
+    impl ServingWindow {
+        /// Requests answered per second over the window (0 for an empty window).
+        pub fn requests_per_second(&self) -> f64 {
+            if self.window_s > 0.0 {
+                self.requests as f64 / self.window_s
+            } else {
+                0.0
+            }
+        }
+
+        /// The pod's estimate of the energy saved against maximum clocks.
+        pub fn energy_saved_ratio(&self) -> Option<f64> {
+            crate::telemetry::window::saved_ratio(
+                self.predicted_energy_j?,
+                self.max_clock_energy_j?,
+            )
+        }
+    }
 }
 
 pub use authz::{

@@ -337,7 +337,11 @@ impl Worker {
                 s.info.slo_s,
             )
         });
-        let window = WindowMeter::new(0.0, s.report_window_s, s.info.percentile);
+        let started_s = s
+            .device
+            .as_ref()
+            .map_or_else(|| s.timebase.now_s(), |d| d.now_s());
+        let window = WindowMeter::new(started_s, s.report_window_s, s.info.percentile);
         let mut w = Self {
             queue_depth: m.queue_depth.with_label_values(&[&s.info.name]),
             batch_size: m.batch_size.with_label_values(&[&s.info.name]),
@@ -364,7 +368,6 @@ impl Worker {
             capacity_rps,
             unit_clocks: Vec::new(),
         };
-        w.window = WindowMeter::new(w.now_s(), s.report_window_s, w.info.percentile);
         if let Some(target) = w.policy.initial_clock() {
             let now = w.now_s();
             w.set_clock(now, target);

@@ -146,7 +146,7 @@ impl LayerPowerModel {
         &self.table
     }
 
-    fn clock_index(&self, mhz: u32) -> usize {
+    pub(crate) fn clock_index(&self, mhz: u32) -> usize {
         let c = &self.table.clocks_mhz;
         (0..c.len())
             .min_by_key(|&i| c[i].abs_diff(mhz))
@@ -156,8 +156,12 @@ impl LayerPowerModel {
     /// Predicted (time, energy) of `layer` at `batch` and `clock_mhz`: nearest table clock,
     /// linear in the batch between table batch sizes (proportional beyond the largest).
     pub fn layer(&self, layer: usize, batch: u32, clock_mhz: u32) -> (f64, f64) {
+        self.layer_at(layer, batch, self.clock_index(clock_mhz))
+    }
+
+    /// [`layer`](Self::layer) at the table's clock `fi`.
+    pub(crate) fn layer_at(&self, layer: usize, batch: u32, fi: usize) -> (f64, f64) {
         let t = &self.table;
-        let fi = self.clock_index(clock_mhz);
         let at = |bi: usize| (t.time_s[layer][bi][fi], t.energy_j[layer][bi][fi]);
         let b = f64::from(batch);
         let hi = t.batches.partition_point(|&x| x < batch);

@@ -41,13 +41,16 @@ impl LayerPowerModel {
         batch: u32,
         unit_clocks_mhz: &[u32],
     ) -> BatchEstimate {
-        let fmax = self.max_clock_mhz();
+        // The nearest table clock once per unit: the layers of a unit share it.
+        let top = self.table().clocks_mhz.len().saturating_sub(1);
         let mut est = BatchEstimate::default();
         for (i, unit) in units.iter().enumerate() {
-            let clock = unit_clocks_mhz.get(i).copied().unwrap_or(fmax);
+            let fi = unit_clocks_mhz
+                .get(i)
+                .map_or(top, |&mhz| self.clock_index(mhz));
             for layer in unit.clone() {
-                est.energy_j += self.layer(layer, batch, clock).1;
-                let (t, e) = self.layer(layer, batch, fmax);
+                est.energy_j += self.layer_at(layer, batch, fi).1;
+                let (t, e) = self.layer_at(layer, batch, top);
                 est.max_clock_energy_j += e;
                 est.max_clock_time_s += t;
             }
@@ -106,9 +109,13 @@ impl WindowFigures {
     /// Estimated fraction of energy saved against maximum clocks (negative when the window as
     /// run is predicted to have cost more); `None` without both predictions.
     pub fn energy_saved_ratio(&self) -> Option<f64> {
-        let (run, max) = (self.predicted_energy_j?, self.max_clock_energy_j?);
-        (max > 0.0).then(|| 1.0 - run / max)
+        saved_ratio(self.predicted_energy_j?, self.max_clock_energy_j?)
     }
+}
+
+/// Fraction of `max_clock_j` that `as_run_j` saves; `None` when there is nothing to compare.
+pub fn saved_ratio(as_run_j: f64, max_clock_j: f64) -> Option<f64> {
+    (max_clock_j > 0.0).then(|| 1.0 - as_run_j / max_clock_j)
 }
 
 /// Accumulates a window's batches; [`close`](Self::close) ends it and starts the next.
