@@ -1,5 +1,6 @@
 //! Compiles the gRPC protocol definitions under `proto/` with a protobuf compiler written in Rust
-//! (`protox`), so a build needs no `protoc` on the machine.
+//! (`protox`), so a build needs no `protoc` on the machine; also ONNX's `onnx.proto` (messages only),
+//! which the ONNX importer decodes model files with.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
@@ -7,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/deviceplugin/v1beta1/api.proto",
         "proto/podresources/v1/api.proto",
         "proto/control/v1/control.proto",
+        "proto/onnx/onnx.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -108,6 +108,7 @@ async fn eali_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::oneshot
             seed: 1,
             weights: None,
             zero_cost: true,
+            locations: Default::default(),
         },
         queue_capacity: 1 << 16,
         deadline_factor: 100.0,

@@ -40,6 +40,7 @@ fn uri_spec(uri: String) -> InferenceServiceSpec {
         zoo: None,
         uri: Some(uri),
         format: None,
+        sha256: None,
     };
     s
 }

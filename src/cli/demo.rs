@@ -62,6 +62,8 @@ fn serve_args(a: &Args, policy: &str) -> ServeArgs {
         config: None,
         model: a.model.clone(),
         uri: None,
+        sha256: None,
+        pvc_root: crate::serve::source::PVC_MOUNT_ROOT.into(),
         name: Some(a.model.clone()),
         slo_ms: a.slo_ms,
         percentile: 99.0,

@@ -10,10 +10,20 @@ use serde::Serialize;
 use crate::gpu::WorkKind;
 use crate::model::{Graph, LayerCost, Shape, zoo};
 
+/// Operators `--onnx` reads, for the help text.
+const ONNX_HELP: &str = "ONNX model file to import and list, layer by layer (operator sets 7-21; \
+Conv, BatchNormalization, Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid, HardSwish, MaxPool, \
+AveragePool, GlobalAveragePool, Gemm, MatMul, Add/Sub/Mul/Div by per-channel constants, Add of \
+two tensors, Concat, Flatten, Reshape, Squeeze, Unsqueeze, Shape/Gather/Constant/Cast on shapes, \
+Softmax, LRN, Dropout, Identity)";
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Show the layers of this model (name or alias, e.g. "resnet-50") instead of the zoo.
+    #[arg(conflicts_with = "onnx")]
     pub model: Option<String>,
+    #[arg(long, value_name = "FILE", help = ONNX_HELP)]
+    pub onnx: Option<std::path::PathBuf>,
     /// Batch size for the per-layer costs of `MODEL`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,
@@ -23,8 +33,41 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let out = match &args.model {
-        None => {
+    let imported = match &args.onnx {
+        Some(path) => {
+            let s = crate::serve::source::load_onnx(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some(s)
+        }
+        None => None,
+    };
+    let out = match (&args.model, imported) {
+        (_, Some(src)) => {
+            let g = &src.graph;
+            let rows = layer_rows(g, args.batch);
+            if args.json {
+                serde_json::to_string_pretty(&rows)?
+            } else {
+                let mut t = String::new();
+                if let Some(io) = &src.io {
+                    let dims = |d: &[i64]| {
+                        d.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+                    };
+                    let batch = if io.batch_fixed { "1" } else { "N" };
+                    let _ = writeln!(
+                        t,
+                        "ONNX input {} [{batch}, {}] FP32 -> output {} [{batch}, {}] FP32",
+                        io.input,
+                        dims(&io.input_dims),
+                        io.output,
+                        dims(&io.output_dims)
+                    );
+                }
+                t.push_str(&layer_table(g, args.batch, &rows));
+                t
+            }
+        }
+        (None, None) => {
             let rows = zoo_rows()?;
             if args.json {
                 serde_json::to_string_pretty(&rows)?
@@ -32,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 zoo_table(&rows)
             }
         }
-        Some(name) => {
+        (Some(name), None) => {
             let g = zoo::build(name)?;
             let rows = layer_rows(&g, args.batch);
             if args.json {

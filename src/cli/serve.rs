@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use crate::k8s::crd::{
     GpuSelector, InferenceServiceSpec, ModelRef, PodResources, Policy, Replicas, Slo,
 };
+use crate::serve::source::Locations;
 use crate::serve::{Compute, RuntimeOptions, ServeConfig, ServeOptions, Server, shutdown_signal};
 
 #[derive(Debug, clap::Args)]
@@ -20,11 +21,19 @@ pub struct Args {
     /// Zoo model to serve (without --config).
     #[arg(long, default_value = "resnet50")]
     pub model: String,
-    /// Model file to serve instead of --model (without --config): safetensors weights whose
-    /// metadata names their network (`eali.model` = zoo name, or `eali.graph` = EALI graph JSON),
-    /// or an EALI graph as JSON; `file://PATH` or a path.
+    /// Model file to serve instead of --model (without --config): an ONNX model, safetensors
+    /// weights whose metadata names their network (`eali.model` = zoo name, or `eali.graph` =
+    /// EALI graph JSON), or an EALI graph as JSON; `file://PATH` or a path, `pvc://CLAIM/PATH`
+    /// (under --pvc-root) or `https://URL` (downloaded into --model-cache).
     #[arg(long)]
     pub uri: Option<String>,
+    /// SHA-256 the file at an https:// --uri must have (without --config).
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Where the PersistentVolumeClaims of pvc:// uris are mounted (the controller mounts claim
+    /// C at PVC_ROOT/C in serving pods).
+    #[arg(long, default_value = crate::serve::source::PVC_MOUNT_ROOT)]
+    pub pvc_root: PathBuf,
     /// Served model name (without --config; default: the zoo name, or the file's stem).
     #[arg(long)]
     pub name: Option<String>,
@@ -103,6 +112,7 @@ pub fn flags_config(a: &Args) -> anyhow::Result<ServeConfig> {
             zoo: a.uri.is_none().then(|| a.model.clone()),
             uri: a.uri.clone(),
             format: None,
+            sha256: a.sha256.clone(),
         },
         slo: Slo {
             latency_ms: a.slo_ms,
@@ -141,6 +151,9 @@ pub fn options(a: &Args) -> anyhow::Result<ServeOptions> {
             seed: a.seed,
             weights: a.weights.clone(),
             zero_cost: a.zero_cost,
+            locations: Locations {
+                pvc_root: a.pvc_root.clone(),
+            },
         },
         queue_capacity: a.queue_capacity,
         deadline_factor: a.deadline_factor,

@@ -195,35 +195,63 @@ impl CpuExecutor {
                 out.copy_from_slice(x);
                 kernels::relu6(&mut out);
             }
+            (Op::LeakyRelu { alpha }, _) => {
+                out.copy_from_slice(x);
+                kernels::leaky_relu(&mut out, *alpha);
+            }
+            (Op::Sigmoid, _) => {
+                out.copy_from_slice(x);
+                kernels::sigmoid(&mut out);
+            }
+            (Op::HardSigmoid { alpha, beta }, _) => {
+                out.copy_from_slice(x);
+                kernels::hard_sigmoid(&mut out, *alpha, *beta);
+            }
+            (Op::HardSwish, _) => {
+                out.copy_from_slice(x);
+                kernels::hard_swish(&mut out);
+            }
+            (Op::Clip { min, max }, _) => {
+                out.copy_from_slice(x);
+                kernels::clip(&mut out, *min, *max);
+            }
             (
                 Op::MaxPool {
                     kernel,
                     stride,
                     padding,
+                    padding_end,
+                    dilation,
                     ..
                 }
                 | Op::AvgPool {
                     kernel,
                     stride,
                     padding,
+                    padding_end,
+                    dilation,
                     ..
                 },
                 _,
             ) => {
+                let end = padding_end.unwrap_or(*padding);
                 let g = PoolGeom {
                     h: u(xs.h),
                     w: u(xs.w),
                     kernel: (u(kernel.0), u(kernel.1)),
                     stride: (u(stride.0), u(stride.1)),
                     padding: (u(padding.0), u(padding.1)),
+                    padding_end: (u(end.0), u(end.1)),
+                    dilation: (u(dilation.0), u(dilation.1)),
                     oh: u(o.h),
                     ow: u(o.w),
                 };
                 let planes = n * u(xs.c);
-                if matches!(l.op, Op::MaxPool { .. }) {
-                    kernels::max_pool(x, planes, &g, &mut out);
-                } else {
-                    kernels::avg_pool(x, planes, &g, &mut out);
+                match l.op {
+                    Op::AvgPool {
+                        count_include_pad, ..
+                    } => kernels::avg_pool(x, planes, &g, &mut out, count_include_pad),
+                    _ => kernels::max_pool(x, planes, &g, &mut out),
                 }
             }
             (Op::GlobalAvgPool, _) => kernels::global_avg_pool(x, plane, &mut out),
@@ -249,7 +277,23 @@ impl CpuExecutor {
                 out.copy_from_slice(x);
                 kernels::softmax_channels(&mut out, u(xs.c), plane);
             }
-            (Op::Lrn { size }, _) => kernels::lrn(x, u(xs.c), plane, u(*size), &mut out),
+            (
+                Op::Lrn {
+                    size,
+                    alpha,
+                    beta,
+                    bias,
+                },
+                _,
+            ) => {
+                let p = kernels::LrnParams {
+                    size: u(*size),
+                    alpha: *alpha,
+                    beta: *beta,
+                    k: *bias,
+                };
+                kernels::lrn(x, u(xs.c), plane, &p, &mut out);
+            }
             // `Weights::check` in `new` rules out a parameterised layer without its weights.
             (Op::Conv2d { .. } | Op::Linear { .. } | Op::BatchNorm, _) => {
                 unreachable!("weights checked at construction")

@@ -83,7 +83,11 @@ impl ConvGeom {
         self.cout * self.k_g()
     }
     fn is_pointwise(&self) -> bool {
-        self.kernel == (1, 1) && self.stride == (1, 1) && self.padding == (0, 0)
+        // The output size rules out padding after the input, which the geometry does not hold.
+        self.kernel == (1, 1)
+            && self.stride == (1, 1)
+            && self.padding == (0, 0)
+            && (self.oh, self.ow) == (self.h, self.w)
     }
 }
 
@@ -204,6 +208,33 @@ pub fn relu(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v = v.max(0.0));
 }
 
+/// `max(x, 0) + alpha · min(x, 0)`.
+pub fn leaky_relu(x: &mut [f32], alpha: f32) {
+    x.iter_mut()
+        .for_each(|v| *v = if *v < 0.0 { alpha * *v } else { *v });
+}
+
+pub fn sigmoid(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
+}
+
+/// `clamp(alpha · x + beta, 0, 1)`.
+pub fn hard_sigmoid(x: &mut [f32], alpha: f32, beta: f32) {
+    x.iter_mut()
+        .for_each(|v| *v = (alpha * *v + beta).clamp(0.0, 1.0));
+}
+
+/// `x · clamp(x / 6 + 1/2, 0, 1)`.
+pub fn hard_swish(x: &mut [f32]) {
+    x.iter_mut()
+        .for_each(|v| *v *= (*v / 6.0 + 0.5).clamp(0.0, 1.0));
+}
+
+/// `clamp(x, min, max)`; NaN stays NaN as in ONNX Runtime.
+pub fn clip(x: &mut [f32], min: f32, max: f32) {
+    x.iter_mut().for_each(|v| *v = v.max(min).min(max));
+}
+
 pub fn relu6(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
 }
@@ -215,23 +246,22 @@ pub struct PoolGeom {
     pub w: usize,
     pub kernel: (usize, usize),
     pub stride: (usize, usize),
+    /// Padding before the input (top, left).
     pub padding: (usize, usize),
+    /// Padding after the input (bottom, right).
+    pub padding_end: (usize, usize),
+    pub dilation: (usize, usize),
     pub oh: usize,
     pub ow: usize,
 }
 
 impl PoolGeom {
-    /// Window of output `(oy, ox)` in padded coordinates offset by the padding:
-    /// `(y0, y1, x0, x1)`, half-open, possibly reaching into the padding or past it (ceil mode).
-    fn window(&self, oy: usize, ox: usize) -> (isize, isize, isize, isize) {
-        let y0 = (oy * self.stride.0) as isize - self.padding.0 as isize;
-        let x0 = (ox * self.stride.1) as isize - self.padding.1 as isize;
-        (
-            y0,
-            y0 + self.kernel.0 as isize,
-            x0,
-            x0 + self.kernel.1 as isize,
-        )
+    /// Input rows (or columns) the window of output `o` covers along one axis: positions
+    /// `start + k·dilation` for each kernel tap `k`, in input coordinates (negative or past the
+    /// end inside the padding, or past it in ceil mode).
+    fn taps(o: usize, stride: usize, pad: usize, kernel: usize, dilation: usize) -> impl Iterator<Item = isize> {
+        let start = (o * stride) as isize - pad as isize;
+        (0..kernel).map(move |k| start + (k * dilation) as isize)
     }
 }
 
@@ -243,10 +273,14 @@ pub fn max_pool(x: &[f32], planes: usize, g: &PoolGeom, out: &mut [f32]) {
         let dst = &mut out[p * g.oh * g.ow..(p + 1) * g.oh * g.ow];
         for oy in 0..g.oh {
             for ox in 0..g.ow {
-                let (y0, y1, x0, x1) = g.window(oy, ox);
                 let mut m = f32::NEG_INFINITY;
-                for y in y0.max(0)..y1.min(h) {
-                    for xx in x0.max(0)..x1.min(w) {
+                for y in PoolGeom::taps(oy, g.stride.0, g.padding.0, g.kernel.0, g.dilation.0)
+                    .filter(|y| (0..h).contains(y))
+                {
+                    for xx in
+                        PoolGeom::taps(ox, g.stride.1, g.padding.1, g.kernel.1, g.dilation.1)
+                            .filter(|xx| (0..w).contains(xx))
+                    {
                         m = m.max(src[(y * w + xx) as usize]);
                     }
                 }
@@ -256,21 +290,33 @@ pub fn max_pool(x: &[f32], planes: usize, g: &PoolGeom, out: &mut [f32]) {
     }
 }
 
-/// Average pooling with PyTorch's defaults (`count_include_pad=True`): the divisor counts the
-/// window's cells inside input + padding, not the cells a ceil-mode window sticks out beyond it.
-pub fn avg_pool(x: &[f32], planes: usize, g: &PoolGeom, out: &mut [f32]) {
+/// Average pooling. With `count_include_pad` (PyTorch's default) the divisor counts the window's
+/// taps inside input + padding, not those a ceil-mode window sticks out beyond it; without, only
+/// the taps inside the input.
+pub fn avg_pool(x: &[f32], planes: usize, g: &PoolGeom, out: &mut [f32], count_include_pad: bool) {
     let (h, w) = (g.h as isize, g.w as isize);
-    let (ph, pw) = (g.padding.0 as isize, g.padding.1 as isize);
+    let rows = |lo: isize, hi: isize| lo..hi;
+    let (y_in, x_in) = (rows(0, h), rows(0, w));
+    let (y_pad, x_pad) = if count_include_pad {
+        (
+            rows(-(g.padding.0 as isize), h + g.padding_end.0 as isize),
+            rows(-(g.padding.1 as isize), w + g.padding_end.1 as isize),
+        )
+    } else {
+        (y_in.clone(), x_in.clone())
+    };
     for p in 0..planes {
         let src = &x[p * g.h * g.w..(p + 1) * g.h * g.w];
         let dst = &mut out[p * g.oh * g.ow..(p + 1) * g.oh * g.ow];
         for oy in 0..g.oh {
+            let ys = || PoolGeom::taps(oy, g.stride.0, g.padding.0, g.kernel.0, g.dilation.0);
+            let y_count = ys().filter(|y| y_pad.contains(y)).count();
             for ox in 0..g.ow {
-                let (y0, y1, x0, x1) = g.window(oy, ox);
-                let divisor = (y1.min(h + ph) - y0) * (x1.min(w + pw) - x0);
+                let xs = || PoolGeom::taps(ox, g.stride.1, g.padding.1, g.kernel.1, g.dilation.1);
+                let divisor = y_count * xs().filter(|xx| x_pad.contains(xx)).count();
                 let mut sum = 0.0f32;
-                for y in y0.max(0)..y1.min(h) {
-                    for xx in x0.max(0)..x1.min(w) {
+                for y in ys().filter(|y| y_in.contains(y)) {
+                    for xx in xs().filter(|xx| x_in.contains(xx)) {
                         sum += src[(y * w + xx) as usize];
                     }
                 }
@@ -312,13 +358,18 @@ pub fn softmax_channels(x: &mut [f32], channels: usize, plane: usize) {
     }
 }
 
-/// PyTorch's `LocalResponseNorm(size)` with its defaults α = 1e-4, β = 0.75, k = 1: each value
-/// is divided by `(k + α/size · Σ x²)^β` over `size` neighbouring channels (the window is
+/// Local response normalisation (PyTorch's `LocalResponseNorm`, ONNX's LRN): each value is
+/// divided by `(k + α/size · Σ x²)^β` over `size` neighbouring channels (the window is
 /// zero-padded by ⌊size/2⌋ before and ⌊(size−1)/2⌋ after the channel).
-pub fn lrn(x: &[f32], channels: usize, plane: usize, size: usize, out: &mut [f32]) {
-    const ALPHA: f32 = 1e-4;
-    const BETA: f32 = 0.75;
-    const K: f32 = 1.0;
+pub struct LrnParams {
+    pub size: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub k: f32,
+}
+
+pub fn lrn(x: &[f32], channels: usize, plane: usize, p: &LrnParams, out: &mut [f32]) {
+    let size = p.size;
     let before = size / 2;
     let after = (size - 1) / 2;
     for (xs, ys) in x
@@ -331,7 +382,7 @@ pub fn lrn(x: &[f32], channels: usize, plane: usize, size: usize, out: &mut [f32
             for pos in 0..plane {
                 let sq: f32 = (lo..=hi).map(|j| xs[j * plane + pos].powi(2)).sum();
                 let v = xs[c * plane + pos];
-                ys[c * plane + pos] = v / (K + ALPHA / size as f32 * sq).powf(BETA);
+                ys[c * plane + pos] = v / (p.k + p.alpha / size as f32 * sq).powf(p.beta);
             }
         }
     }

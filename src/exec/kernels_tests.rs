@@ -134,6 +134,8 @@ fn max_pool_padding_and_ceil_mode() {
         kernel: (2, 2),
         stride: (2, 2),
         padding: (0, 0),
+        padding_end: (0, 0),
+        dilation: (1, 1),
         oh: 2,
         ow: 2,
     };
@@ -145,6 +147,7 @@ fn max_pool_padding_and_ceil_mode() {
     let g = PoolGeom {
         kernel: (3, 3),
         padding: (1, 1),
+        padding_end: (1, 1),
         ..g
     };
     max_pool(&neg, 1, &g, &mut out);
@@ -163,11 +166,13 @@ fn avg_pool_counts_padding_but_not_ceil_overhang() {
         kernel: (3, 3),
         stride: (1, 1),
         padding: (1, 1),
+        padding_end: (1, 1),
+        dilation: (1, 1),
         oh: 3,
         ow: 3,
     };
     let mut out = vec![0.0; 9];
-    avg_pool(&x, 1, &g, &mut out);
+    avg_pool(&x, 1, &g, &mut out, true);
     assert_eq!(out[0], (1.0 + 2.0 + 4.0 + 5.0) / 9.0);
     assert_eq!(out[4], 45.0 / 9.0);
     // 2×2 stride 2 ceil mode on 3×3: the overhanging windows divide by the cells inside only.
@@ -175,13 +180,79 @@ fn avg_pool_counts_padding_but_not_ceil_overhang() {
         kernel: (2, 2),
         stride: (2, 2),
         padding: (0, 0),
+        padding_end: (0, 0),
         oh: 2,
         ow: 2,
         ..g
     };
     let mut out = vec![0.0; 4];
-    avg_pool(&x, 1, &g, &mut out);
+    avg_pool(&x, 1, &g, &mut out, true);
     assert_eq!(out, vec![3.0, 4.5, 7.5, 9.0]);
+}
+
+#[test]
+fn avg_pool_without_padding_in_the_divisor_and_asymmetric_padding() {
+    let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    // 2×2 stride 2 with padding only after the input (ONNX pads [0,0,1,1]): the last window
+    // of each axis covers one input cell and one padding cell.
+    let g = PoolGeom {
+        h: 3,
+        w: 3,
+        kernel: (2, 2),
+        stride: (2, 2),
+        padding: (0, 0),
+        padding_end: (1, 1),
+        dilation: (1, 1),
+        oh: 2,
+        ow: 2,
+    };
+    let mut out = vec![0.0; 4];
+    avg_pool(&x, 1, &g, &mut out, true);
+    assert_eq!(out, vec![3.0, 4.5 / 2.0, 7.5 / 2.0, 9.0 / 4.0]);
+    avg_pool(&x, 1, &g, &mut out, false);
+    assert_eq!(out, vec![3.0, 4.5, 7.5, 9.0]);
+}
+
+#[test]
+fn dilated_max_pool_skips_taps() {
+    // 1×5 row, kernel 2 with dilation 2: windows {0, 2}, {1, 3}, {2, 4}.
+    let x = [5.0, 1.0, 3.0, 9.0, 4.0];
+    let g = PoolGeom {
+        h: 1,
+        w: 5,
+        kernel: (1, 2),
+        stride: (1, 1),
+        padding: (0, 0),
+        padding_end: (0, 0),
+        dilation: (1, 2),
+        oh: 1,
+        ow: 3,
+    };
+    let mut out = vec![0.0; 3];
+    max_pool(&x, 1, &g, &mut out);
+    assert_eq!(out, vec![5.0, 9.0, 4.0]);
+    avg_pool(&x, 1, &g, &mut out, true);
+    assert_eq!(out, vec![4.0, 5.0, 3.5]);
+}
+
+#[test]
+fn activations() {
+    let mut v = vec![-2.0, -0.5, 0.0, 1.0, 4.0, 8.0];
+    leaky_relu(&mut v, 0.1);
+    assert_eq!(v, vec![-0.2, -0.05, 0.0, 1.0, 4.0, 8.0]);
+    let mut v = vec![-4.0, 0.0, 1.0, 4.0];
+    hard_sigmoid(&mut v, 0.2, 0.5);
+    assert_eq!(v, vec![0.0, 0.5, 0.7, 1.0]);
+    let mut v = vec![-4.0, -1.5, 0.0, 3.0, 6.0];
+    hard_swish(&mut v);
+    assert_eq!(v, vec![-0.0, -0.375, 0.0, 3.0, 6.0]);
+    let mut v = vec![-1.0, 0.25, 2.0];
+    clip(&mut v, -0.5, 0.5);
+    assert_eq!(v, vec![-0.5, 0.25, 0.5]);
+    let mut v = vec![0.0, 2.0f32.ln()];
+    sigmoid(&mut v);
+    assert_eq!(v[0], 0.5);
+    assert!((v[1] - 2.0 / 3.0).abs() < 1e-6);
 }
 
 #[test]
@@ -209,9 +280,24 @@ fn batch_norm_global_pool_softmax_lrn() {
     // size 2: channel c sums c-1 and c (PyTorch pads one channel before, none after).
     let x = [1.0, 100.0];
     let mut y = [0.0; 2];
-    lrn(&x, 2, 1, 2, &mut y);
+    let p = LrnParams {
+        size: 2,
+        alpha: 1e-4,
+        beta: 0.75,
+        k: 1.0,
+    };
+    lrn(&x, 2, 1, &p, &mut y);
     assert!((y[0] - 1.0 / (1.0f32 + 1e-4 / 2.0).powf(0.75)).abs() < 1e-6);
     assert!((y[1] - 100.0 / (1.0f32 + 1e-4 / 2.0 * 10001.0).powf(0.75)).abs() < 1e-4);
+    // ONNX's bias 2, alpha 1e-2, beta 0.5.
+    let p = LrnParams {
+        size: 2,
+        alpha: 1e-2,
+        beta: 0.5,
+        k: 2.0,
+    };
+    lrn(&x, 2, 1, &p, &mut y);
+    assert!((y[1] - 100.0 / (2.0f32 + 1e-2 / 2.0 * 10001.0).sqrt()).abs() < 1e-4);
 }
 
 fn geometry() -> impl Strategy<Value = ConvGeom> {

@@ -15,36 +15,13 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use super::ExecError;
+pub use crate::model::LayerWeights;
 use crate::model::{Graph, LayerId, Op};
 
 /// BatchNorm ε of PyTorch's `nn.BatchNorm2d`.
 pub const BN_EPS: f32 = 1e-5;
 /// torchvision's Inception-v3 builds its BatchNorms with ε = 0.001.
 const INCEPTION_V3_BN_EPS: f32 = 1e-3;
-
-/// Parameters of one layer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LayerWeights {
-    /// Parameter-free layers.
-    None,
-    /// `weight`: `out × in/groups × kh × kw`.
-    Conv {
-        weight: Vec<f32>,
-        bias: Option<Vec<f32>>,
-    },
-    BatchNorm {
-        gamma: Vec<f32>,
-        beta: Vec<f32>,
-        mean: Vec<f32>,
-        var: Vec<f32>,
-        eps: f32,
-    },
-    /// `weight`: `out × in`.
-    Linear {
-        weight: Vec<f32>,
-        bias: Option<Vec<f32>>,
-    },
-}
 
 /// All parameters of a graph, indexed like its layers.
 #[derive(Debug, Clone, PartialEq)]

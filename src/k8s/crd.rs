@@ -136,17 +136,25 @@ pub struct ModelRef {
         pattern(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
     )]
     pub zoo: Option<String>,
-    /// Location of a model file (file://, pvc://<claim>/<path> or s3://), used when the model is
-    /// not in the zoo.
+    /// Location of a model file when the model is not in the zoo: file://<path> (a file in the
+    /// serving image or the node), pvc://<claim>/<path> (a PersistentVolumeClaim in the
+    /// service's namespace, mounted read-only into the serving pods) or https://<url>
+    /// (downloaded once when a pod starts; give model.sha256). s3:// and gs:// are refused: use a
+    /// claim backed by a CSI driver or a pre-signed https:// URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 8, max = 2048),
         pattern(r"^(file|pvc|s3|gs|https?)://\S+$")
     )]
     pub uri: Option<String>,
-    /// Format of the model file at `uri`.
+    /// Format of the model file at `uri` (default: from the file's extension or content).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<ModelFormat>,
+    /// SHA-256 of the file at an https:// `uri` (64 lowercase hex digits): the download is
+    /// refused unless it matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[0-9a-f]{64}$"))]
+    pub sha256: Option<String>,
 }
 
 /// File format of a model given by `uri`.

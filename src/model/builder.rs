@@ -89,6 +89,7 @@ impl From<Conv> for Op {
             dilation: c.dilation,
             groups: c.groups,
             bias: c.bias,
+            padding_end: None,
         }
     }
 }
@@ -132,6 +133,8 @@ impl Pool {
                 stride,
                 padding,
                 ceil_mode,
+                padding_end: None,
+                dilation: (1, 1),
             }
         } else {
             Op::AvgPool {
@@ -139,6 +142,9 @@ impl Pool {
                 stride,
                 padding,
                 ceil_mode,
+                padding_end: None,
+                dilation: (1, 1),
+                count_include_pad: true,
             }
         }
     }
@@ -291,6 +297,9 @@ impl GraphBuilder {
             stride: (kh, kw),
             padding: (0, 0),
             ceil_mode: false,
+            padding_end: None,
+            dilation: (1, 1),
+            count_include_pad: true,
         };
         self.push(name, op, &[x])
     }
@@ -331,7 +340,13 @@ impl GraphBuilder {
         x: Tensor,
         size: u32,
     ) -> Result<Tensor, ModelError> {
-        self.push(name, Op::Lrn { size }, &[x])
+        let op = Op::Lrn {
+            size,
+            alpha: super::LRN_ALPHA,
+            beta: super::LRN_BETA,
+            bias: super::LRN_BIAS,
+        };
+        self.push(name, op, &[x])
     }
 
     /// Convolution, batch norm and ReLU under `prefix.conv`, `prefix.bn`, `prefix.relu`: the

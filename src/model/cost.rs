@@ -128,10 +128,15 @@ impl Graph {
             }
             Op::Linear { .. } => WorkKind::Linear,
             Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool => WorkKind::Pool,
-            Op::BatchNorm | Op::Relu | Op::Relu6 | Op::Lrn { .. } | Op::Softmax => {
-                WorkKind::Elementwise
-            }
+            Op::BatchNorm | Op::Lrn { .. } | Op::Softmax => WorkKind::Elementwise,
             Op::Add | Op::Concat | Op::Flatten | Op::Dropout => WorkKind::DataMovement,
+            Op::Relu
+            | Op::Relu6
+            | Op::LeakyRelu { .. }
+            | Op::Sigmoid
+            | Op::HardSigmoid { .. }
+            | Op::HardSwish
+            | Op::Clip { .. } => WorkKind::Elementwise,
         }
     }
 
@@ -146,7 +151,14 @@ impl Graph {
             Op::BatchNorm => 2,
             Op::Relu => 1,
             // Two comparisons: max(0, x) then min(x, 6).
-            Op::Relu6 => 2,
+            Op::Relu6 | Op::Clip { .. } => 2,
+            // A comparison and a multiplication.
+            Op::LeakyRelu { .. } => 2,
+            // Negate, exp, add, divide.
+            Op::Sigmoid => 4,
+            // Multiply-add and two comparisons; HardSwish multiplies by x once more.
+            Op::HardSigmoid { .. } => 3,
+            Op::HardSwish => 4,
             // One comparison or addition per window element.
             Op::MaxPool { kernel, .. } | Op::AvgPool { kernel, .. } => {
                 u64::from(kernel.0) * u64::from(kernel.1)
@@ -156,7 +168,7 @@ impl Graph {
                 u64::from(x.h) * u64::from(x.w)
             }
             // Square, multiply-add into the window sum, then the scale and power per element.
-            Op::Lrn { size } => 3 * u64::from(size),
+            Op::Lrn { size, .. } => 3 * u64::from(size),
             // Max, subtract, exp, sum, divide.
             Op::Softmax => 5,
             Op::Add => l.inputs.len().saturating_sub(1) as u64,

@@ -10,12 +10,15 @@ mod builder;
 mod cost;
 mod error;
 mod graph;
+pub mod onnx;
+mod params;
 mod shape;
 pub mod zoo;
 
 pub use builder::{Conv, GraphBuilder, Pool, Tensor};
 pub use error::ModelError;
-pub use shape::{infer_output, window_output};
+pub use params::LayerWeights;
+pub use shape::{infer_output, window_output, window_output_asym};
 
 /// Index of a layer in [`Graph::layers`].
 pub type LayerId = usize;
@@ -55,21 +58,57 @@ pub enum Op {
         dilation: (u32, u32),
         groups: u32,
         bias: bool,
+        /// Padding after the input (bottom, right) where it differs from `padding`, which is then
+        /// the padding before (top, left): ONNX's asymmetric `pads`. `None`: symmetric.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        padding_end: Option<(u32, u32)>,
     },
     BatchNorm,
     Relu,
     Relu6,
+    /// `max(x, 0) + alpha · min(x, 0)`.
+    LeakyRelu {
+        alpha: f32,
+    },
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// `clamp(alpha · x + beta, 0, 1)`.
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// `x · clamp(x / 6 + 1/2, 0, 1)`.
+    HardSwish,
+    /// `clamp(x, min, max)`; ReLU and ReLU6 have their own operators.
+    Clip {
+        min: f32,
+        max: f32,
+    },
     MaxPool {
         kernel: (u32, u32),
         stride: (u32, u32),
         padding: (u32, u32),
         ceil_mode: bool,
+        /// Padding after the input where it differs from `padding` (see [`Op::Conv2d`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        padding_end: Option<(u32, u32)>,
+        #[serde(default = "unit_pair", skip_serializing_if = "is_unit_pair")]
+        dilation: (u32, u32),
     },
     AvgPool {
         kernel: (u32, u32),
         stride: (u32, u32),
         padding: (u32, u32),
         ceil_mode: bool,
+        /// Padding after the input where it differs from `padding` (see [`Op::Conv2d`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        padding_end: Option<(u32, u32)>,
+        #[serde(default = "unit_pair", skip_serializing_if = "is_unit_pair")]
+        dilation: (u32, u32),
+        /// Whether the divisor counts padded cells (PyTorch's default, ONNX's
+        /// `count_include_pad=1`) or only the input's.
+        #[serde(default = "yes", skip_serializing_if = "is_yes")]
+        count_include_pad: bool,
     },
     GlobalAvgPool,
     Linear {
@@ -84,10 +123,43 @@ pub enum Op {
     Softmax,
     /// Identity at inference.
     Dropout,
-    /// Local response normalisation across `size` channels.
+    /// Local response normalisation across `size` channels: `x / (bias + alpha/size · Σx²)^beta`
+    /// (defaults: PyTorch's `LocalResponseNorm`).
     Lrn {
         size: u32,
+        #[serde(default = "lrn_alpha")]
+        alpha: f32,
+        #[serde(default = "lrn_beta")]
+        beta: f32,
+        #[serde(default = "lrn_bias")]
+        bias: f32,
     },
+}
+
+fn unit_pair() -> (u32, u32) {
+    (1, 1)
+}
+fn is_unit_pair(p: &(u32, u32)) -> bool {
+    *p == (1, 1)
+}
+fn yes() -> bool {
+    true
+}
+fn is_yes(b: &bool) -> bool {
+    *b
+}
+/// PyTorch's `LocalResponseNorm` defaults (also ONNX's LRN defaults but for `bias`, both 1).
+pub const LRN_ALPHA: f32 = 1e-4;
+pub const LRN_BETA: f32 = 0.75;
+pub const LRN_BIAS: f32 = 1.0;
+fn lrn_alpha() -> f32 {
+    LRN_ALPHA
+}
+fn lrn_beta() -> f32 {
+    LRN_BETA
+}
+fn lrn_bias() -> f32 {
+    LRN_BIAS
 }
 
 impl Op {
@@ -98,6 +170,11 @@ impl Op {
             Op::BatchNorm => "batch_norm",
             Op::Relu => "relu",
             Op::Relu6 => "relu6",
+            Op::LeakyRelu { .. } => "leaky_relu",
+            Op::Sigmoid => "sigmoid",
+            Op::HardSigmoid { .. } => "hard_sigmoid",
+            Op::HardSwish => "hard_swish",
+            Op::Clip { .. } => "clip",
             Op::MaxPool { .. } => "max_pool",
             Op::AvgPool { .. } => "avg_pool",
             Op::GlobalAvgPool => "global_avg_pool",
@@ -114,6 +191,20 @@ impl Op {
     /// Whether the operator joins several branches (the end of a residual/inception/dense block).
     pub fn is_join(&self) -> bool {
         matches!(self, Op::Add | Op::Concat)
+    }
+
+    /// Whether the operator is a parameter-free element-wise activation.
+    pub fn is_activation(&self) -> bool {
+        matches!(
+            self,
+            Op::Relu
+                | Op::Relu6
+                | Op::LeakyRelu { .. }
+                | Op::Sigmoid
+                | Op::HardSigmoid { .. }
+                | Op::HardSwish
+                | Op::Clip { .. }
+        )
     }
 }
 

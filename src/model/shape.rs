@@ -15,7 +15,19 @@ pub fn window_output(
     dilation: u32,
     ceil_mode: bool,
 ) -> Option<u32> {
-    let padded = u64::from(input) + 2 * u64::from(padding);
+    window_output_asym(input, kernel, stride, (padding, padding), dilation, ceil_mode)
+}
+
+/// [`window_output`] with different padding before and after the input (`(begin, end)`).
+pub fn window_output_asym(
+    input: u32,
+    kernel: u32,
+    stride: u32,
+    (padding, padding_end): (u32, u32),
+    dilation: u32,
+    ceil_mode: bool,
+) -> Option<u32> {
+    let padded = u64::from(input) + u64::from(padding) + u64::from(padding_end);
     let span = u64::from(dilation) * (u64::from(kernel).checked_sub(1)?) + 1;
     if stride == 0 || padded < span {
         return None;
@@ -62,6 +74,7 @@ pub fn infer_output(layer: &str, op: &Op, inputs: &[Shape]) -> Result<Shape, Mod
             padding,
             dilation,
             groups,
+            padding_end,
             ..
         } => {
             check_nonzero(layer, "kernel", *kernel)?;
@@ -83,10 +96,25 @@ pub fn infer_output(layer: &str, op: &Op, inputs: &[Shape]) -> Result<Shape, Mod
                 layer: err_layer(),
                 input: x,
             };
-            let h = window_output(x.h, kernel.0, stride.0, padding.0, dilation.0, false)
-                .ok_or_else(empty)?;
-            let w = window_output(x.w, kernel.1, stride.1, padding.1, dilation.1, false)
-                .ok_or_else(empty)?;
+            let end = padding_end.unwrap_or(*padding);
+            let h = window_output_asym(
+                x.h,
+                kernel.0,
+                stride.0,
+                (padding.0, end.0),
+                dilation.0,
+                false,
+            )
+            .ok_or_else(empty)?;
+            let w = window_output_asym(
+                x.w,
+                kernel.1,
+                stride.1,
+                (padding.1, end.1),
+                dilation.1,
+                false,
+            )
+            .ok_or_else(empty)?;
             Ok(Shape::new(*out_channels, h, w))
         }
         Op::MaxPool {
@@ -94,27 +122,53 @@ pub fn infer_output(layer: &str, op: &Op, inputs: &[Shape]) -> Result<Shape, Mod
             stride,
             padding,
             ceil_mode,
+            padding_end,
+            dilation,
         }
         | Op::AvgPool {
             kernel,
             stride,
             padding,
             ceil_mode,
+            padding_end,
+            dilation,
+            ..
         } => {
             check_nonzero(layer, "kernel", *kernel)?;
             check_nonzero(layer, "stride", *stride)?;
-            // PyTorch refuses padding beyond half the window (it would pool over pure padding).
-            if 2 * padding.0 > kernel.0 || 2 * padding.1 > kernel.1 {
+            check_nonzero(layer, "dilation", *dilation)?;
+            let end = padding_end.unwrap_or(*padding);
+            // PyTorch and ONNX Runtime refuse padding of a whole window or more (a window could
+            // then pool over nothing but padding).
+            let span = |k: u32, d: u32| d * (k - 1) + 1;
+            let (sh, sw) = (span(kernel.0, dilation.0), span(kernel.1, dilation.1));
+            if [padding.0, end.0].iter().any(|&p| 2 * p > sh)
+                || [padding.1, end.1].iter().any(|&p| 2 * p > sw)
+            {
                 return Err(invalid(layer, "pooling padding exceeds half the kernel"));
             }
             let empty = || ModelError::EmptyOutput {
                 layer: err_layer(),
                 input: x,
             };
-            let h = window_output(x.h, kernel.0, stride.0, padding.0, 1, *ceil_mode)
-                .ok_or_else(empty)?;
-            let w = window_output(x.w, kernel.1, stride.1, padding.1, 1, *ceil_mode)
-                .ok_or_else(empty)?;
+            let h = window_output_asym(
+                x.h,
+                kernel.0,
+                stride.0,
+                (padding.0, end.0),
+                dilation.0,
+                *ceil_mode,
+            )
+            .ok_or_else(empty)?;
+            let w = window_output_asym(
+                x.w,
+                kernel.1,
+                stride.1,
+                (padding.1, end.1),
+                dilation.1,
+                *ceil_mode,
+            )
+            .ok_or_else(empty)?;
             Ok(Shape::new(x.c, h, w))
         }
         Op::GlobalAvgPool => Ok(Shape::new(x.c, 1, 1)),
@@ -161,13 +215,23 @@ pub fn infer_output(layer: &str, op: &Op, inputs: &[Shape]) -> Result<Shape, Mod
             }
             Ok(Shape::new(c, x.h, x.w))
         }
-        Op::Lrn { size } => {
+        Op::Lrn { size, .. } => {
             if *size == 0 {
                 return Err(invalid(layer, "LRN size is 0"));
             }
             Ok(x)
         }
-        Op::BatchNorm | Op::Relu | Op::Relu6 | Op::Softmax | Op::Dropout => Ok(x),
+        Op::Clip { min, max } if !(min <= max) => Err(invalid(layer, "clip min exceeds max")),
+        Op::BatchNorm
+        | Op::Relu
+        | Op::Relu6
+        | Op::LeakyRelu { .. }
+        | Op::Sigmoid
+        | Op::HardSigmoid { .. }
+        | Op::HardSwish
+        | Op::Clip { .. }
+        | Op::Softmax
+        | Op::Dropout => Ok(x),
     }
 }
 
@@ -202,6 +266,7 @@ mod tests {
             dilation: (d, d),
             groups,
             bias: false,
+            padding_end: None,
         }
     }
 
@@ -211,6 +276,8 @@ mod tests {
             stride: (s, s),
             padding: (p, p),
             ceil_mode,
+            padding_end: None,
+            dilation: (1, 1),
         }
     }
 
@@ -240,6 +307,7 @@ mod tests {
             dilation: (1, 1),
             groups: 1,
             bias: false,
+            padding_end: None,
         };
         let s = infer_output("c", &op, &[Shape::new(128, 17, 17)]).unwrap();
         assert_eq!(s, Shape::new(192, 17, 17));

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::model::{INPUT_NAME, MODEL_VERSION, OUTPUT_NAME, PLATFORM};
+use super::model::{MODEL_VERSION, PLATFORM};
 use super::oip::grpc::{decode_request, encode_response, pb};
 use super::oip::{ErrorKind, OipError};
 use super::state::AppState;
@@ -87,17 +87,18 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for Service {
         m.info
             .check_version(version(&r.version))
             .map_err(|e| status_of(&e))?;
+        let batch = m.info.batch_dim();
         let tensor = |name: &str, dims: Vec<i64>| pb::model_metadata_response::TensorMetadata {
             name: name.into(),
             datatype: "FP32".into(),
-            shape: std::iter::once(-1).chain(dims).collect(),
+            shape: std::iter::once(batch).chain(dims).collect(),
         };
         Ok(Response::new(pb::ModelMetadataResponse {
             name: m.info.name.clone(),
             versions: vec![MODEL_VERSION.into()],
             platform: PLATFORM.into(),
-            inputs: vec![tensor(INPUT_NAME, m.info.input_dims())],
-            outputs: vec![tensor(OUTPUT_NAME, m.info.output_dims())],
+            inputs: vec![tensor(&m.info.io.input, m.info.input_dims())],
+            outputs: vec![tensor(&m.info.io.output, m.info.output_dims())],
         }))
     }
 

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::oip::{Datatype, InferRequest, OipError, Param, TensorData};
+use crate::model::onnx::TensorIo;
 use crate::model::{Graph, Shape};
 
-/// Name of every model's single input tensor.
+/// Name of the single input tensor of zoo models and EALI graphs (ONNX models keep theirs).
 pub const INPUT_NAME: &str = "input";
-/// Name of every model's single output tensor (class scores).
+/// Name of the single output tensor of zoo models and EALI graphs (ONNX models keep theirs).
 pub const OUTPUT_NAME: &str = "output";
 /// The one version each model is served at.
 pub const MODEL_VERSION: &str = "1";
@@ -29,6 +30,8 @@ pub struct ModelInfo {
     pub slo_s: f64,
     /// Percentile of the SLO, 0-1.
     pub percentile: f64,
+    /// The input and output tensors as clients name and shape them.
+    pub io: TensorIo,
 }
 
 /// An admitted request: its samples, ready for the queue.
@@ -47,16 +50,33 @@ fn dims(s: Shape) -> Vec<i64> {
     }
 }
 
+/// The tensors of a model that names none: `input` of `[N, C, H, W]`, `output` of `[N, K]` for
+/// class scores (else `[N, C, H, W]`).
+pub fn default_io(graph: &Graph) -> TensorIo {
+    let s = graph.input;
+    TensorIo {
+        input: INPUT_NAME.into(),
+        output: OUTPUT_NAME.into(),
+        input_dims: vec![i64::from(s.c), i64::from(s.h), i64::from(s.w)],
+        output_dims: dims(graph.output_shape()),
+        batch_fixed: false,
+    }
+}
+
 impl ModelInfo {
-    /// Per-sample input dimensions `[C, H, W]`.
+    /// Per-sample input dimensions, e.g. `[C, H, W]`.
     pub fn input_dims(&self) -> Vec<i64> {
-        let s = self.graph.input;
-        vec![i64::from(s.c), i64::from(s.h), i64::from(s.w)]
+        self.io.input_dims.clone()
     }
 
-    /// Per-sample output dimensions: `[C]` for class scores, else `[C, H, W]`.
+    /// Per-sample output dimensions, e.g. `[K]` for class scores.
     pub fn output_dims(&self) -> Vec<i64> {
-        dims(self.graph.output_shape())
+        self.io.output_dims.clone()
+    }
+
+    /// The batch dimension in metadata: -1 (any), or 1 where the model file fixes it.
+    pub fn batch_dim(&self) -> i64 {
+        if self.io.batch_fixed { 1 } else { -1 }
     }
 
     /// Values per output sample.
@@ -64,15 +84,20 @@ impl ModelInfo {
         self.graph.output_shape().elements() as usize
     }
 
-    /// Model metadata (REST form); shapes carry the batch dimension as -1.
+    /// Model metadata (REST form); shapes carry the batch dimension as -1 (or 1 where the model
+    /// fixes it).
     pub fn metadata_json(&self) -> Value {
-        let with_batch = |d: Vec<i64>| std::iter::once(-1).chain(d).collect::<Vec<i64>>();
+        let with_batch = |d: Vec<i64>| {
+            std::iter::once(self.batch_dim())
+                .chain(d)
+                .collect::<Vec<i64>>()
+        };
         json!({
             "name": self.name,
             "versions": [MODEL_VERSION],
             "platform": PLATFORM,
-            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": with_batch(self.input_dims())}],
-            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": with_batch(self.output_dims())}],
+            "inputs": [{"name": self.io.input, "datatype": "FP32", "shape": with_batch(self.input_dims())}],
+            "outputs": [{"name": self.io.output, "datatype": "FP32", "shape": with_batch(self.output_dims())}],
             "parameters": {
                 "architecture": self.graph.name,
                 "max_batch_size": self.max_batch,
@@ -93,9 +118,11 @@ impl ModelInfo {
         }
     }
 
-    /// Checks a decoded request against the model: one FP32 input named [`INPUT_NAME`] of shape
-    /// `[N, C, H, W]` with `1 ≤ N ≤ max_batch`, and only [`OUTPUT_NAME`] requested.
+    /// Checks a decoded request against the model: one FP32 input with the model's input name
+    /// and shape `[N, dims…]` with `1 ≤ N ≤ max_batch` (`N = 1` where the model fixes the batch),
+    /// and only the model's output requested.
     pub fn admit(&self, req: InferRequest) -> Result<Admitted, OipError> {
+        let (input_name, output_name) = (self.io.input.as_str(), self.io.output.as_str());
         let mut inputs = req.inputs.into_iter();
         let (input, extra) = (inputs.next(), inputs.next());
         let input = match (input, extra) {
@@ -103,36 +130,43 @@ impl ModelInfo {
             (first, extra) => {
                 let n = usize::from(first.is_some()) + usize::from(extra.is_some()) + inputs.len();
                 return Err(OipError::bad_request(format!(
-                    "model '{}' takes exactly one input '{INPUT_NAME}', got {n}",
+                    "model '{}' takes exactly one input '{input_name}', got {n}",
                     self.name
                 )));
             }
         };
-        if input.name != INPUT_NAME {
+        if input.name != input_name {
             return Err(OipError::bad_request(format!(
-                "model '{}' has no input '{}' (its input is '{INPUT_NAME}')",
+                "model '{}' has no input '{}' (its input is '{input_name}')",
                 self.name, input.name
             )));
         }
         if input.datatype != Datatype::Fp32 {
             return Err(OipError::bad_request(format!(
-                "input '{INPUT_NAME}' must be FP32, got {}",
+                "input '{input_name}' must be FP32, got {}",
                 input.datatype
             )));
         }
         let want = self.input_dims();
-        let shape_ok = input.shape.len() == 4 && input.shape[1..] == want[..];
+        let shape_ok = input.shape.len() == want.len() + 1 && input.shape[1..] == want[..];
         let n = input.shape.first().copied().unwrap_or(0);
-        if !shape_ok || n < 1 || n > i64::from(self.max_batch) {
+        let most = if self.io.batch_fixed {
+            1
+        } else {
+            i64::from(self.max_batch)
+        };
+        if !shape_ok || n < 1 || n > most {
+            let dims: Vec<String> = want.iter().map(i64::to_string).collect();
             return Err(OipError::bad_request(format!(
-                "input '{INPUT_NAME}' has shape {:?}; expected [N, {}, {}, {}] with 1 <= N <= {}",
-                input.shape, want[0], want[1], want[2], self.max_batch
+                "input '{input_name}' has shape {:?}; expected [N, {}] with 1 <= N <= {most}",
+                input.shape,
+                dims.join(", ")
             )));
         }
         for o in &req.outputs {
-            if o.name != OUTPUT_NAME {
+            if o.name != output_name {
                 return Err(OipError::bad_request(format!(
-                    "model '{}' has no output '{}' (its output is '{OUTPUT_NAME}')",
+                    "model '{}' has no output '{}' (its output is '{output_name}')",
                     self.name, o.name
                 )));
             }
@@ -173,10 +207,12 @@ mod tests {
         let y = b.conv("c", x, Conv::new(3, 2)).unwrap();
         let y = b.flatten("f", y).unwrap();
         b.linear("fc", y, 4, true).unwrap();
+        let graph = b.finish().unwrap();
         ModelInfo {
             name: "m".into(),
             namespace: "default".into(),
-            graph: Arc::new(b.finish().unwrap()),
+            io: default_io(&graph),
+            graph: Arc::new(graph),
             max_batch: 2,
             slo_s: 0.05,
             percentile: 0.99,

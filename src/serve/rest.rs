@@ -15,7 +15,6 @@ use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use serde_json::json;
 
-use super::model::OUTPUT_NAME;
 use super::oip::json::{
     HEADER_CONTENT_LENGTH, decode_request, encode_response, error_body, wants_binary,
 };
@@ -239,7 +238,8 @@ async fn infer_common(
             return error_response(&e);
         }
     };
-    let binary = wants_binary(&req, OUTPUT_NAME);
+    // A request names at most the model's one output (anything else is refused on admission).
+    let binary = wants_binary(&req, req.outputs.first().map_or("", |o| o.name.as_str()));
     match s.infer(&name, version.as_deref(), req, started).await {
         Ok(resp) => {
             let (body, json_len) = encode_response(&resp, &|_| binary);

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use kube::ResourceExt;
 
 use super::ServeError;
-use super::model::ModelInfo;
-use super::source::{self, Source};
+use super::model::{ModelInfo, default_io};
+use super::source::{self, Locations, Source};
 use super::worker::{BuiltPolicy, PolicyFactory, Timebase};
 use crate::exec::{
     CpuExecutor, DeviceClock, Executor, Paired, SimDevice, SimExecutor, Weights, ZeroCost,
@@ -45,6 +45,8 @@ pub struct RuntimeOptions {
     pub weights: Option<PathBuf>,
     /// No GPU at all: every batch takes no time (for measuring the serving path's overhead).
     pub zero_cost: bool,
+    /// Where `model.uri` files are found locally.
+    pub locations: Locations,
 }
 
 /// A model ready to hand to a worker.
@@ -92,6 +94,12 @@ fn policy_id(p: SpecPolicy) -> PolicyId {
     }
 }
 
+/// What the simulated GPU's testbed is built for.
+enum TestbedModel {
+    Zoo(String),
+    Graph(Graph),
+}
+
 /// Prepares service `isvc` as the `index`-th model of the server (its simulated GPU index).
 pub fn prepare(
     isvc: &InferenceService,
@@ -107,14 +115,16 @@ pub fn prepare(
         name: name.clone(),
         reason: e,
     };
-    let source = source::resolve(&spec.model).map_err(setup)?;
+    let source = source::resolve(&spec.model, &opts.locations).map_err(setup)?;
     if source.weights.is_some() && opts.weights.is_some() {
         return Err(setup(
             "model.uri holds weights and --weights names others; give only one".into(),
         ));
     }
+    let io = source.io.clone();
     let info = |graph: Arc<Graph>| {
         Arc::new(ModelInfo {
+            io: io.clone().unwrap_or_else(|| default_io(&graph)),
             name: name.clone(),
             namespace: isvc.namespace().unwrap_or_else(|| "default".into()),
             graph,
@@ -127,6 +137,7 @@ pub fn prepare(
         zoo: zoo_name,
         graph,
         weights,
+        ..
     } = source;
     let cpu = |graph: &Arc<Graph>, weights: Option<Weights>| -> Result<CpuExecutor, ServeError> {
         let weights = match (weights, &opts.weights) {
@@ -136,10 +147,10 @@ pub fn prepare(
         };
         CpuExecutor::new(graph.clone(), Arc::new(weights)).map_err(|e| setup(e.to_string()))
     };
-    let zoo_name = match (zoo_name, opts.zero_cost, opts.compute) {
-        (Some(z), false, _) => z,
-        // No simulated GPU: the zero-cost executor, or the CPU executor alone for a network the
-        // simulated GPU has no costs for.
+    let model = match (zoo_name, opts.zero_cost, opts.compute) {
+        (Some(z), false, _) => TestbedModel::Zoo(z),
+        // No simulated GPU: the zero-cost executor, or the CPU executor alone for a network
+        // outside the zoo (computed, not timed).
         (_, true, _) | (None, false, Compute::Cpu) => {
             let graph = Arc::new(graph);
             let executor: Box<dyn Executor> = if opts.zero_cost {
@@ -154,27 +165,31 @@ pub fn prepare(
                 spec.max_batch_size,
             ));
         }
-        (None, false, Compute::None) => {
-            return Err(setup(format!(
-                "model.uri {} is a network outside the model zoo, which the simulated GPU has no \
-                 costs for; serve it with --compute cpu (the CPU executor computes it) or \
-                 --zero-cost",
-                spec.model.uri.as_deref().unwrap_or_default()
-            )));
-        }
+        // A network outside the zoo on the simulated GPU: timed from its layers' costs like a
+        // zoo model, no outputs computed.
+        (None, false, Compute::None) => TestbedModel::Graph(graph),
     };
     let gpu = spec
         .gpu
         .profile
         .clone()
         .unwrap_or_else(|| opts.default_gpu.clone());
-    let bed = Testbed::new(
-        &zoo_name,
-        &gpu,
-        spec.max_batch_size,
-        opts.seed,
-        &predicted_costs,
-    )
+    let bed = match model {
+        TestbedModel::Zoo(z) => Testbed::new(
+            &z,
+            &gpu,
+            spec.max_batch_size,
+            opts.seed,
+            &predicted_costs,
+        ),
+        TestbedModel::Graph(g) => Testbed::for_graph(
+            g,
+            &gpu,
+            spec.max_batch_size,
+            opts.seed,
+            &predicted_costs,
+        ),
+    }
     .map_err(|e| setup(e.to_string()))?;
     let graph = Arc::new(bed.graph.clone());
     let info = info(graph.clone());

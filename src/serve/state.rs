@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use prometheus::{Histogram, IntCounter};
 
-use super::model::{ModelInfo, OUTPUT_NAME};
+use super::model::ModelInfo;
 use super::oip::{ErrorKind, InferRequest, InferResponse, OipError, OutputTensor, Param, Params};
 use super::queue::{Job, Queue, Slot, SubmitError};
 use super::worker::{Timebase, WorkerStats};
@@ -191,7 +191,7 @@ impl AppState {
                 let mut shape = vec![n as i64];
                 shape.extend(m.info.output_dims());
                 vec![OutputTensor {
-                    name: OUTPUT_NAME.to_string(),
+                    name: m.info.io.output.clone(),
                     shape,
                     data: values,
                 }]

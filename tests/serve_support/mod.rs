@@ -23,6 +23,7 @@ pub fn spec(zoo: &str, slo_ms: u32, max_batch: u32, policy: Policy) -> Inference
             zoo: Some(zoo.into()),
             uri: None,
             format: None,
+            sha256: None,
         },
         slo: Slo {
             latency_ms: slo_ms,
@@ -50,6 +51,7 @@ pub fn options() -> ServeOptions {
             seed: 3,
             weights: None,
             zero_cost: false,
+            locations: Default::default(),
         },
         queue_capacity: 256,
         deadline_factor: 2.0,

@@ -181,7 +181,7 @@ fn is_pointwise(op: &Op) -> bool {
 }
 
 fn is_activation(op: &Op) -> bool {
-    matches!(op, Op::Relu | Op::Relu6)
+    op.is_activation()
 }
 
 /// Ops a classifier head is made of, and the ones it may start with.

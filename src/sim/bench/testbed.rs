@@ -67,6 +67,19 @@ impl Testbed {
     ) -> Result<Self, BenchError> {
         let graph =
             zoo::build(model).map_err(|e| BenchError::Setup(format!("model {model}: {e}")))?;
+        Self::for_graph(graph, gpu, max_batch, seed, predicted)
+    }
+
+    /// [`Testbed::new`] for any network (e.g. an imported ONNX model), named by its graph.
+    pub fn for_graph(
+        graph: Graph,
+        gpu: &str,
+        max_batch: u32,
+        seed: u64,
+        predicted: &CostSource,
+    ) -> Result<Self, BenchError> {
+        let model = graph.name.clone();
+        let model = model.as_str();
         let profile = GpuProfile::builtin(gpu).map_err(|e| BenchError::Setup(e.to_string()))?;
         if !profile.has_locked_clocks() || !profile.has_energy_counter() {
             return Err(BenchError::Setup(format!(
