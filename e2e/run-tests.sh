@@ -15,18 +15,18 @@ export EALI_E2E_REQUIRE=1
 step "stand-in libnvidia-ml for the nvml_* tests (e2e/nvml-standin)"
 cargo build --release --locked -p nvml-standin
 
-step "Python tritonclient, pytest and curl for the serving tests (installed once)"
+step "Python tritonclient, onnx, onnxruntime, pytest and curl for the serving tests (installed once)"
 command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }
 PY=target/py/bin/python
-if ! "$PY" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest" >/dev/null 2>&1; then
+if ! "$PY" -c "import tritonclient.http, tritonclient.grpc, numpy, pytest, onnx, onnxruntime" >/dev/null 2>&1; then
   command -v python3 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3; }
   python3 -m venv target/py 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv target/py; }
-  "$PY" -m pip install -q --disable-pip-version-check "tritonclient[http,grpc]" numpy pytest
+  "$PY" -m pip install -q --disable-pip-version-check "tritonclient[http,grpc]" numpy pytest onnx onnxruntime
 fi
 
 step "Rust tests"
 cargo test --release --locked --workspace
 
-step "tritonclient (HTTP, gRPC) and curl against eali serve"
+step "tritonclient (HTTP, gRPC) and curl against eali serve; ONNX models against onnxruntime"
 cargo build --release --locked --bin eali
 EALI_BIN=target/release/eali "$PY" -m pytest -q tests/python
