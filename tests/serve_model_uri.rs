@@ -149,6 +149,142 @@ async fn zoo_weights_in_safetensors_run_on_the_simulated_gpu() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_network_without_compute_runs_on_the_simulated_gpu_from_its_layer_costs() {
+    let dir = scratch("custom-sim");
+    let graph = tiny();
+    let path = dir.join("tiny.safetensors");
+    let json = serde_json::to_string(&graph).unwrap();
+    write(&path, &graph, &Weights::seeded(&graph, 1), META_GRAPH, json);
+    let s = start("tiny", uri_spec(path.display().to_string()), options()).await;
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 3, 6, 6], "datatype": "FP32",
+        "data": vec![0.5f32; 3 * 6 * 6]}]});
+    let r = post_json(&s.url("/v2/models/tiny/infer"), &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["parameters"]["simulated"], true);
+    assert!(
+        v["parameters"]["executor"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("sim:")),
+        "{v}"
+    );
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A plain HTTP server on loopback: `/m/FILE` serves `body`, `/r` redirects there, anything
+/// else is 404. Returns its base URL.
+async fn file_server(file: &'static str, body: Vec<u8>) -> String {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Bytes::from(body);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let resp = if path == format!("/m/{file}") {
+                            hyper::Response::new(Full::new(body))
+                        } else if path == "/r" {
+                            hyper::Response::builder()
+                                .status(302)
+                                .header("location", format!("/m/{file}"))
+                                .body(Full::new(Bytes::new()))
+                                .unwrap()
+                        } else {
+                            hyper::Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::new()))
+                                .unwrap()
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_over_http_is_downloaded_once_checked_against_its_sha256_and_served() {
+    use eali::serve::fetch::{FetchOptions, fetch_models};
+    use sha2::Digest;
+    let dir = scratch("fetch");
+    let graph = tiny();
+    let weights = Weights::seeded(&graph, 99);
+    let bytes = weights
+        .to_safetensors_with(
+            &graph,
+            HashMap::from([(META_GRAPH.to_string(), serde_json::to_string(&graph).unwrap())]),
+        )
+        .unwrap();
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let base = file_server("tiny.safetensors", bytes.clone()).await;
+    let fetch = FetchOptions {
+        dir: dir.join("cache"),
+        limit_bytes: 1 << 20,
+    };
+    let config = |uri: String, sha256: Option<String>| {
+        let mut spec = uri_spec(uri);
+        spec.model.sha256 = sha256;
+        ServeConfig::single("tiny", spec).unwrap()
+    };
+
+    // Through a redirect, with the right checksum: the service now names the local copy.
+    let mut c = config(format!("{base}/r"), Some(sha.clone()));
+    fetch_models(&mut c, &fetch).await.unwrap();
+    let local = c.services[0].spec.model.uri.clone().unwrap();
+    assert!(local.starts_with(&fetch.dir.display().to_string()), "{local}");
+    assert_eq!(std::fs::read(&local).unwrap(), bytes);
+    let mut opts = options();
+    opts.runtime.compute = Compute::Cpu;
+    let server = Server::bind(&c, opts).await.expect("serves the download");
+    drop(server);
+
+    // A wrong checksum, a file over the limit and a missing file are refused with the reason,
+    // and leave nothing behind.
+    let wrong = "0".repeat(64);
+    let mut c = config(format!("{base}/m/tiny.safetensors"), Some(wrong.clone()));
+    let e = fetch_models(&mut c, &fetch).await.unwrap_err().to_string();
+    assert!(e.contains("SHA-256") && e.contains(&sha) && e.contains(&wrong), "{e}");
+    let small = FetchOptions {
+        limit_bytes: 100,
+        ..fetch.clone()
+    };
+    let mut c = config(format!("{base}/m/tiny.safetensors"), None);
+    let e = fetch_models(&mut c, &small).await.unwrap_err().to_string();
+    assert!(e.contains("100"), "{e}");
+    let mut c = config(format!("{base}/m/absent.safetensors"), None);
+    let e = fetch_models(&mut c, &fetch).await.unwrap_err().to_string();
+    assert!(e.contains("404"), "{e}");
+    let mut c = config(format!("{base}/r"), Some("XYZ".into()));
+    let e = fetch_models(&mut c, &fetch).await.unwrap_err().to_string();
+    assert!(e.contains("64 lowercase hex"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&fetch.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left.len(), 1, "only the good download stays: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 async fn refusal(spec: InferenceServiceSpec, compute: Compute) -> String {
     let mut opts = options();
     opts.runtime.compute = compute;
@@ -161,13 +297,17 @@ async fn refusal(spec: InferenceServiceSpec, compute: Compute) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unservable_uris_are_refused_with_the_reason() {
-    for (uri, scheme) in [
-        ("s3://bucket/resnet50.safetensors", "s3://"),
-        ("gs://bucket/resnet50.safetensors", "gs://"),
-        ("https://example.com/resnet50.safetensors", "https://"),
+    for (uri, says) in [
+        ("s3://bucket/resnet50.safetensors", "pvc://CLAIM/PATH"),
+        ("gs://bucket/resnet50.safetensors", "pre-signed https://"),
+        // Downloaded by `eali serve` before the server is bound (see the fetch test below).
+        (
+            "https://example.com/resnet50.safetensors",
+            "downloaded when eali serve starts",
+        ),
     ] {
         let e = refusal(uri_spec(uri.into()), Compute::Cpu).await;
-        assert!(e.contains(scheme) && e.contains("not supported"), "{e}");
+        assert!(e.contains(uri) && e.contains(says), "{e}");
     }
     let dir = scratch("refused");
     let e = refusal(
@@ -179,13 +319,10 @@ async fn unservable_uris_are_refused_with_the_reason() {
     )
     .await;
     assert!(e.contains("cannot read"), "{e}");
-    // A custom network has no simulated GPU costs: without --compute cpu it cannot be served.
     let graph = tiny();
     let path = dir.join("tiny.safetensors");
     let json = serde_json::to_string(&graph).unwrap();
     write(&path, &graph, &Weights::seeded(&graph, 1), META_GRAPH, json);
-    let e = refusal(uri_spec(path.display().to_string()), Compute::None).await;
-    assert!(e.contains("--compute cpu"), "{e}");
     // Weights without the network they belong to.
     let bare = dir.join("bare.safetensors");
     std::fs::write(

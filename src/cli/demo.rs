@@ -64,6 +64,8 @@ fn serve_args(a: &Args, policy: &str) -> ServeArgs {
         uri: None,
         sha256: None,
         pvc_root: crate::serve::source::PVC_MOUNT_ROOT.into(),
+        model_cache: crate::k8s::objects::MODEL_CACHE_DIR.into(),
+        model_cache_mib: 0,
         name: Some(a.model.clone()),
         slo_ms: a.slo_ms,
         percentile: 99.0,

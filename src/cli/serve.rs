@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use crate::k8s::crd::{
     GpuSelector, InferenceServiceSpec, ModelRef, PodResources, Policy, Replicas, Slo,
 };
+use crate::k8s::objects::{POD_NAMESPACE_ENV, SERVE_SPEC_ENV, SERVICE_ENV};
+use crate::serve::fetch::{FetchOptions, fetch_models};
 use crate::serve::source::Locations;
 use crate::serve::{Compute, RuntimeOptions, ServeConfig, ServeOptions, Server, shutdown_signal};
 
@@ -34,6 +36,12 @@ pub struct Args {
     /// C at PVC_ROOT/C in serving pods).
     #[arg(long, default_value = crate::serve::source::PVC_MOUNT_ROOT)]
     pub pvc_root: PathBuf,
+    /// Where https:// models are downloaded to (in a pod: the emptyDir the controller mounts).
+    #[arg(long, default_value = crate::k8s::objects::MODEL_CACHE_DIR)]
+    pub model_cache: PathBuf,
+    /// Largest https:// model to download, in MiB.
+    #[arg(long, default_value_t = crate::k8s::objects::MODEL_CACHE_LIMIT_BYTES >> 20)]
+    pub model_cache_mib: u64,
     /// Served model name (without --config; default: the zoo name, or the file's stem).
     #[arg(long)]
     pub name: Option<String>,
@@ -162,17 +170,40 @@ pub fn options(a: &Args) -> anyhow::Result<ServeOptions> {
     })
 }
 
+/// The service a serving pod runs: the spec the controller put in its environment (see
+/// `k8s::objects`), named and namespaced as the InferenceService.
+fn pod_config(spec_json: &str) -> anyhow::Result<ServeConfig> {
+    let spec: InferenceServiceSpec = serde_json::from_str(spec_json)
+        .with_context(|| format!("{SERVE_SPEC_ENV} is not an InferenceService spec"))?;
+    let name = std::env::var(SERVICE_ENV)
+        .with_context(|| format!("{SERVE_SPEC_ENV} is set but {SERVICE_ENV} is not"))?;
+    let mut config = ServeConfig::single(&name, spec)?;
+    if let Ok(ns) = std::env::var(POD_NAMESPACE_ENV) {
+        for s in &mut config.services {
+            s.metadata.namespace = Some(ns.clone());
+        }
+    }
+    Ok(config)
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     crate::telemetry::init_tracing(a.log_json);
-    let config = match &a.config {
-        Some(p) => ServeConfig::load(p)?,
-        None => flags_config(&a)?,
+    // A file, else the pod's environment, else the flags.
+    let mut config = match (&a.config, std::env::var(SERVE_SPEC_ENV)) {
+        (Some(p), _) => ServeConfig::load(p)?,
+        (None, Ok(json)) if a.uri.is_none() => pod_config(&json)?,
+        _ => flags_config(&a)?,
     };
     let opts = options(&a)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let fetch = FetchOptions {
+            dir: a.model_cache.clone(),
+            limit_bytes: a.model_cache_mib << 20,
+        };
+        fetch_models(&mut config, &fetch).await?;
         let server = Server::bind(&config, opts).await?;
         let http = server.http_addr()?;
         let models: Vec<String> = server.state().models.keys().cloned().collect();

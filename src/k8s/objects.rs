@@ -3,16 +3,20 @@
 //! controller with server-side apply.
 //!
 //! Contract with `eali serve` in the pod: the spec is passed as JSON in `EALI_SERVE_SPEC`; the
-//! ports in `EALI_REST_PORT`, `EALI_GRPC_PORT`, `EALI_METRICS_PORT`; the pod's identity through the
-//! downward API (`POD_NAME`, `POD_NAMESPACE`, `NODE_NAME`); `EALI_SERVICE` names the
-//! InferenceService. The device plugin adds the GPU (`EALI_GPU_UUID`, control socket).
+//! ports in `EALI_REST_PORT`, `EALI_GRPC_PORT`, `EALI_METRICS_PORT` (and as `--http`/`--grpc`);
+//! the pod's identity through the downward API (`POD_NAME`, `POD_NAMESPACE`, `NODE_NAME`);
+//! `EALI_SERVICE` names the InferenceService. The device plugin adds the GPU (`EALI_GPU_UUID`,
+//! control socket). A `pvc://CLAIM/PATH` model's claim is mounted read-only at
+//! [`PVC_MOUNT_ROOT`]`/CLAIM`; an `https://` model is downloaded at start into an emptyDir of
+//! [`MODEL_CACHE_LIMIT`] at [`MODEL_CACHE_DIR`].
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, Service, ServicePort, ServiceSpec, Toleration,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -34,6 +38,21 @@ pub const REST_PORT: i32 = 8080;
 pub const GRPC_PORT: i32 = 8081;
 /// Prometheus metrics port of `eali serve`.
 pub const METRICS_PORT: i32 = 9090;
+/// Environment variable holding the InferenceService's spec as JSON in a serving pod.
+pub const SERVE_SPEC_ENV: &str = "EALI_SERVE_SPEC";
+/// Environment variable naming the InferenceService in a serving pod.
+pub const SERVICE_ENV: &str = "EALI_SERVICE";
+/// Environment variable holding the serving pod's namespace (downward API).
+pub const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
+/// Where serving pods find the PersistentVolumeClaim of a `pvc://CLAIM/PATH` model: claim `C`
+/// at `PVC_MOUNT_ROOT/C`, read-only.
+pub const PVC_MOUNT_ROOT: &str = "/var/lib/eali/pvc";
+/// Where serving pods download an `https://` model to (an emptyDir).
+pub const MODEL_CACHE_DIR: &str = "/var/cache/eali/models";
+/// Size limit of that emptyDir; the download stops beyond it.
+pub const MODEL_CACHE_LIMIT: &str = "4Gi";
+/// [`MODEL_CACHE_LIMIT`] in bytes.
+pub const MODEL_CACHE_LIMIT_BYTES: u64 = 4 << 30;
 
 /// Settings that come from the agent, not the InferenceService.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,13 +159,13 @@ pub fn deployment(
         limits.insert("memory".into(), Quantity(mem.clone()));
     }
     let mut env = vec![
-        env("EALI_SERVICE", name.clone()),
-        env("EALI_SERVE_SPEC", spec_json),
+        env(SERVICE_ENV, name.clone()),
+        env(SERVE_SPEC_ENV, spec_json),
         env("EALI_REST_PORT", REST_PORT.to_string()),
         env("EALI_GRPC_PORT", GRPC_PORT.to_string()),
         env("EALI_METRICS_PORT", METRICS_PORT.to_string()),
         field_env("POD_NAME", "metadata.name"),
-        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env(POD_NAMESPACE_ENV, "metadata.namespace"),
         field_env("NODE_NAME", "spec.nodeName"),
     ];
     if let Some(profile) = &spec.gpu.profile {
@@ -156,10 +175,18 @@ pub fn deployment(
     if let Some(product) = &spec.gpu.product {
         node_selector.insert(GPU_PRODUCT_LABEL.into(), product.clone());
     }
+    let (volumes, mounts) = model_volumes(isvc)?;
     let container = Container {
         name: "serve".into(),
         image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
-        args: Some(vec!["serve".into()]),
+        args: Some(vec![
+            "serve".into(),
+            "--http".into(),
+            format!("0.0.0.0:{REST_PORT}"),
+            "--grpc".into(),
+            format!("0.0.0.0:{GRPC_PORT}"),
+        ]),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
         env: Some(env),
         ports: Some(vec![
             port("http", REST_PORT),
@@ -204,6 +231,7 @@ pub fn deployment(
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
                     node_selector: (!node_selector.is_empty()).then_some(node_selector),
                     tolerations: Some(tolerations),
                     ..Default::default()
@@ -213,6 +241,59 @@ pub fn deployment(
         }),
         status: None,
     })
+}
+
+/// The volumes a model's `uri` needs in the serving pod: its claim, read-only, for `pvc://`; a
+/// size-limited emptyDir to download into for `https://`.
+fn model_volumes(isvc: &InferenceService) -> Result<(Vec<Volume>, Vec<VolumeMount>), K8sError> {
+    let Some(uri) = isvc.spec.model.uri.as_deref() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    match uri.split_once("://") {
+        Some(("pvc", rest)) => {
+            let claim = rest
+                .split_once('/')
+                .map(|(c, _)| c)
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    K8sError::InvalidObject(format!(
+                        "spec.model.uri {uri}: expected pvc://CLAIM/PATH"
+                    ))
+                })?;
+            Ok((
+                vec![Volume {
+                    name: "model".into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: claim.into(),
+                        read_only: Some(true),
+                    }),
+                    ..Default::default()
+                }],
+                vec![VolumeMount {
+                    name: "model".into(),
+                    mount_path: format!("{PVC_MOUNT_ROOT}/{claim}"),
+                    read_only: Some(true),
+                    ..Default::default()
+                }],
+            ))
+        }
+        Some(("https" | "http", _)) => Ok((
+            vec![Volume {
+                name: "model-cache".into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: Some(Quantity(MODEL_CACHE_LIMIT.into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            vec![VolumeMount {
+                name: "model-cache".into(),
+                mount_path: MODEL_CACHE_DIR.into(),
+                ..Default::default()
+            }],
+        )),
+        _ => Ok((Vec::new(), Vec::new())),
+    }
 }
 
 /// The ClusterIP Service in front of the serving pods.
@@ -363,6 +444,47 @@ mod tests {
                 "r50.ml.svc:8081".to_string()
             ))
         );
+    }
+
+    #[test]
+    fn a_pvc_model_mounts_its_claim_read_only_and_an_https_model_gets_a_cache() {
+        let defaults = ServeDefaults { image: "x".into() };
+        let mut i = isvc();
+        i.spec.model.zoo = None;
+        i.spec.model.uri = Some("pvc://models/vision/m.onnx".into());
+        let pod = deployment(&i, 1, &defaults)
+            .expect("deployment")
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        let v = &pod.volumes.as_ref().expect("volumes")[0];
+        let pvc = v.persistent_volume_claim.as_ref().expect("claim");
+        assert_eq!((pvc.claim_name.as_str(), pvc.read_only), ("models", Some(true)));
+        let m = &pod.containers[0].volume_mounts.as_ref().expect("mounts")[0];
+        assert_eq!(m.mount_path, format!("{PVC_MOUNT_ROOT}/models"));
+        assert_eq!(m.read_only, Some(true));
+
+        i.spec.model.uri = Some("https://models.example/m.onnx".into());
+        let pod = deployment(&i, 1, &defaults)
+            .expect("deployment")
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        let v = &pod.volumes.as_ref().expect("volumes")[0];
+        let dir = v.empty_dir.as_ref().expect("emptyDir");
+        assert_eq!(dir.size_limit, Some(Quantity(MODEL_CACHE_LIMIT.into())));
+        let m = &pod.containers[0].volume_mounts.as_ref().expect("mounts")[0];
+        assert_eq!(m.mount_path, MODEL_CACHE_DIR);
+
+        i.spec.model.uri = Some("pvc://nofile".into());
+        assert!(deployment(&i, 1, &defaults).is_err());
+        // A zoo model needs no volume.
+        let pod = deployment(&isvc(), 1, &defaults)
+            .expect("deployment")
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        assert!(pod.volumes.is_none() && pod.containers[0].volume_mounts.is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`load`] is the matching open-loop load generator (`eali load`).
 
 pub mod config;
+pub mod fetch;
 pub mod grpc;
 pub mod load;
 pub mod model;

@@ -31,9 +31,7 @@ use crate::model::{Graph, zoo};
 pub const META_MODEL: &str = "eali.model";
 /// Safetensors metadata key holding an EALI graph IR (JSON).
 pub const META_GRAPH: &str = "eali.graph";
-/// Where serving pods find the PersistentVolumeClaims of `pvc://` uris: claim `C` at
-/// `PVC_MOUNT_ROOT/C`.
-pub const PVC_MOUNT_ROOT: &str = "/var/lib/eali/pvc";
+pub use crate::k8s::objects::PVC_MOUNT_ROOT;
 
 /// A resolved model reference.
 #[derive(Debug, Clone)]

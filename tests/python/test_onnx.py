@@ -7,7 +7,7 @@ printed at the end of the module and written to target/onnx-errors.txt). BAD mod
 `eali models --onnx` and `eali serve --uri` must both exit non-zero naming what is wrong.
 
 The first two test groups check the model files themselves and need no eali binary.
-Needs onnx and onnxruntime besides tritonclient (skipped without them).
+Needs onnx and onnxruntime besides tritonclient (e2e/run-tests.sh installs them).
 """
 
 import collections
@@ -20,8 +20,8 @@ import zlib
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+import onnx  # noqa: E402  (installed by e2e/run-tests.sh; a missing package fails the run)
+import onnxruntime  # noqa: E402,F401
 
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
