@@ -87,6 +87,7 @@ async fn eali_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::oneshot
             zoo: None,
             uri: Some(format!("file://{}", path.display())),
             format: Some(ModelFormat::EaliJson),
+            sha256: None,
         },
         slo: Slo {
             latency_ms: 50,

@@ -466,3 +466,42 @@ fn only_the_lease_holder_reconciles_and_the_other_takes_over() {
         (reconcilers(cp, &ns, "third") == ["agent-three"]).then_some(())
     });
 }
+
+#[test]
+fn a_model_on_a_persistent_volume_claim_is_mounted_read_only_into_the_serving_pods() {
+    let Some(cp) = control_plane() else { return };
+    cp.install_crd();
+    let ns = cp.namespace("ctl-pvc");
+    let _agent = Agent::start(cp, &ns, "agent-pvc", &[]);
+    let sample = repo().join("manifests/samples/custom-onnx.yaml");
+    cp.kubectl(&["apply", "-n", &ns, "-f", sample.to_str().expect("utf-8")])
+        .expect("apply the PVC sample");
+    let d = eventually(60, "Deployment custom-onnx", || {
+        get_json(cp, &["deployment", "custom-onnx", "-n", &ns])
+    });
+    let pod = &d["spec"]["template"]["spec"];
+    // As the API server stored it, for the record.
+    println!(
+        "custom-onnx Deployment pod spec (volumes, container mounts and args): {}",
+        serde_json::to_string_pretty(&json!({
+            "replicas": d["spec"]["replicas"],
+            "volumes": pod["volumes"],
+            "volumeMounts": pod["containers"][0]["volumeMounts"],
+            "args": pod["containers"][0]["args"],
+        }))
+        .expect("json")
+    );
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": true}}])
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"],
+        json!([{"name": "model", "mountPath": "/var/lib/eali/pvc/models", "readOnly": true}])
+    );
+    assert_eq!(
+        pod["containers"][0]["args"],
+        json!(["serve", "--http", "0.0.0.0:8080", "--grpc", "0.0.0.0:8081"])
+    );
+}

@@ -188,27 +188,29 @@ async fn file_server(file: &'static str, body: Vec<u8>) -> String {
             };
             let body = body.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let body = body.clone();
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let resp = if path == format!("/m/{file}") {
-                            hyper::Response::new(Full::new(body))
-                        } else if path == "/r" {
-                            hyper::Response::builder()
-                                .status(302)
-                                .header("location", format!("/m/{file}"))
-                                .body(Full::new(Bytes::new()))
-                                .unwrap()
-                        } else {
-                            hyper::Response::builder()
-                                .status(404)
-                                .body(Full::new(Bytes::new()))
-                                .unwrap()
-                        };
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let body = body.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let resp = if path == format!("/m/{file}") {
+                                hyper::Response::new(Full::new(body))
+                            } else if path == "/r" {
+                                hyper::Response::builder()
+                                    .status(302)
+                                    .header("location", format!("/m/{file}"))
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap()
+                            } else {
+                                hyper::Response::builder()
+                                    .status(404)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap()
+                            };
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, svc)
@@ -229,7 +231,10 @@ async fn a_model_over_http_is_downloaded_once_checked_against_its_sha256_and_ser
     let bytes = weights
         .to_safetensors_with(
             &graph,
-            HashMap::from([(META_GRAPH.to_string(), serde_json::to_string(&graph).unwrap())]),
+            HashMap::from([(
+                META_GRAPH.to_string(),
+                serde_json::to_string(&graph).unwrap(),
+            )]),
         )
         .unwrap();
     let sha: String = sha2::Sha256::digest(&bytes)
@@ -251,7 +256,10 @@ async fn a_model_over_http_is_downloaded_once_checked_against_its_sha256_and_ser
     let mut c = config(format!("{base}/r"), Some(sha.clone()));
     fetch_models(&mut c, &fetch).await.unwrap();
     let local = c.services[0].spec.model.uri.clone().unwrap();
-    assert!(local.starts_with(&fetch.dir.display().to_string()), "{local}");
+    assert!(
+        local.starts_with(&fetch.dir.display().to_string()),
+        "{local}"
+    );
     assert_eq!(std::fs::read(&local).unwrap(), bytes);
     let mut opts = options();
     opts.runtime.compute = Compute::Cpu;
@@ -263,7 +271,10 @@ async fn a_model_over_http_is_downloaded_once_checked_against_its_sha256_and_ser
     let wrong = "0".repeat(64);
     let mut c = config(format!("{base}/m/tiny.safetensors"), Some(wrong.clone()));
     let e = fetch_models(&mut c, &fetch).await.unwrap_err().to_string();
-    assert!(e.contains("SHA-256") && e.contains(&sha) && e.contains(&wrong), "{e}");
+    assert!(
+        e.contains("SHA-256") && e.contains(&sha) && e.contains(&wrong),
+        "{e}"
+    );
     let small = FetchOptions {
         limit_bytes: 100,
         ..fetch.clone()

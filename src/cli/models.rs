@@ -50,9 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 let mut t = String::new();
                 if let Some(io) = &src.io {
-                    let dims = |d: &[i64]| {
-                        d.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
-                    };
+                    let dims =
+                        |d: &[i64]| d.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
                     let batch = if io.batch_fixed { "1" } else { "N" };
                     let _ = writeln!(
                         t,

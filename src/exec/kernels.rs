@@ -259,7 +259,13 @@ impl PoolGeom {
     /// Input rows (or columns) the window of output `o` covers along one axis: positions
     /// `start + k·dilation` for each kernel tap `k`, in input coordinates (negative or past the
     /// end inside the padding, or past it in ceil mode).
-    fn taps(o: usize, stride: usize, pad: usize, kernel: usize, dilation: usize) -> impl Iterator<Item = isize> {
+    fn taps(
+        o: usize,
+        stride: usize,
+        pad: usize,
+        kernel: usize,
+        dilation: usize,
+    ) -> impl Iterator<Item = isize> {
         let start = (o * stride) as isize - pad as isize;
         (0..kernel).map(move |k| start + (k * dilation) as isize)
     }
@@ -277,9 +283,8 @@ pub fn max_pool(x: &[f32], planes: usize, g: &PoolGeom, out: &mut [f32]) {
                 for y in PoolGeom::taps(oy, g.stride.0, g.padding.0, g.kernel.0, g.dilation.0)
                     .filter(|y| (0..h).contains(y))
                 {
-                    for xx in
-                        PoolGeom::taps(ox, g.stride.1, g.padding.1, g.kernel.1, g.dilation.1)
-                            .filter(|xx| (0..w).contains(xx))
+                    for xx in PoolGeom::taps(ox, g.stride.1, g.padding.1, g.kernel.1, g.dilation.1)
+                        .filter(|xx| (0..w).contains(xx))
                     {
                         m = m.max(src[(y * w + xx) as usize]);
                     }

@@ -459,7 +459,10 @@ mod tests {
             .expect("pod");
         let v = &pod.volumes.as_ref().expect("volumes")[0];
         let pvc = v.persistent_volume_claim.as_ref().expect("claim");
-        assert_eq!((pvc.claim_name.as_str(), pvc.read_only), ("models", Some(true)));
+        assert_eq!(
+            (pvc.claim_name.as_str(), pvc.read_only),
+            ("models", Some(true))
+        );
         let m = &pod.containers[0].volume_mounts.as_ref().expect("mounts")[0];
         assert_eq!(m.mount_path, format!("{PVC_MOUNT_ROOT}/models"));
         assert_eq!(m.read_only, Some(true));

@@ -15,7 +15,14 @@ pub fn window_output(
     dilation: u32,
     ceil_mode: bool,
 ) -> Option<u32> {
-    window_output_asym(input, kernel, stride, (padding, padding), dilation, ceil_mode)
+    window_output_asym(
+        input,
+        kernel,
+        stride,
+        (padding, padding),
+        dilation,
+        ceil_mode,
+    )
 }
 
 /// [`window_output`] with different padding before and after the input (`(begin, end)`).
@@ -221,7 +228,9 @@ pub fn infer_output(layer: &str, op: &Op, inputs: &[Shape]) -> Result<Shape, Mod
             }
             Ok(x)
         }
-        Op::Clip { min, max } if !(min <= max) => Err(invalid(layer, "clip min exceeds max")),
+        Op::Clip { min, max } if min.partial_cmp(max).is_none_or(|o| o.is_gt()) => {
+            Err(invalid(layer, "clip min exceeds max (or is NaN)"))
+        }
         Op::BatchNorm
         | Op::Relu
         | Op::Relu6

@@ -47,9 +47,13 @@ pub async fn fetch_models(config: &mut ServeConfig, opts: &FetchOptions) -> Resu
         };
         let sha = s.spec.model.sha256.clone();
         if let Some(h) = &sha
-            && !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            && !(h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
         {
-            return Err(fail(format!("model.sha256 {h} is not 64 lowercase hex digits")));
+            return Err(fail(format!(
+                "model.sha256 {h} is not 64 lowercase hex digits"
+            )));
         }
         let local = fetch(&uri, sha.as_deref(), opts).await.map_err(fail)?;
         s.spec.model.uri = Some(local.display().to_string());
@@ -83,7 +87,11 @@ async fn file_sha256(path: &Path) -> Option<String> {
 }
 
 /// Downloads `uri` into the cache (or finds it there) and returns the local path.
-pub async fn fetch(uri: &str, sha256: Option<&str>, opts: &FetchOptions) -> Result<PathBuf, String> {
+pub async fn fetch(
+    uri: &str,
+    sha256: Option<&str>,
+    opts: &FetchOptions,
+) -> Result<PathBuf, String> {
     let dest = cache_path(uri, &opts.dir);
     if tokio::fs::metadata(&dest).await.is_ok() {
         match sha256 {
@@ -206,7 +214,11 @@ fn redirect_target(current: &str, location: &str) -> String {
         .find("://")
         .and_then(|i| current[i + 3..].find('/').map(|j| i + 3 + j))
         .unwrap_or(current.len());
-    format!("{}/{}", &current[..origin_end], location.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        &current[..origin_end],
+        location.trim_start_matches('/')
+    )
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

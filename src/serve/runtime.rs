@@ -175,20 +175,12 @@ pub fn prepare(
         .clone()
         .unwrap_or_else(|| opts.default_gpu.clone());
     let bed = match model {
-        TestbedModel::Zoo(z) => Testbed::new(
-            &z,
-            &gpu,
-            spec.max_batch_size,
-            opts.seed,
-            &predicted_costs,
-        ),
-        TestbedModel::Graph(g) => Testbed::for_graph(
-            g,
-            &gpu,
-            spec.max_batch_size,
-            opts.seed,
-            &predicted_costs,
-        ),
+        TestbedModel::Zoo(z) => {
+            Testbed::new(&z, &gpu, spec.max_batch_size, opts.seed, &predicted_costs)
+        }
+        TestbedModel::Graph(g) => {
+            Testbed::for_graph(g, &gpu, spec.max_batch_size, opts.seed, &predicted_costs)
+        }
     }
     .map_err(|e| setup(e.to_string()))?;
     let graph = Arc::new(bed.graph.clone());

@@ -268,7 +268,12 @@ mod tests {
             local("pvc://models/vision/m.onnx"),
             Ok(Path::new(PVC_MOUNT_ROOT).join("models/vision/m.onnx"))
         );
-        for bad in ["pvc://models", "pvc://models/../etc/passwd", "pvc://Bad_Claim/m.onnx", "pvc://m//abs"] {
+        for bad in [
+            "pvc://models",
+            "pvc://models/../etc/passwd",
+            "pvc://Bad_Claim/m.onnx",
+            "pvc://m//abs",
+        ] {
             let e = local(bad).unwrap_err();
             assert!(e.contains("pvc://CLAIM/PATH"), "{bad}: {e}");
         }

@@ -40,7 +40,9 @@ pub const OPSET_MAX: i64 = 21;
 /// Why an ONNX model was refused.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum OnnxError {
-    #[error("not a readable ONNX model: the protobuf does not decode ({0}); is the file truncated or corrupt?")]
+    #[error(
+        "not a readable ONNX model: the protobuf does not decode ({0}); is the file truncated or corrupt?"
+    )]
     Decode(String),
     #[error("{0}")]
     Model(String),
@@ -105,13 +107,9 @@ pub fn import(
         return Err(OnnxError::Decode("the model's graph is empty".into()));
     }
     let opset = default_opset(&model)?;
-    let producer = format!(
-        "{} {}",
-        model.producer_name(),
-        model.producer_version()
-    )
-    .trim()
-    .to_string();
+    let producer = format!("{} {}", model.producer_name(), model.producer_version())
+        .trim()
+        .to_string();
     let mut decoder = tensor::TensorDecoder::new(external);
     let mut cx = ops::Importer::new(name, graph, opset, &mut decoder)?;
     cx.run()?;
@@ -150,7 +148,10 @@ enum Value {
     Const(Const),
     /// A computed tensor: its IR producer (the graph input when `None`) and its ONNX dimensions
     /// per sample (rank 1 or 3).
-    Act { src: Tensor, dims: Vec<u32> },
+    Act {
+        src: Tensor,
+        dims: Vec<u32>,
+    },
 }
 
 /// The IR shape a tensor with these per-sample ONNX dimensions has: `[K]` is `K × 1 × 1`,

@@ -79,6 +79,9 @@ struct Window {
 
 impl Window {
     fn read(n: &NodeProto, kernel: (u32, u32), input: Shape) -> Result<Self, Refusal> {
+        if kernel.0 == 0 || kernel.1 == 0 {
+            return Err(format!("kernel {kernel:?} has a zero size"));
+        }
         let stride = pair(n, "strides", 1)?;
         let dilation = pair(n, "dilations", 1)?;
         if stride.0 == 0 || stride.1 == 0 || dilation.0 == 0 || dilation.1 == 0 {
@@ -98,18 +101,20 @@ impl Window {
             "SAME_UPPER" | "SAME_LOWER" => {
                 // Output = ceil(input / stride); the padding that takes, split with the odd cell
                 // at the end (UPPER) or the beginning (LOWER).
-                let same = |i: u32, k: u32, s: u32, d: u32| {
+                let same = |i: u32, k: u32, s: u32, d: u32| -> Result<(u32, u32), Refusal> {
+                    let (i, k, s, d) = (u64::from(i), u64::from(k), u64::from(s), u64::from(d));
                     let out = i.div_ceil(s);
                     let need = (out.saturating_sub(1) * s + d * (k - 1) + 1).saturating_sub(i);
                     let small = need / 2;
-                    if auto == "SAME_UPPER" {
+                    let (a, b) = if auto == "SAME_UPPER" {
                         (small, need - small)
                     } else {
                         (need - small, small)
-                    }
+                    };
+                    Ok((to_u32(a as i64, "pad")?, to_u32(b as i64, "pad")?))
                 };
-                let h = same(input.h, kernel.0, stride.0, dilation.0);
-                let w = same(input.w, kernel.1, stride.1, dilation.1);
+                let h = same(input.h, kernel.0, stride.0, dilation.0)?;
+                let w = same(input.w, kernel.1, stride.1, dilation.1)?;
                 ((h.0, w.0), (h.1, w.1))
             }
             other => return Err(format!("auto_pad {other} is not an ONNX padding mode")),
@@ -799,7 +804,11 @@ impl<'g, 'd, 'r> Importer<'g, 'd, 'r> {
                     "Mul" => affine(v.clone(), vec![0.0; v.len()]),
                     "Add" => affine(vec![1.0; v.len()], v),
                     "Sub" => affine(vec![-1.0; v.len()], v),
-                    _ => return Err("dividing a constant by a computed tensor is not supported".into()),
+                    _ => {
+                        return Err(
+                            "dividing a constant by a computed tensor is not supported".into()
+                        );
+                    }
                 };
                 let t = self.push(Op::BatchNorm, &[src], w)?;
                 Ok(vec![Value::Act { src: t, dims }])
@@ -821,7 +830,10 @@ impl<'g, 'd, 'r> Importer<'g, 'd, 'r> {
                     if c.dims.len() > 1 {
                         return Err("only 1-D constants are concatenated".into());
                     }
-                    out.extend(c.as_ints().ok_or("only integer constants are concatenated")?);
+                    out.extend(
+                        c.as_ints()
+                            .ok_or("only integer constants are concatenated")?,
+                    );
                 }
             }
             return Ok(vec![Value::Const(Const::ints(vec![out.len()], out))]);
@@ -971,7 +983,10 @@ impl<'g, 'd, 'r> Importer<'g, 'd, 'r> {
             Int::Batch => true,
             Int::Known(0) if !allow_zero => true,
             // -1 is the batch when the rest already holds one sample's elements.
-            Int::Known(-1) => rest_fixed && rest_known.iter().product::<i64>() == elems,
+            Int::Known(-1) => {
+                rest_fixed
+                    && rest_known.iter().try_fold(1i64, |a, &d| a.checked_mul(d)) == Some(elems)
+            }
             Int::Known(1) => self.batch_fixed,
             Int::Known(_) => false,
         };
@@ -1034,8 +1049,11 @@ impl<'g, 'd, 'r> Importer<'g, 'd, 'r> {
                 .ok_or("axes out of range")?
         } else {
             let rank = full.len() as i64;
-            let at: Option<Vec<i64>> =
-                axes.map(|a| a.iter().map(|&x| if x < 0 { x + rank } else { x }).collect());
+            let at: Option<Vec<i64>> = axes.map(|a| {
+                a.iter()
+                    .map(|&x| if x < 0 { x + rank } else { x })
+                    .collect()
+            });
             full.iter()
                 .enumerate()
                 .filter(|(i, d)| match &at {
@@ -1134,7 +1152,9 @@ impl<'g, 'd, 'r> Importer<'g, 'd, 'r> {
                 a.ints.iter().map(|&i| Int::Known(i)).collect(),
             )
         } else {
-            return Err("a Constant with no tensor, float(s) or int(s) value is not supported".into());
+            return Err(
+                "a Constant with no tensor, float(s) or int(s) value is not supported".into(),
+            );
         };
         Ok(vec![Value::Const(c)])
     }
@@ -1234,7 +1254,11 @@ fn resolve_shape(
             t => return Err(format!("dimension {t} is negative")),
         });
     }
-    let known: usize = dims.iter().flatten().product();
+    let known = dims
+        .iter()
+        .flatten()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or("the target's dimensions overflow")?;
     match dims.iter().filter(|d| d.is_none()).count() {
         0 if known == count => Ok(dims.into_iter().flatten().collect()),
         1 if known > 0 && count.is_multiple_of(known) => Ok(dims
@@ -1333,5 +1357,47 @@ fn input_shape(i: &proto::ValueInfoProto) -> Result<(Vec<u32>, bool), OnnxError>
         })
         .collect::<Option<Vec<u32>>>()
         .ok_or_else(|| model("has a symbolic or zero size beyond the batch".into()))?;
+    // Keeps every per-sample size below in range of the IR's arithmetic.
+    let elems = rest
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(u64::from(d)));
+    if elems.is_none_or(|e| e > MAX_SAMPLE_ELEMENTS) {
+        return Err(model(format!(
+            "holds more than {MAX_SAMPLE_ELEMENTS} values per sample"
+        )));
+    }
     Ok((rest, batch_fixed))
+}
+
+/// Largest input sample the importer takes (a 3 × 8192 × 8192 image is about 2e8).
+const MAX_SAMPLE_ELEMENTS: u64 = 1 << 30;
+
+#[cfg(test)]
+mod window_tests {
+    #[test]
+    fn same_padding_puts_the_odd_cell_at_the_end_for_upper() {
+        // 8 wide, kernel 3, stride 2: out 4, needs (4-1)*2 + 3 - 8 = 1 cell of padding.
+        let n = super::NodeProto {
+            attribute: vec![
+                super::AttributeProto {
+                    name: Some("auto_pad".into()),
+                    s: Some(b"SAME_UPPER".to_vec()),
+                    ..Default::default()
+                },
+                super::AttributeProto {
+                    name: Some("strides".into()),
+                    ints: vec![2, 2],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let w = super::Window::read(&n, (3, 3), crate::model::Shape::new(1, 8, 8)).unwrap();
+        assert_eq!((w.begin, w.end), ((0, 0), (1, 1)));
+        let mut lower = n.clone();
+        lower.attribute[0].s = Some(b"SAME_LOWER".to_vec());
+        let w = super::Window::read(&lower, (3, 3), crate::model::Shape::new(1, 8, 8)).unwrap();
+        assert_eq!((w.begin, w.end), ((1, 1), (0, 0)));
+        assert!(super::Window::read(&n, (0, 3), crate::model::Shape::new(1, 8, 8)).is_err());
+    }
 }

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use super::proto::{TensorProto, tensor_proto};
 use super::OnnxError;
+use super::proto::{TensorProto, tensor_proto};
 
 /// One entry of an integer tensor: a known value, or the batch size, which is unknown until a
 /// request arrives.
@@ -46,6 +46,9 @@ impl Const {
             ConstData::F32(v) => v.len(),
             ConstData::Int(v) => v.len(),
         }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
     /// Values as FP32 (integers converted); `None` when an entry is the symbolic batch size.
     pub fn as_f32(&self) -> Option<Vec<f32>> {

@@ -47,7 +47,9 @@ fn with(mut n: NodeProto, attrs: Vec<AttributeProto>) -> NodeProto {
 fn floats(name: &str, dims: &[i64], seed: u32) -> TensorProto {
     let count: i64 = dims.iter().product();
     let v: Vec<f32> = (0..count)
-        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000) as f32 / 1000.0 - 0.5)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000) as f32 / 1000.0 - 0.5
+        })
         .collect();
     TensorProto {
         name: Some(name.into()),
@@ -94,7 +96,12 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
     }
 }
 
-fn model(opset: i64, nodes: Vec<NodeProto>, inits: Vec<TensorProto>, input: &[Option<i64>]) -> ModelProto {
+fn model(
+    opset: i64,
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    input: &[Option<i64>],
+) -> ModelProto {
     let out = nodes
         .last()
         .and_then(|n| n.output.first().cloned())
@@ -133,17 +140,35 @@ fn classifier() -> ModelProto {
     let nodes = vec![
         with(
             node("conv", "Conv", &["images", "w", "b"], &["c"]),
-            vec![ints("kernel_shape", &[3, 3]), ints("pads", &[0, 0, 1, 1]), ints("strides", &[2, 2])],
+            vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("pads", &[0, 0, 1, 1]),
+                ints("strides", &[2, 2]),
+            ],
         ),
-        node("bn", "BatchNormalization", &["c", "g", "beta", "mean", "var"], &["n"]),
+        node(
+            "bn",
+            "BatchNormalization",
+            &["c", "g", "beta", "mean", "var"],
+            &["n"],
+        ),
         node("relu6", "Clip", &["n", "lo", "hi"], &["r"]),
         node("gap", "GlobalAveragePool", &["r"], &["p"]),
         node("shape", "Shape", &["p"], &["s"]),
-        with(node("gather", "Gather", &["s", "zero"], &["b0"]), vec![int("axis", 0)]),
+        with(
+            node("gather", "Gather", &["s", "zero"], &["b0"]),
+            vec![int("axis", 0)],
+        ),
         node("unsq", "Unsqueeze", &["b0", "axes0"], &["b1"]),
-        with(node("cat", "Concat", &["b1", "minus1"], &["target"]), vec![int("axis", 0)]),
+        with(
+            node("cat", "Concat", &["b1", "minus1"], &["target"]),
+            vec![int("axis", 0)],
+        ),
         node("reshape", "Reshape", &["p", "target"], &["flat"]),
-        with(node("fc", "Gemm", &["flat", "fw", "fb"], &["logits"]), vec![int("transB", 1)]),
+        with(
+            node("fc", "Gemm", &["flat", "fw", "fb"], &["logits"]),
+            vec![int("transB", 1)],
+        ),
     ];
     let mut zero = int64s("zero", &[0]);
     zero.dims.clear();
@@ -195,7 +220,10 @@ fn a_classifier_imports_with_its_names_shapes_and_weights() {
             stride,
             ..
         } => {
-            assert_eq!((padding, padding_end, stride), ((0, 0), Some((1, 1)), (2, 2)));
+            assert_eq!(
+                (padding, padding_end, stride),
+                ((0, 0), Some((1, 1)), (2, 2))
+            );
         }
         ref other => panic!("{other:?}"),
     }
@@ -244,8 +272,18 @@ fn matmul_then_add_is_one_linear_layer_and_gemm_without_trans_b_is_transposed() 
             }],
         ),
     ];
-    let inits = vec![floats("w", &[12, 3], 1), floats("b", &[3], 2), floats("w2", &[3, 2], 3)];
-    let m = import_model(&model(11, nodes, inits.clone(), &[None, Some(3), Some(2), Some(2)])).unwrap();
+    let inits = vec![
+        floats("w", &[12, 3], 1),
+        floats("b", &[3], 2),
+        floats("w2", &[3, 2], 3),
+    ];
+    let m = import_model(&model(
+        11,
+        nodes,
+        inits.clone(),
+        &[None, Some(3), Some(2), Some(2)],
+    ))
+    .unwrap();
     let kinds: Vec<&str> = m.graph.layers.iter().map(|l| l.op.kind_name()).collect();
     assert_eq!(kinds, ["flatten", "linear", "linear"]);
     let raw = |t: &TensorProto| -> Vec<f32> {
@@ -283,16 +321,28 @@ fn per_channel_constants_become_an_affine_layer() {
         node("gap", "GlobalAveragePool", &["b"], &["out"]),
     ];
     let mut s = floats("s", &[1, 3, 1, 1], 1);
-    s.raw_data = Some([2.0f32, 3.0, 4.0].iter().flat_map(|x| x.to_le_bytes()).collect());
+    s.raw_data = Some(
+        [2.0f32, 3.0, 4.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+    );
     let m = import_model(&model(13, nodes, vec![s, floats("m", &[], 2)], &IMAGE)).unwrap();
     match (&m.weights[0], &m.weights[1]) {
         (
             LayerWeights::BatchNorm {
                 gamma, beta, eps, ..
             },
-            LayerWeights::BatchNorm { gamma: g2, beta: b2, .. },
+            LayerWeights::BatchNorm {
+                gamma: g2,
+                beta: b2,
+                ..
+            },
         ) => {
-            assert_eq!((gamma.as_slice(), beta.as_slice(), *eps), ([2.0, 3.0, 4.0].as_slice(), [0.0; 3].as_slice(), 0.0));
+            assert_eq!(
+                (gamma.as_slice(), beta.as_slice(), *eps),
+                ([2.0, 3.0, 4.0].as_slice(), [0.0; 3].as_slice(), 0.0)
+            );
             assert_eq!(g2, &vec![1.0; 3]);
             assert!(b2.iter().all(|&x| x == b2[0]));
         }
@@ -307,9 +357,17 @@ fn refusal(m: &ModelProto) -> String {
 
 #[test]
 fn what_the_ir_cannot_hold_is_refused_naming_node_operator_and_reason() {
-    let up = model(13, vec![node("up1", "Resize", &["images"], &["out"])], vec![], &IMAGE);
+    let up = model(
+        13,
+        vec![node("up1", "Resize", &["images"], &["out"])],
+        vec![],
+        &IMAGE,
+    );
     let e = refusal(&up);
-    assert!(e.contains("up1") && e.contains("Resize") && e.contains("not supported"), "{e}");
+    assert!(
+        e.contains("up1") && e.contains("Resize") && e.contains("not supported"),
+        "{e}"
+    );
 
     let to3d = model(
         13,
@@ -318,7 +376,10 @@ fn what_the_ir_cannot_hold_is_refused_naming_node_operator_and_reason() {
         &IMAGE,
     );
     let e = refusal(&to3d);
-    assert!(e.contains("to3d") && e.contains("Reshape") && e.contains("[N, 3, 64]"), "{e}");
+    assert!(
+        e.contains("to3d") && e.contains("Reshape") && e.contains("[N, 3, 64]"),
+        "{e}"
+    );
 
     let mul = model(
         13,
@@ -330,24 +391,52 @@ fn what_the_ir_cannot_hold_is_refused_naming_node_operator_and_reason() {
         &IMAGE,
     );
     let e = refusal(&mul);
-    assert!(e.contains("se") && e.contains("Mul") && e.contains("two computed"), "{e}");
+    assert!(
+        e.contains("se") && e.contains("Mul") && e.contains("two computed"),
+        "{e}"
+    );
 
-    let batch8 = model(13, vec![node("r", "Relu", &["images"], &["out"])], vec![], &[Some(8), Some(3), Some(8), Some(8)]);
+    let batch8 = model(
+        13,
+        vec![node("r", "Relu", &["images"], &["out"])],
+        vec![],
+        &[Some(8), Some(3), Some(8), Some(8)],
+    );
     assert!(refusal(&batch8).contains("fixes the batch to 8"));
 
-    let fixed = import_model(&model(13, vec![node("r", "Relu", &["images"], &["out"])], vec![], &[Some(1), Some(3), Some(8), Some(8)])).unwrap();
+    let fixed = import_model(&model(
+        13,
+        vec![node("r", "Relu", &["images"], &["out"])],
+        vec![],
+        &[Some(1), Some(3), Some(8), Some(8)],
+    ))
+    .unwrap();
     assert!(fixed.io.batch_fixed);
 }
 
 #[test]
 fn opsets_outside_7_to_21_and_broken_files_are_refused() {
-    let relu = |opset| model(opset, vec![node("r", "Relu", &["images"], &["out"])], vec![], &IMAGE);
+    let relu = |opset| {
+        model(
+            opset,
+            vec![node("r", "Relu", &["images"], &["out"])],
+            vec![],
+            &IMAGE,
+        )
+    };
     for opset in [6, 22] {
         let e = refusal(&relu(opset));
-        assert!(e.contains(&format!("opset {opset}")) && e.contains("7 to 21"), "{e}");
+        assert!(
+            e.contains(&format!("opset {opset}")) && e.contains("7 to 21"),
+            "{e}"
+        );
     }
     let bytes = classifier().encode_to_vec();
-    for broken in [&bytes[..bytes.len() / 2], b"\xff\xfe not a model at all".as_slice(), b"".as_slice()] {
+    for broken in [
+        &bytes[..bytes.len() / 2],
+        b"\xff\xfe not a model at all".as_slice(),
+        b"".as_slice(),
+    ] {
         let e = import(broken, "t", &mut no_files).unwrap_err();
         assert!(matches!(e, OnnxError::Decode(_)), "{e}");
         assert!(e.to_string().contains("ONNX"), "{e}");
@@ -361,13 +450,17 @@ fn external_data_is_read_through_the_reader_and_a_missing_file_is_named() {
     let w = &mut g.initializer[0];
     let data = w.raw_data.take().unwrap();
     w.data_location = Some(tensor_proto::DataLocation::External as i32);
-    w.external_data = [("location", "weights.bin"), ("offset", "4"), ("length", &data.len().to_string())]
-        .iter()
-        .map(|(k, v)| StringStringEntryProto {
-            key: Some(k.to_string()),
-            value: Some(v.to_string()),
-        })
-        .collect();
+    w.external_data = [
+        ("location", "weights.bin"),
+        ("offset", "4"),
+        ("length", &data.len().to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| StringStringEntryProto {
+        key: Some(k.to_string()),
+        value: Some(v.to_string()),
+    })
+    .collect();
     let bytes = m.encode_to_vec();
     let mut file = vec![0u8; 4];
     file.extend(&data);
@@ -380,5 +473,31 @@ fn external_data_is_read_through_the_reader_and_a_missing_file_is_named() {
 
     let e = import(&bytes, "t", &mut |_: &str| Err("no such file".to_string())).unwrap_err();
     assert!(matches!(e, OnnxError::ExternalData { .. }), "{e}");
-    assert!(e.to_string().contains("weights.bin") && e.to_string().contains("no such file"), "{e}");
+    assert!(
+        e.to_string().contains("weights.bin") && e.to_string().contains("no such file"),
+        "{e}"
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+    /// Stand-in for the `onnx_import` fuzz target that CI runs: a valid model with bytes
+    /// overwritten, inserted or cut off is imported or refused, never a panic.
+    #[test]
+    fn damaged_models_are_refused_not_panicked_on(
+        edits in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>(), 0u8..3), 1..8),
+        cut in proptest::prelude::any::<proptest::sample::Index>(),
+    ) {
+        let mut bytes = classifier().encode_to_vec();
+        for (at, b, how) in edits {
+            let i = at % bytes.len().max(1);
+            match how {
+                0 => bytes[i] = b,
+                1 => bytes.insert(i, b),
+                _ => bytes[i] ^= 1 << (b % 8),
+            }
+        }
+        let keep = cut.index(bytes.len() + 1);
+        let _ = import(&bytes[..keep], "t", &mut no_files);
+    }
 }
