@@ -353,7 +353,7 @@ standin_test!(
         let max = p.max_clock_mhz();
         act.request(
             0,
-            ClockTarget::Locked {
+            ClockTarget::LockedRange {
                 min_mhz: max,
                 max_mhz: max,
             },

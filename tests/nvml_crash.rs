@@ -86,7 +86,7 @@ fn child(role: &str) {
             "-" => ClockTarget::Default,
             f => {
                 let f = f.parse().unwrap();
-                ClockTarget::Locked {
+                ClockTarget::LockedRange {
                     min_mhz: f,
                     max_mhz: f,
                 }

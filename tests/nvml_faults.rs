@@ -196,7 +196,7 @@ fn run_case(case: &str) {
             let f = a.mid_clock();
             let ev = a.set(
                 0,
-                ClockTarget::Locked {
+                ClockTarget::LockedRange {
                     min_mhz: f,
                     max_mhz: f,
                 },
@@ -224,7 +224,7 @@ fn run_case(case: &str) {
             assert!(matches!(
                 a.set(
                     0,
-                    ClockTarget::Locked {
+                    ClockTarget::LockedRange {
                         min_mhz: f,
                         max_mhz: f
                     }
@@ -302,7 +302,7 @@ fn run_case(case: &str) {
             let f = a.mid_clock();
             let ev = a.set(
                 0,
-                ClockTarget::Locked {
+                ClockTarget::LockedRange {
                     min_mhz: f,
                     max_mhz: f,
                 },

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::serve::{Args as ServeArgs, flags_config, options};
-use crate::serve::load::{self, LoadConfig, LoadReport, Protocol};
+use crate::load::{self, LoadConfig, LoadReport, Protocol};
 use crate::serve::{Compute, Server};
 use crate::sim::bench::{Testbed, predicted_costs};
 use crate::sim::workload::{Workload, WorkloadKind};

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::serve::load::{LoadConfig, Protocol, run as run_load};
+use crate::load::{LoadConfig, Protocol, run as run_load};
 use crate::sim::workload::{Workload, WorkloadKind};
 
 #[derive(Debug, clap::Args)]

@@ -18,8 +18,8 @@ use std::time::Duration;
 use super::client::{CONTROL_SOCKET_ENV, ControlClient, GPU_UUID_ENV};
 use super::proto::{LayerShare, UnitTiming};
 use crate::exec::{ClockActuator, SimDevice};
+use crate::gpu::ClockTarget;
 use crate::gpu::{ClockChange, GpuError};
-use crate::sim::ClockTarget;
 use crate::telemetry::LayerPowerModel;
 
 /// How long a reset or drop waits for the agent.
@@ -148,9 +148,11 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
             }
         }
         if let Some(t) = target {
-            let result = on_agent(&rt, &mut client, &path, &uuid, async |c| match t {
-                ClockTarget::Locked(f) => c.set_clocks(f, f).await,
-                ClockTarget::Default => c.reset_clocks().await,
+            let result = on_agent(&rt, &mut client, &path, &uuid, async |c| {
+                match t.graphics_range() {
+                    Some((lo, hi)) => c.set_clocks(lo, hi).await,
+                    None => c.reset_clocks().await,
+                }
             });
             match result {
                 Ok(st) => {

@@ -27,3 +27,62 @@ pub struct LayerCostTable {
     /// Fixed per-batch overhead outside the layers (input copy, launch), per batch size (s).
     pub batch_overhead_s: Vec<f64>,
 }
+
+impl LayerCostTable {
+    /// Index of the table clock nearest to `mhz`.
+    pub fn clock_index(&self, mhz: u32) -> usize {
+        let c = &self.clocks_mhz;
+        (0..c.len())
+            .min_by_key(|&i| c[i].abs_diff(mhz))
+            .unwrap_or(0)
+    }
+
+    /// Predicted (time, energy) of `layer` at `batch` and `clock_mhz`: nearest table clock,
+    /// linear in the batch between table batch sizes (proportional beyond the largest).
+    pub fn layer(&self, layer: usize, batch: u32, clock_mhz: u32) -> (f64, f64) {
+        self.layer_at(layer, batch, self.clock_index(clock_mhz))
+    }
+
+    /// [`layer`](Self::layer) at the table's clock `fi`.
+    pub fn layer_at(&self, layer: usize, batch: u32, fi: usize) -> (f64, f64) {
+        let at = |bi: usize| (self.time_s[layer][bi][fi], self.energy_j[layer][bi][fi]);
+        let b = f64::from(batch);
+        let hi = self.batches.partition_point(|&x| x < batch);
+        if hi == 0 {
+            return at(0);
+        }
+        if hi == self.batches.len() {
+            let last = self.batches.len() - 1;
+            let (tt, e) = at(last);
+            let s = b / f64::from(self.batches[last]);
+            return (tt * s, e * s);
+        }
+        let (b0, b1) = (f64::from(self.batches[hi - 1]), f64::from(self.batches[hi]));
+        let w = (b - b0) / (b1 - b0);
+        let ((t0, e0), (t1, e1)) = (at(hi - 1), at(hi));
+        (t0 + w * (t1 - t0), e0 + w * (e1 - e0))
+    }
+
+    /// Predicted idle power at a clock (W).
+    pub fn idle_w(&self, clock_mhz: u32) -> f64 {
+        self.idle_power_w
+            .get(self.clock_index(clock_mhz))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// Predicted time of a whole batch of `batch` at `clock_mhz`: every layer plus the batch's
+    /// overhead (s).
+    pub fn batch_time_s(&self, batch: u32, clock_mhz: u32) -> f64 {
+        let fi = self.clock_index(clock_mhz);
+        let layers: f64 = (0..self.layers.len())
+            .map(|l| self.layer_at(l, batch, fi).0)
+            .sum();
+        let overhead = batch
+            .checked_sub(1)
+            .and_then(|i| self.batch_overhead_s.get(i as usize))
+            .copied()
+            .unwrap_or(0.0);
+        layers + overhead
+    }
+}

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Measured latency of a graphics-clock change (from issuing the call until the new clock is in
 /// force), e.g. from the agent's start-up measurement or a GPU profile.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct SwitchLatency {
     /// Median time the set-clock call blocks its caller (s).
     pub call_median_s: f64,
@@ -115,10 +115,12 @@ where
     let reset = gpu.reset_locked_clocks();
     result?;
     reset?;
-    let q = |v: &mut Vec<f64>, p: f64| {
-        v.sort_by(f64::total_cmp);
-        v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
-    };
+    if totals.is_empty() {
+        return Err(crate::gpu::GpuError::InvalidArgument(
+            "no switch-latency samples".into(),
+        ));
+    }
+    let q = |v: &mut Vec<f64>, p: f64| crate::stats::percentile(v, p);
     Ok(SwitchLatency {
         call_median_s: q(&mut calls, 0.5),
         total_median_s: q(&mut totals, 0.5),

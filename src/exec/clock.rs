@@ -2,8 +2,8 @@
 //! the [`ClockThread`] that issues a batch's set-calls in order, one at a time, skipping a call
 //! whose target is already requested, so the batch path never waits on a clock change.
 
+use crate::gpu::ClockTarget;
 use crate::gpu::{ClockChange, GpuBackend, GpuError};
-use crate::sim::ClockTarget;
 
 use super::sim::SimDevice;
 
@@ -22,9 +22,9 @@ impl ClockActuator for SimDevice {
     fn issue(&mut self, at_s: f64, target: ClockTarget) -> Result<ClockChange, GpuError> {
         let mut g = self.lock();
         let at = at_s.max(g.now());
-        match target {
-            ClockTarget::Locked(f) => g.schedule_locked_clocks_at(at, f, f),
-            ClockTarget::Default => g.schedule_reset_locked_clocks_at(at),
+        match target.graphics_range() {
+            Some((lo, hi)) => g.schedule_locked_clocks_at(at, lo, hi),
+            None => g.schedule_reset_locked_clocks_at(at),
         }
     }
     fn now_s(&self) -> f64 {

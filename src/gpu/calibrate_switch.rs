@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::eali::SwitchLatency;
 use crate::gpu::clockguard::{ClockGuard, ClockGuardError, LockEntry, LockKind};
+use crate::gpu::sim::{GpuProfile, SimGpu};
 use crate::gpu::{GpuBackend, GpuError};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,18 +81,13 @@ pub struct LatencyStats {
 impl LatencyStats {
     /// Nearest-rank percentiles; None for no values.
     pub fn of(values: &[f64]) -> Option<Self> {
-        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let q = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        let q = |p: f64| crate::stats::percentile_finite(values, p);
         Some(Self {
-            n: v.len(),
-            median_s: q(0.5),
-            p95_s: q(0.95),
-            p99_s: q(0.99),
-            max_s: v[v.len() - 1],
+            n: values.iter().filter(|x| x.is_finite()).count(),
+            median_s: q(0.5)?,
+            p95_s: q(0.95)?,
+            p99_s: q(0.99)?,
+            max_s: q(1.0)?,
         })
     }
 }
@@ -226,6 +222,37 @@ fn measure<G: GpuBackend + ?Sized>(
         }
     }
     Ok(samples)
+}
+
+/// Set-calls sampled by [`measure_simulated`].
+const SWITCH_SAMPLES: usize = 400;
+
+/// Measures the set-call latency on a spare simulated GPU of `profile`, as the agent does at
+/// start-up: median call time, median and 95th percentile of call + settle.
+pub fn measure_simulated(profile: &GpuProfile, seed: u64) -> SwitchLatency {
+    let mut gpu = SimGpu::new(profile.clone(), 7, seed ^ 0x5717c4);
+    let clocks = profile.supported_clocks_mhz();
+    let (Some(&hi), Some(&lo)) = (clocks.first(), clocks.get(clocks.len() / 2)) else {
+        return SwitchLatency::default();
+    };
+    let mut calls = Vec::with_capacity(SWITCH_SAMPLES);
+    let mut totals = Vec::with_capacity(SWITCH_SAMPLES);
+    let mut t = 0.0;
+    for k in 0..SWITCH_SAMPLES {
+        let target = if k % 2 == 0 { lo } else { hi };
+        if let Ok(c) = gpu.schedule_locked_clocks_at(t, target, target) {
+            calls.push(c.call_latency_s);
+            totals.push(c.effective_at_s - t);
+            t = c.effective_at_s + 0.01;
+            gpu.advance_to(t);
+        }
+    }
+    let q = |v: &mut Vec<f64>, p: f64| crate::stats::percentile(v, p).max(0.0);
+    SwitchLatency {
+        call_median_s: q(&mut calls, 0.5),
+        total_median_s: q(&mut totals, 0.5),
+        total_p95_s: q(&mut totals, 0.95),
+    }
 }
 
 #[cfg(test)]

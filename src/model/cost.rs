@@ -12,7 +12,7 @@
 //! - Flatten and Dropout are views at inference: they move no bytes and do no arithmetic.
 
 use super::{Graph, LayerCost, LayerId, Op};
-use crate::gpu::{LayerWork, WorkKind};
+use super::{LayerWork, WorkKind};
 
 const BYTES_PER_VALUE: u64 = 4;
 

@@ -13,12 +13,14 @@ mod graph;
 pub mod onnx;
 mod params;
 mod shape;
+mod work;
 pub mod zoo;
 
 pub use builder::{Conv, GraphBuilder, Pool, Tensor};
 pub use error::ModelError;
 pub use params::LayerWeights;
 pub use shape::{infer_output, window_output, window_output_asym};
+pub use work::{LayerWork, WorkKind};
 
 /// Index of a layer in [`Graph::layers`].
 pub type LayerId = usize;

@@ -2,12 +2,11 @@
 //! ([`grpc`]), a bounded queue per model ([`queue`]), the EALI loop on a worker thread per model
 //! ([`worker`]) driving an executor ([`crate::exec`]), telemetry ([`crate::telemetry`]), and the
 //! standalone configuration ([`config`]): InferenceService objects in YAML, the CRD's schema.
-//! [`load`] is the matching open-loop load generator (`eali load`).
+//! [`crate::load`] is the matching open-loop load generator (`eali load`).
 
 pub mod config;
 pub mod fetch;
 pub mod grpc;
-pub mod load;
 pub mod model;
 pub mod oip;
 pub mod queue;

@@ -1,9 +1,11 @@
 //! Turns one InferenceService into a running model: the graph and weights ([`super::source`]:
 //! a zoo name, or a `model.uri` file), the simulated GPU, the executor (`--compute none|cpu`, or
 //! the zero-cost executor), the predicted power model for attribution, and the scheduling policy
-//! of `spec.policy`, built from the same testbed the simulator's bench uses (profile, predicted
-//! cost table, unit chain, switch latency). A network outside the zoo has no simulated GPU costs:
-//! it is served by the CPU executor alone (`--compute cpu`) or the zero-cost executor.
+//! of `spec.policy` ([`crate::policy::build`]), built from *predicted* costs only: the GPU
+//! profile's layers profiled and the power model trained on them
+//! ([`crate::perf::cost_table::simulated`]), units merged for the switch latency measured on a
+//! spare GPU of the profile. No ground truth, oracle or physics floor is computed here. A network
+//! outside the zoo with `--compute cpu` is served by the CPU executor alone.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,12 +19,14 @@ use super::worker::{BuiltPolicy, PolicyFactory, Timebase};
 use crate::exec::{
     CpuExecutor, DeviceClock, Executor, Paired, SimDevice, SimExecutor, Weights, ZeroCost,
 };
-use crate::gpu::sim::SimGpu;
+use crate::gpu::calibrate_switch::measure_simulated;
+use crate::gpu::sim::{GpuProfile, SimGpu};
 use crate::k8s::crd::{InferenceService, Policy as SpecPolicy};
 use crate::model::Graph;
-use crate::sim::baselines::{TritonConfig, TritonMaxClock};
-use crate::sim::bench::policies::{self, PolicyId};
-use crate::sim::bench::{Testbed, predicted_costs};
+use crate::perf::cost_table;
+use crate::perf::profiler::spread_clocks;
+use crate::policy::baselines::{TritonConfig, TritonMaxClock};
+use crate::policy::build::{ModelCosts, PLAN_BATCHES, PolicyKind, TABLE_CLOCKS};
 use crate::telemetry::LayerPowerModel;
 
 /// What computes the outputs.
@@ -86,18 +90,42 @@ fn unclocked(
     }
 }
 
-fn policy_id(p: SpecPolicy) -> PolicyId {
+fn policy_kind(p: SpecPolicy) -> PolicyKind {
     match p {
-        SpecPolicy::Eali => PolicyId::Eali,
-        SpecPolicy::MaxPerformance => PolicyId::MaxClock,
-        SpecPolicy::PerBatchDvfs => PolicyId::PerBatchDvfs,
+        SpecPolicy::Eali => PolicyKind::Eali,
+        SpecPolicy::MaxPerformance => PolicyKind::MaxClock,
+        SpecPolicy::PerBatchDvfs => PolicyKind::PerBatchDvfs,
     }
 }
 
-/// What the simulated GPU's testbed is built for.
-enum TestbedModel {
-    Zoo(String),
-    Graph(Graph),
+/// What a served model's policies are built from on simulated GPU `profile`: its predicted
+/// costs (the table the power model predicts, also kept for attribution) and the switch latency
+/// measured on a spare GPU of the profile.
+fn simulated_costs(
+    graph: &Graph,
+    profile: &GpuProfile,
+    max_batch: u32,
+    seed: u64,
+) -> Result<(ModelCosts, crate::eali::costs::LayerCostTable), String> {
+    let clocks = spread_clocks(profile.supported_clocks_mhz(), TABLE_CLOCKS);
+    let batches: Vec<u32> = PLAN_BATCHES
+        .iter()
+        .copied()
+        .filter(|&b| b <= max_batch)
+        .collect();
+    let table = cost_table::simulated(graph, profile, &batches, &clocks)
+        .map_err(|e| format!("predicting costs on {}: {e}", profile.name()))?;
+    let switch = measure_simulated(profile, seed);
+    let costs = ModelCosts::predicted(
+        graph,
+        &table,
+        max_batch,
+        profile.max_clock_mhz(),
+        profile.default_clock_under_load_mhz(),
+        switch,
+    )
+    .map_err(|e| format!("{} on {}: {e}", graph.name, profile.name()))?;
+    Ok((costs, table))
 }
 
 /// Prepares service `isvc` as the `index`-th model of the server (its simulated GPU index).
@@ -147,8 +175,8 @@ pub fn prepare(
         };
         CpuExecutor::new(graph.clone(), Arc::new(weights)).map_err(|e| setup(e.to_string()))
     };
-    let model = match (zoo_name, opts.zero_cost, opts.compute) {
-        (Some(z), false, _) => TestbedModel::Zoo(z),
+    match (&zoo_name, opts.zero_cost, opts.compute) {
+        (Some(_), false, _) => {}
         // No simulated GPU: the zero-cost executor, or the CPU executor alone for a network
         // outside the zoo (computed, not timed).
         (_, true, _) | (None, false, Compute::Cpu) => {
@@ -167,30 +195,20 @@ pub fn prepare(
         }
         // A network outside the zoo on the simulated GPU: timed from its layers' costs like a
         // zoo model, no outputs computed.
-        (None, false, Compute::None) => TestbedModel::Graph(graph),
-    };
+        (None, false, Compute::None) => {}
+    }
     let gpu = spec
         .gpu
         .profile
         .clone()
         .unwrap_or_else(|| opts.default_gpu.clone());
-    let bed = match model {
-        TestbedModel::Zoo(z) => {
-            Testbed::new(&z, &gpu, spec.max_batch_size, opts.seed, &predicted_costs)
-        }
-        TestbedModel::Graph(g) => {
-            Testbed::for_graph(g, &gpu, spec.max_batch_size, opts.seed, &predicted_costs)
-        }
-    }
-    .map_err(|e| setup(e.to_string()))?;
-    let graph = Arc::new(bed.graph.clone());
+    let profile = GpuProfile::builtin(&gpu).map_err(|e| setup(e.to_string()))?;
+    let (costs, predicted) =
+        simulated_costs(&graph, &profile, spec.max_batch_size, opts.seed).map_err(setup)?;
+    let graph = Arc::new(graph);
     let info = info(graph.clone());
     let device = SimDevice::new(
-        SimGpu::new(
-            bed.profile.clone(),
-            index,
-            opts.seed.wrapping_add(u64::from(index)),
-        ),
+        SimGpu::new(profile, index, opts.seed.wrapping_add(u64::from(index))),
         DeviceClock::Wall(timebase.epoch),
     );
     let sim = SimExecutor::new(device.clone(), graph.clone());
@@ -201,22 +219,14 @@ pub fn prepare(
             compute: cpu(&graph, weights)?,
         }),
     };
-    let power = Some(LayerPowerModel::new(bed.predicted.clone()));
-    let id = policy_id(spec.policy);
+    let power = Some(LayerPowerModel::new(predicted));
+    let kind = policy_kind(spec.policy);
+    let policy_name = spec.policy.as_str().to_string();
     let factory: PolicyFactory = Box::new(move || {
-        let policy = policies::build(id, &bed, slo_s, &[]).map_err(|e| e.to_string())?;
-        let chain = match id {
-            PolicyId::Eali => Some(&bed.eali_chain.0),
-            PolicyId::PerBatchDvfs => Some(&bed.single_chain.0),
-            _ => None,
-        };
-        let unit_names = match chain {
-            Some(c) if c.len() == policy.units().len() => {
-                c.names().iter().map(|s| s.to_string()).collect()
-            }
-            _ if policy.units().len() == 1 => vec!["model".to_string()],
-            _ => Vec::new(),
-        };
+        let policy = costs
+            .policy(kind, &policy_name, slo_s)
+            .map_err(|e| e.to_string())?;
+        let unit_names = costs.unit_names(kind, policy.units());
         Ok(BuiltPolicy { policy, unit_names })
     });
     Ok(Prepared {

@@ -33,7 +33,7 @@ use super::oip::{ErrorKind, OipError};
 use super::queue::{Job, Queue, SampleDone};
 use crate::exec::{BatchRequest, ClockActuator, ClockThread, Executor, SimDevice};
 use crate::gpu::GpuBackend;
-use crate::sim::{Action, BatchDone, ClockTarget, Policy};
+use crate::policy::{Action, BatchDone, ClockTarget, Policy};
 use crate::telemetry::{Attributor, LayerPowerModel, Metrics, WindowMeter};
 
 /// Seconds since the server's epoch: the time axis of arrivals, deadlines and the device.
@@ -402,10 +402,7 @@ impl Worker {
                     .clock_switches
                     .with_label_values(&[&self.gpu_label])
                     .inc();
-                let hz = match target {
-                    ClockTarget::Locked(f) => f64::from(f) * 1e6,
-                    ClockTarget::Default => 0.0,
-                };
+                let hz = f64::from(target.mhz()) * 1e6;
                 self.metrics
                     .clock_target
                     .with_label_values(&[&self.gpu_label])

@@ -15,7 +15,7 @@ use super::device::{Device, SpanTable};
 use super::metrics::{
     RunResult, SetCallRecord, Timeline, TimelineBatch, percentile, slo_attainment,
 };
-use super::policy::{Action, BatchDone, ClockTarget, Policy};
+use crate::policy::{Action, BatchDone, ClockTarget, Policy};
 
 /// Why a run could not complete.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -111,8 +111,8 @@ impl ClockThread {
         self.issued += 1;
         if let Some(log) = log {
             let target_mhz = match target {
-                ClockTarget::Locked(_) => change.applied_mhz,
                 ClockTarget::Default => 0,
+                _ => change.applied_mhz,
             };
             log.push(SetCallRecord {
                 issued_s: t,

@@ -3,13 +3,13 @@
 
 use std::ops::Range;
 
-use super::baselines::{ClipperAimd, TritonConfig, TritonMaxClock};
 use super::des::{SimConfig, SimError, run};
 use super::device::{Device, SpanTable};
-use super::policy::{Action, BatchPlan, ClockTarget, Policy, SetCall};
 use super::testdev::{CALL_S, F_DEFAULT, F_MAX, SETTLE_S, TestDevice};
 use super::workload::{Workload, WorkloadKind};
 use crate::gpu::{LayerWork, WorkKind};
+use crate::policy::baselines::{ClipperAimd, TritonConfig, TritonMaxClock};
+use crate::policy::{Action, BatchPlan, ClockTarget, Policy, SetCall};
 
 const LAYERS: usize = 4;
 

@@ -10,7 +10,7 @@ use std::ops::Range;
 use crate::gpu::sim::{SimGpu, SpanCost};
 use crate::gpu::{ClockChange, GpuBackend, GpuError, LayerWork};
 
-use super::policy::ClockTarget;
+use crate::policy::ClockTarget;
 
 /// A GPU on virtual time that runs precomputed spans of layers.
 pub trait Device {
@@ -97,9 +97,9 @@ impl Device for SimGpu {
         Ok(())
     }
     fn schedule_clock(&mut self, at_s: f64, target: ClockTarget) -> Result<ClockChange, GpuError> {
-        match target {
-            ClockTarget::Locked(f) => self.schedule_locked_clocks_at(at_s, f, f),
-            ClockTarget::Default => self.schedule_reset_locked_clocks_at(at_s),
+        match target.graphics_range() {
+            Some((lo, hi)) => self.schedule_locked_clocks_at(at_s, lo, hi),
+            None => self.schedule_reset_locked_clocks_at(at_s),
         }
     }
     fn graphics_clock_mhz(&self) -> u32 {

@@ -79,15 +79,7 @@ pub struct RunResult {
     pub timeline: Option<Timeline>,
 }
 
-/// Nearest-rank percentile `q ∈ (0, 1]` of `values`, reordering them; NaN when empty.
-pub fn percentile(values: &mut [f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    let (_, v, _) = values.select_nth_unstable_by(rank - 1, f64::total_cmp);
-    *v
-}
+pub use crate::stats::percentile;
 
 /// Fraction of windows of `window_s` seconds (by arrival time) whose p99 latency is at most
 /// `slo_s`, and the number of non-empty windows. `latency[i]` belongs to `arrivals[i]`

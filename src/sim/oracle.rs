@@ -22,7 +22,7 @@ use std::ops::Range;
 
 use crate::eali::planner::{EntryClock, Plan, PlanRequest, Planner};
 
-use super::policy::{Action, BatchPlan, ClockTarget, Policy, SetCall};
+use crate::policy::{Action, BatchPlan, ClockTarget, Policy, SetCall};
 
 /// Budget levels per batch size at which plans are computed.
 const BUDGET_LEVELS: usize = 24;

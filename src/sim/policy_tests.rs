@@ -4,13 +4,10 @@
 
 use std::ops::Range;
 
-use super::baselines::{TritonConfig, TritonMaxClock};
 use super::bench::testbed::{ORACLE_BATCHES, unit_ranges};
 use super::des::{SimConfig, run};
 use super::device::SpanTable;
-use super::eali_policy::ControllerPolicy;
 use super::oracle::Oracle;
-use super::policy::{Action, BatchDone, BatchPlan, ClockTarget, Policy};
 use super::truth;
 use super::workload::{Workload, WorkloadKind};
 use crate::eali::controller::{Controller, ControllerConfig};
@@ -20,6 +17,9 @@ use crate::eali::units::{self, UnitConfig};
 use crate::gpu::sim::{GpuProfile, SimGpu};
 use crate::model::{Graph, zoo};
 use crate::perf::profiler::spread_clocks;
+use crate::policy::baselines::{TritonConfig, TritonMaxClock};
+use crate::policy::controller::ControllerPolicy;
+use crate::policy::{Action, BatchDone, BatchPlan, ClockTarget, Policy};
 
 const SLO: f64 = 0.1;
 

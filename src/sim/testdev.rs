@@ -5,7 +5,7 @@
 use crate::gpu::{ClockChange, GpuError, LayerWork};
 
 use super::device::Device;
-use super::policy::ClockTarget;
+use crate::policy::ClockTarget;
 
 pub const F_MAX: u32 = 1500;
 pub const F_DEFAULT: u32 = 1300;
@@ -102,10 +102,9 @@ impl Device for TestDevice {
         Ok(())
     }
     fn schedule_clock(&mut self, at_s: f64, target: ClockTarget) -> Result<ClockChange, GpuError> {
-        let mhz = match target {
-            ClockTarget::Locked(f) => f.min(F_MAX),
-            ClockTarget::Default => F_DEFAULT,
-        };
+        let mhz = target
+            .graphics_range()
+            .map_or(F_DEFAULT, |(_, f)| f.min(F_MAX));
         self.calls.push((at_s, target));
         let eff = at_s + CALL_S + SETTLE_S;
         self.pending.push((eff, mhz));

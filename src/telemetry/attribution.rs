@@ -147,46 +147,22 @@ impl LayerPowerModel {
     }
 
     pub(crate) fn clock_index(&self, mhz: u32) -> usize {
-        let c = &self.table.clocks_mhz;
-        (0..c.len())
-            .min_by_key(|&i| c[i].abs_diff(mhz))
-            .unwrap_or(0)
+        self.table.clock_index(mhz)
     }
 
-    /// Predicted (time, energy) of `layer` at `batch` and `clock_mhz`: nearest table clock,
-    /// linear in the batch between table batch sizes (proportional beyond the largest).
+    /// Predicted (time, energy) of `layer` at `batch` and `clock_mhz` ([`LayerCostTable::layer`]).
     pub fn layer(&self, layer: usize, batch: u32, clock_mhz: u32) -> (f64, f64) {
-        self.layer_at(layer, batch, self.clock_index(clock_mhz))
+        self.table.layer(layer, batch, clock_mhz)
     }
 
     /// [`layer`](Self::layer) at the table's clock `fi`.
     pub(crate) fn layer_at(&self, layer: usize, batch: u32, fi: usize) -> (f64, f64) {
-        let t = &self.table;
-        let at = |bi: usize| (t.time_s[layer][bi][fi], t.energy_j[layer][bi][fi]);
-        let b = f64::from(batch);
-        let hi = t.batches.partition_point(|&x| x < batch);
-        if hi == 0 {
-            return at(0);
-        }
-        if hi == t.batches.len() {
-            let last = t.batches.len() - 1;
-            let (tt, e) = at(last);
-            let s = b / f64::from(t.batches[last]);
-            return (tt * s, e * s);
-        }
-        let (b0, b1) = (f64::from(t.batches[hi - 1]), f64::from(t.batches[hi]));
-        let w = (b - b0) / (b1 - b0);
-        let ((t0, e0), (t1, e1)) = (at(hi - 1), at(hi));
-        (t0 + w * (t1 - t0), e0 + w * (e1 - e0))
+        self.table.layer_at(layer, batch, fi)
     }
 
     /// Predicted idle power at a clock (W).
     pub fn idle_w(&self, clock_mhz: u32) -> f64 {
-        self.table
-            .idle_power_w
-            .get(self.clock_index(clock_mhz))
-            .copied()
-            .unwrap_or(0.0)
+        self.table.idle_w(clock_mhz)
     }
 
     /// The segment of a unit over `layers` that ran from `start_s` to `end_s` at `batch` and

@@ -13,8 +13,8 @@
 use std::ops::Range;
 
 use super::LayerPowerModel;
-use crate::sim::baselines::TritonConfig;
-use crate::sim::metrics::percentile;
+use crate::policy::baselines::TritonConfig;
+use crate::stats::percentile;
 
 /// Power-model prediction for one executed batch.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -66,12 +66,8 @@ impl LayerPowerModel {
             return None;
         }
         let fmax = self.max_clock_mhz();
-        let overhead = &self.table().batch_overhead_s;
         let exec_s: Vec<f64> = (1..=max_batch)
-            .map(|b| {
-                let layers_s: f64 = (0..layers).map(|l| self.layer(l, b, fmax).0).sum();
-                layers_s + overhead.get(b as usize - 1).copied().unwrap_or(0.0)
-            })
+            .map(|b| self.table().batch_time_s(b, fmax))
             .collect();
         let b = TritonConfig::for_slo(&exec_s, slo_s).max_batch;
         let t = exec_s.get(b as usize - 1).copied()?;

@@ -103,9 +103,7 @@ impl MarginController {
         }
         let violations = self.latencies.iter().filter(|&&l| l > self.slo_s).count();
         let rate = violations as f64 / n as f64;
-        let rank = ((self.percentile * n as f64).ceil() as usize).clamp(1, n) - 1;
-        let (_, tail, _) = self.latencies.select_nth_unstable_by(rank, f64::total_cmp);
-        let tail = *tail;
+        let tail = crate::stats::percentile(&mut self.latencies, self.percentile);
         let before = self.margin;
         // A negative margin is slack taken from the model, not a target past the SLO: a
         // violation gives it all back at once, and it only grows while the observed tail stays

@@ -62,6 +62,25 @@ impl UnitChain {
         self.units.len()
     }
 
+    /// The units as layer ranges (units are contiguous runs of the topological order).
+    pub fn ranges(&self) -> Result<Vec<std::ops::Range<usize>>, EaliError> {
+        let mut out = Vec::with_capacity(self.len());
+        let mut next = 0;
+        for u in &self.units {
+            let first = u.layers.first().copied().unwrap_or(next);
+            let contiguous = u.layers.iter().enumerate().all(|(i, &l)| l == first + i);
+            if first != next || !contiguous {
+                return Err(EaliError::BadConfig(format!(
+                    "unit {} of {} is not a contiguous run of layers",
+                    u.name, self.model
+                )));
+            }
+            next = first + u.layers.len();
+            out.push(first..next);
+        }
+        Ok(out)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.units.is_empty()
     }

@@ -14,36 +14,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{ClockGuard, LockEntry, LockKind};
-use crate::gpu::{ClockChange, GpuBackend, GpuError, ThrottleReasons};
+use crate::gpu::{ClockChange, ClockTarget, GpuBackend, GpuError, ThrottleReasons};
 
-/// A clock setting for one GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClockTarget {
-    /// Locked graphics clocks (Volta and newer).
-    Locked { min_mhz: u32, max_mhz: u32 },
-    /// Application clocks (the clock knob of older parts).
-    Application { memory_mhz: u32, graphics_mhz: u32 },
-    /// The GPU's own default behaviour: whatever was set is reset.
-    Default,
-}
-
-impl ClockTarget {
-    fn kind(self) -> Option<LockKind> {
-        match self {
-            ClockTarget::Locked { .. } => Some(LockKind::Graphics),
-            ClockTarget::Application { .. } => Some(LockKind::Application),
-            ClockTarget::Default => None,
-        }
-    }
-
-    /// The range a read-back clock must fall in.
-    fn range(self) -> Option<(u32, u32)> {
-        match self {
-            ClockTarget::Locked { min_mhz, max_mhz } => Some((min_mhz, max_mhz)),
-            ClockTarget::Application { graphics_mhz, .. } => Some((graphics_mhz, graphics_mhz)),
-            ClockTarget::Default => None,
-        }
+fn kind(t: ClockTarget) -> Option<LockKind> {
+    match t {
+        ClockTarget::Locked(_) | ClockTarget::LockedRange { .. } => Some(LockKind::Graphics),
+        ClockTarget::Application { .. } => Some(LockKind::Application),
+        ClockTarget::Default => None,
     }
 }
 
@@ -288,7 +265,7 @@ impl Worker {
         }
         let (uuid, index) = (g.info().uuid.clone(), g.info().index);
         // Switching from one kind of setting to another undoes the old one first.
-        if let (Some(old), Some(new)) = (current.kind(), target.kind())
+        if let (Some(old), Some(new)) = (kind(current), kind(target))
             && old != new
             && let Err(error) = reset(g.as_mut(), &self.guard, &uuid, old)
         {
@@ -297,11 +274,12 @@ impl Worker {
             return;
         }
         let result = match target {
-            ClockTarget::Default => match current.kind() {
+            ClockTarget::Default => match kind(current) {
                 Some(k) => reset_change(g.as_mut(), &self.guard, &uuid, k),
                 None => Ok(None),
             },
-            ClockTarget::Locked { min_mhz, max_mhz } => {
+            ClockTarget::Locked(_) | ClockTarget::LockedRange { .. } => {
+                let (min_mhz, max_mhz) = target.graphics_range().unwrap_or_default();
                 let entry = LockEntry::new(&uuid, index, LockKind::Graphics, min_mhz, max_mhz);
                 record(&self.guard, entry)
                     .and_then(|()| g.set_locked_clocks(min_mhz, max_mhz).map(Some))
@@ -349,11 +327,8 @@ impl Worker {
                         | GpuError::NotSupported { .. }
                         | GpuError::InvalidArgument(_)
                 );
-                if let Some(kind) = target
-                    .kind()
-                    .filter(|&k| refused && current.kind() != Some(k))
-                {
-                    let _ = self.guard.after_reset(&uuid, kind);
+                if let Some(k) = kind(target).filter(|&k| refused && kind(current) != Some(k)) {
+                    let _ = self.guard.after_reset(&uuid, k);
                 }
                 self.stat(|s| s.failed += 1);
                 self.emit(ClockEvent::Failed { gpu, target, error });
@@ -371,7 +346,7 @@ impl Worker {
                 continue;
             }
             self.verify[gpu] = None;
-            let Some((min, _max)) = target.range() else {
+            let Some((min, _max)) = target.graphics_range() else {
                 continue;
             };
             let g = &self.gpus[gpu];

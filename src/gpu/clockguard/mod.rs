@@ -28,7 +28,8 @@ mod record;
 #[cfg(test)]
 mod tests;
 
-pub use actuator::{ActuatorStats, ClockActuator, ClockEvent, ClockTarget};
+pub use crate::gpu::ClockTarget;
+pub use actuator::{ActuatorStats, ClockActuator, ClockEvent};
 pub use record::{DEFAULT_RECORD, LockEntry, LockKind, LockRecord, RECORD_ENV};
 
 #[derive(Debug, thiserror::Error)]

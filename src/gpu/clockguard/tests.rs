@@ -244,7 +244,7 @@ impl Drop for Fixture {
 }
 
 fn lock(f: u32) -> ClockTarget {
-    ClockTarget::Locked {
+    ClockTarget::LockedRange {
         min_mhz: f,
         max_mhz: f,
     }

@@ -333,38 +333,19 @@ pub fn run_suite(
     })
 }
 
-/// The online policies' cost table, as EALI's offline pipeline makes it: profile every layer of
-/// the model on a simulated GPU of the profile (its own seed, so the measurements carry their
-/// own noise), train the layer power model on that profile (the best of the perf module's
-/// default regressors by cross-validated RMSE), and predict time and energy at `batches` ×
-/// `clocks`.
+/// The online policies' cost table, as EALI's offline pipeline makes it
+/// ([`crate::perf::cost_table::simulated`]).
 pub fn predicted_costs(
     graph: &Graph,
     profile: &GpuProfile,
     batches: &[u32],
     clocks: &[u32],
 ) -> Result<LayerCostTable, BenchError> {
-    use crate::gpu::sim::SimGpu;
-    use crate::perf::{cost_table, fit, profiler};
-    let perf = |what: &str, e: crate::perf::PerfError| {
-        BenchError::Setup(format!("{what} {} on {}: {e}", graph.name, profile.name()))
-    };
-    let mut gpu = SimGpu::new(profile.clone(), 1, 0x9f0f11e);
-    let cfg = profiler::ProfileConfig {
-        batches: batches.to_vec(),
-        clocks: profiler::ClockSelection::List(clocks.to_vec()),
-        backend: format!("sim:{}", profile.name()),
-        ..profiler::ProfileConfig::default()
-    };
-    let prof =
-        profiler::profile(&mut gpu, graph, &cfg, &mut |_| {}).map_err(|e| perf("profiling", e))?;
-    let fit_cfg = fit::FitConfig {
-        folds: 3,
-        leave_one_model_out: false,
-        threads: 1,
-        ..fit::FitConfig::default()
-    };
-    let (model, _) = fit::fit_power_model(std::slice::from_ref(&prof), &fit_cfg)
-        .map_err(|e| perf("fitting", e))?;
-    cost_table::build_cost_table(&prof, &model, batches, clocks).map_err(|e| perf("predicting", e))
+    crate::perf::cost_table::simulated(graph, profile, batches, clocks).map_err(|e| {
+        BenchError::Setup(format!(
+            "predicting the costs of {} on {}: {e}",
+            graph.name,
+            profile.name()
+        ))
+    })
 }

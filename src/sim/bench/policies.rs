@@ -2,17 +2,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::eali::controller::{Controller, ControllerConfig};
 use crate::eali::planner::{Planner, PlannerConfig};
 use crate::eali::switch::SwitchCost;
 use crate::gpu::sim::SimGpu;
+use crate::policy::Policy;
+use crate::policy::build::PolicyKind;
 
-use super::super::baselines::{ClipperAimd, TritonConfig, TritonMaxClock};
 use super::super::des::{SimConfig, run};
 use super::super::device::SpanTable;
-use super::super::eali_policy::ControllerPolicy;
 use super::super::oracle::Oracle;
-use super::super::policy::Policy;
 use super::super::workload::Workload;
 use super::testbed::{Testbed, unit_ranges};
 use super::{BenchError, Case, CaseResult};
@@ -66,6 +64,17 @@ impl PolicyId {
             .into_iter()
             .find(|p| p.name() == s || p.short() == s)
     }
+    /// The online policy this is, `None` for the oracle.
+    pub fn kind(self) -> Option<PolicyKind> {
+        Some(match self {
+            PolicyId::MaxClock => PolicyKind::MaxClock,
+            PolicyId::Clipper => PolicyKind::Clipper,
+            PolicyId::DefaultClock => PolicyKind::DefaultClock,
+            PolicyId::PerBatchDvfs => PolicyKind::PerBatchDvfs,
+            PolicyId::Eali => PolicyKind::Eali,
+            PolicyId::Oracle => return None,
+        })
+    }
 }
 
 /// Fraction of the SLO the oracle keeps back for run-to-run noise it cannot foresee (3σ of the
@@ -79,48 +88,30 @@ pub fn build(
     slo_s: f64,
     arrivals: &[f64],
 ) -> Result<Box<dyn Policy + Send>, BenchError> {
-    let layers = bed.graph.layers.len();
-    let f_max = bed.profile.max_clock_mhz();
     let setup = |e: crate::eali::EaliError| BenchError::Setup(format!("{}: {e}", id.name()));
-    Ok(match id {
-        PolicyId::MaxClock => Box::new(TritonMaxClock::max_clock(layers, f_max, bed.triton(slo_s))),
-        PolicyId::Clipper => Box::new(ClipperAimd::new(layers, f_max, bed.max_batch, slo_s)),
-        PolicyId::DefaultClock => Box::new(TritonMaxClock::default_clocks(
-            layers,
-            TritonConfig::for_slo(&bed.exec_default_s, slo_s),
-        )),
-        PolicyId::PerBatchDvfs | PolicyId::Eali => {
-            let (chain, costs) = if id == PolicyId::Eali {
-                &bed.eali_chain
-            } else {
-                &bed.single_chain
-            };
-            let mut cfg = ControllerConfig::new(slo_s);
-            cfg.planner.max_batch = bed.max_batch;
-            // Start as if fully loaded until arrivals say otherwise: the default initial estimate
-            // (1 req/s) plans the slowest clock and overloads the GPU for the first ~0.3 s.
-            cfg.rate.initial_rate = bed.capacity(slo_s);
-            let ctl = Controller::new(cfg, chain, costs.clone(), bed.switch, 0.0).map_err(setup)?;
-            Box::new(ControllerPolicy::new(id.name(), ctl, unit_ranges(chain)?))
-        }
-        PolicyId::Oracle => {
-            let (chain, costs) = &bed.oracle_chain;
-            let mut cfg = PlannerConfig::new(slo_s);
-            cfg.max_batch = bed.max_batch;
-            let planner = Planner::new(costs.clone(), SwitchCost::from_latency(&bed.switch), cfg)
-                .map_err(setup)?;
-            let profile = &bed.profile;
-            Box::new(Oracle::plan(
-                &planner,
-                unit_ranges(chain)?,
-                arrivals,
-                slo_s,
-                ORACLE_GUARD,
-                bed.switch.total_median_s,
-                |f| profile.idle_power_w(f),
-            ))
-        }
-    })
+    if let Some(kind) = id.kind() {
+        return bed
+            .costs
+            .policy(kind, id.name(), slo_s)
+            .map_err(|e| BenchError::Setup(format!("{}: {e}", id.name())));
+    }
+    // The oracle: offline, with the arrival trace and the true costs.
+
+    let (chain, costs) = &bed.oracle_chain;
+    let mut cfg = PlannerConfig::new(slo_s);
+    cfg.max_batch = bed.max_batch;
+    let planner =
+        Planner::new(costs.clone(), SwitchCost::from_latency(&bed.switch), cfg).map_err(setup)?;
+    let profile = &bed.profile;
+    Ok(Box::new(Oracle::plan(
+        &planner,
+        unit_ranges(chain)?,
+        arrivals,
+        slo_s,
+        ORACLE_GUARD,
+        bed.switch.total_median_s,
+        |f| profile.idle_power_w(f),
+    )))
 }
 
 /// Runs every policy of a case on the same arrivals and the same GPU seed. `keep_timeline`

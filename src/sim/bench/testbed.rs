@@ -8,26 +8,20 @@ use std::ops::Range;
 use crate::eali::costs::LayerCostTable;
 use crate::eali::switch::SwitchLatency;
 use crate::eali::units::{self, UnitChain, UnitConfig, UnitCostTable};
-use crate::gpu::sim::{GpuProfile, SimGpu};
+use crate::gpu::sim::GpuProfile;
 use crate::model::{Graph, zoo};
 use crate::perf::profiler::spread_clocks;
 
-use super::super::baselines::TritonConfig;
-use super::super::device::Device;
-use super::super::policy::ClockTarget;
 use super::super::truth;
 use super::floor::Floor;
 use super::{BenchError, CostSource};
+use crate::policy::baselines::TritonConfig;
+use crate::policy::build::ModelCosts;
 
-/// Clocks in the cost tables (the planner keeps at most 24).
-pub const TABLE_CLOCKS: usize = 16;
-/// Batch sizes the online policies plan over (what the profiler measures by default).
-pub const PLAN_BATCHES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
+pub use crate::policy::build::{PLAN_BATCHES, TABLE_CLOCKS};
 /// Batch sizes the oracle chooses from: every size up to 6, then about 25 % apart (the DP's cost
 /// grows with their number).
 pub const ORACLE_BATCHES: [u32; 16] = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64];
-/// Set-calls sampled to measure the switch latency, as the agent does at start-up.
-const SWITCH_SAMPLES: usize = 400;
 
 /// One (model, GPU) pair, ready to run cases on.
 #[derive(Debug, Clone)]
@@ -42,15 +36,13 @@ pub struct Testbed {
     pub predicted: LayerCostTable,
     /// Ground truth for the oracle (at [`ORACLE_BATCHES`]).
     pub truth: LayerCostTable,
-    /// EALI's merged unit chain (from predicted costs) and its unit cost table.
-    pub eali_chain: (UnitChain, UnitCostTable),
-    /// The whole model as one unit (per-batch DVFS).
-    pub single_chain: (UnitChain, UnitCostTable),
+    /// What the online policies are built from ([`crate::policy::build`]): the unit chains over
+    /// the predicted costs and the measured switch latency, with Triton's batcher configured
+    /// from the noise-free whole-model times (what a user measures with Triton's Model
+    /// Analyzer before deploying).
+    pub costs: ModelCosts,
     /// The chain the oracle plans over, costed with the ground truth.
     pub oracle_chain: (UnitChain, UnitCostTable),
-    /// Noise-free whole-model time per batch size at f_max and at the default clock.
-    pub exec_fmax_s: Vec<f64>,
-    pub exec_default_s: Vec<f64>,
     /// The physics floor of energy per request (see [`super::floor`]).
     pub floor: Floor,
 }
@@ -113,6 +105,16 @@ impl Testbed {
         let f_def = profile.default_clock_under_load_mhz();
         let exec_default_s = truth::batch_times_s(&graph, &profile, max_batch, f_def);
         let floor = Floor::new(&graph, &profile, max_batch);
+        let costs = ModelCosts {
+            layers: graph.layers.len(),
+            max_batch,
+            f_max_mhz: f_max,
+            exec_fmax_s,
+            exec_default_s,
+            switch,
+            eali_chain,
+            single_chain,
+        };
         Ok(Self {
             model: model.to_string(),
             gpu: profile.name().to_string(),
@@ -122,68 +124,30 @@ impl Testbed {
             switch,
             predicted,
             truth,
-            eali_chain,
-            single_chain,
+            costs,
             oracle_chain,
-            exec_fmax_s,
-            exec_default_s,
             floor,
         })
     }
 
     /// Triton's configuration for an SLO at max clocks.
     pub fn triton(&self, slo_s: f64) -> TritonConfig {
-        TritonConfig::for_slo(&self.exec_fmax_s, slo_s)
+        self.costs.triton(slo_s)
     }
 
     /// Max-clock capacity for an SLO: the throughput of max-clock Triton's full batches (req/s).
     pub fn capacity(&self, slo_s: f64) -> f64 {
-        let b = self.triton(slo_s).max_batch;
-        f64::from(b) / self.exec_fmax_s[b as usize - 1]
+        self.costs.capacity(slo_s)
     }
 }
 
 /// Layer ranges of a unit chain (units are contiguous runs of the topological order).
 pub fn unit_ranges(chain: &UnitChain) -> Result<Vec<Range<usize>>, BenchError> {
-    let mut out = Vec::with_capacity(chain.len());
-    let mut next = 0;
-    for u in &chain.units {
-        let first = u.layers.first().copied().unwrap_or(next);
-        let contiguous = u.layers.iter().enumerate().all(|(i, &l)| l == first + i);
-        if first != next || !contiguous {
-            return Err(BenchError::Setup(format!(
-                "unit {} of {} is not a contiguous run of layers",
-                u.name, chain.model
-            )));
-        }
-        next = first + u.layers.len();
-        out.push(first..next);
-    }
-    Ok(out)
+    chain.ranges().map_err(|e| BenchError::Setup(e.to_string()))
 }
 
-/// Measures the set-call latency on a spare simulated GPU of the same profile, as the agent does
-/// at start-up: median call time, median and 95th percentile of call + settle.
+/// The switch latency on a spare simulated GPU of the profile
+/// ([`crate::gpu::calibrate_switch::measure_simulated`]).
 pub fn measure_switch(profile: &GpuProfile, seed: u64) -> SwitchLatency {
-    let mut gpu = SimGpu::new(profile.clone(), 7, seed ^ 0x5717c4);
-    let clocks = profile.supported_clocks_mhz();
-    let (hi, lo) = (clocks[0], clocks[clocks.len() / 2]);
-    let mut calls = Vec::with_capacity(SWITCH_SAMPLES);
-    let mut totals = Vec::with_capacity(SWITCH_SAMPLES);
-    let mut t = 0.0;
-    for k in 0..SWITCH_SAMPLES {
-        let target = ClockTarget::Locked(if k % 2 == 0 { lo } else { hi });
-        if let Ok(c) = gpu.schedule_clock(t, target) {
-            calls.push(c.call_latency_s);
-            totals.push(c.effective_at_s - t);
-            t = c.effective_at_s + 0.01;
-            gpu.advance_to(t);
-        }
-    }
-    let q = |v: &mut Vec<f64>, p: f64| super::super::metrics::percentile(v, p).max(0.0);
-    SwitchLatency {
-        call_median_s: q(&mut calls, 0.5),
-        total_median_s: q(&mut totals, 0.5),
-        total_p95_s: q(&mut totals, 0.95),
-    }
+    crate::gpu::calibrate_switch::measure_simulated(profile, seed)
 }

@@ -8,12 +8,8 @@ use crate::gpu::sim::profile::GpuProfile;
 use crate::gpu::sim::span::SpanCost;
 use crate::gpu::{GpuBackend, LayerExecutor};
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+fn percentile(values: &[f64], p: f64) -> f64 {
+    crate::stats::percentile_finite(values, p).unwrap_or(f64::NAN)
 }
 
 /// Clock-switch latency as the DVFS latency tool measured it (gpu.md fact 1): a locked-clock

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::oip::grpc::pb;
+use crate::serve::oip::grpc::pb;
 use crate::sim::metrics::{percentile, slo_attainment};
 use crate::sim::workload::{Workload, WorkloadError};
 

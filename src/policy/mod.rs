@@ -1,27 +1,21 @@
-//! The seam between the event loop and a scheduling policy. A policy sees what a serving runtime
-//! sees (arrivals, queue length, age of the oldest request, finished batches) and answers with a
-//! dispatch (batch size and a clock plan over its own chain of units) or a time to wake up.
-//! EALI's online controller and every baseline implement the same trait, so the simulator runs
-//! them all the same way.
+//! Scheduling policies: the seam between whatever drives a model's queue (the serving worker,
+//! the discrete-event simulator) and the decision of when to dispatch how large a batch at which
+//! clock per unit. A policy sees what a serving runtime sees (arrivals, queue length, age of the
+//! oldest request, finished batches) and answers with a dispatch (batch size and a clock plan
+//! over its own chain of units) or a time to wake up. EALI's online controller ([`controller`])
+//! and every baseline ([`baselines`]) implement the same trait, and [`build`] makes them from an
+//! InferenceService's targets, *predicted* costs and a *measured* switch latency.
+//!
+//! Pure: plain data in, decisions out; nothing here imports the simulator, the serving runtime,
+//! tokio or Kubernetes.
 
 use std::ops::Range;
 
-/// The clock a set-call asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClockTarget {
-    /// `nvmlDeviceSetGpuLockedClocks(f, f)`.
-    Locked(u32),
-    /// `nvmlDeviceResetGpuLockedClocks`: back to the GPU's own default behaviour.
-    Default,
-}
+pub mod baselines;
+pub mod build;
+pub mod controller;
 
-/// A set-call the clock thread issues `offset_s` after the batch is dispatched (ahead of the unit
-/// boundary where the clock should be in force). The batch path never waits for it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SetCall {
-    pub offset_s: f64,
-    pub target: ClockTarget,
-}
+pub use crate::gpu::{ClockTarget, SetCall};
 
 /// Clocks for one batch: the clock intended for each unit of the policy's chain and the set-calls
 /// that put them in force.
@@ -79,7 +73,7 @@ pub struct BatchDone<'a> {
     pub latencies_s: &'a [f64],
 }
 
-/// A scheduling policy driven by the event loop (or a serving runtime).
+/// A scheduling policy driven by a serving worker or the simulator's event loop.
 pub trait Policy {
     /// Short name for tables.
     fn name(&self) -> &str;

@@ -1,4 +1,4 @@
-//! EALI's online controller as a simulator policy, over either its layer-level unit chain (EALI)
+//! EALI's online controller as a policy, over either its layer-level unit chain (EALI)
 //! or the whole model as one unit ((d), per-batch DVFS as in EAIS: one clock per batch chosen
 //! jointly with the batch size by the same planner).
 
@@ -7,7 +7,7 @@ use std::ops::Range;
 use crate::eali::controller::{Action as CtlAction, BatchReport, Controller};
 use crate::eali::planner::Plan;
 
-use super::policy::{Action, BatchDone, BatchPlan, ClockTarget, Policy, SetCall};
+use super::{Action, BatchDone, BatchPlan, ClockTarget, Policy, SetCall};
 
 /// The controller behind the [`Policy`] seam.
 #[derive(Debug, Clone)]

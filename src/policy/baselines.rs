@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use super::policy::{Action, BatchDone, BatchPlan, ClockTarget, Policy};
+use super::{Action, BatchDone, BatchPlan, ClockTarget, Policy};
 
 /// The whole model as one unit.
 fn whole(layers: usize) -> Vec<Range<usize>> {

@@ -1,0 +1,122 @@
+//! The layering rules of `docs/architecture.md`, checked on the sources: the serving path never
+//! imports the simulator, the model IR imports nothing above it, and the pure cores import no
+//! runtime, network, Kubernetes, hardware, clock or file API. Test modules (`*tests.rs` files and
+//! the `#[cfg(test)]` module at the end of a file) may check against the simulator's ground
+//! truth and are not checked.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        panic!("cannot read {}", dir.display());
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The non-test code of a file: everything before its trailing `#[cfg(test)]` module.
+fn production_code(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    if name.ends_with("tests.rs") || name == "testdev.rs" {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let cut = text.find("\n#[cfg(test)]\nmod ").unwrap_or(text.len());
+    Some(text[..cut].to_string())
+}
+
+/// `(file:line, pattern)` for every line of the layer's code that names a forbidden path.
+fn violations(layer: &str, forbidden: &[&str]) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src")
+        .join(layer);
+    let mut files = Vec::new();
+    if root.is_dir() {
+        rust_files(&root, &mut files);
+    } else {
+        files.push(root.with_extension("rs"));
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let Some(code) = production_code(&f) else {
+            continue;
+        };
+        for (i, line) in code.lines().enumerate() {
+            let l = line.trim_start();
+            if l.starts_with("//") {
+                continue;
+            }
+            for pat in forbidden {
+                if l.contains(pat) {
+                    out.push(format!("{}:{}: {pat}: {l}", f.display(), i + 1));
+                }
+            }
+        }
+    }
+    out
+}
+
+const SIM: [&str; 3] = ["crate::sim", "eali::sim", "super::super::sim"];
+
+#[test]
+fn the_serving_path_never_imports_the_simulator() {
+    let mut all = Vec::new();
+    for layer in ["serve", "exec", "control", "telemetry", "policy"] {
+        all.extend(violations(layer, &SIM));
+    }
+    assert!(
+        all.is_empty(),
+        "imports of the simulator:\n{}",
+        all.join("\n")
+    );
+}
+
+#[test]
+fn the_model_ir_imports_nothing_above_it() {
+    let above = [
+        "crate::gpu",
+        "crate::exec",
+        "crate::serve",
+        "crate::sim",
+        "crate::eali",
+        "crate::perf",
+        "crate::policy",
+        "crate::k8s",
+        "crate::telemetry",
+    ];
+    let v = violations("model", &above);
+    assert!(v.is_empty(), "model/ imports:\n{}", v.join("\n"));
+}
+
+#[test]
+fn the_pure_cores_use_no_runtime_network_kubernetes_clock_or_file_api() {
+    let impure = [
+        "tokio",
+        "kube",
+        "tonic",
+        "hyper",
+        "nvml",
+        "std::fs",
+        "Instant::now",
+        "SystemTime",
+        "crate::serve",
+        "crate::sim",
+        "crate::k8s",
+        "crate::agent",
+    ];
+    let mut all = Vec::new();
+    for layer in ["policy", "eali", "stats"] {
+        all.extend(violations(layer, &impure));
+    }
+    assert!(
+        all.is_empty(),
+        "impure code in a pure core:\n{}",
+        all.join("\n")
+    );
+}
