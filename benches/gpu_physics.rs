@@ -1,5 +1,6 @@
 //! Speed of the simulated GPU's hot path: per-layer physics, span construction and `run_span`
 //! (the discrete-event simulator calls the latter once per batch or unit).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench's setup failing is a failed bench
 
 use std::hint::black_box;
 

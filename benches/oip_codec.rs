@@ -1,6 +1,7 @@
 //! Speed of the REST request decoder on the serving bench's request (a 1×3×8×8 FP32 tensor):
 //! JSON with the numbers as clients write them, through the fast path and through serde_json
 //! alone side by side, and the binary tensor extension.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench's setup failing is a failed bench
 
 use std::hint::black_box;
 

@@ -17,6 +17,7 @@
 //! repeated, the servers taking turns, and judged on the median).
 //! This is a measurement, not a test: it prints the figures and the verdict, and never fails on
 //! them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench's setup failing is a failed bench
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 //! arrivals, 60 s of simulated time per iteration), with max clocks + Triton batching and with
 //! EALI's controller (its per-batch decisions and clock plans included). Criterion reports the
 //! throughput as elements (requests) per second.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench's setup failing is a failed bench
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eali::gpu::sim::SimGpu;

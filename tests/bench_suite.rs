@@ -1,6 +1,7 @@
 //! The bench suite end to end on a small spec: every policy runs every case, records are complete
 //! and consistent, runs are deterministic under the seed, and every policy serves the same
 //! arrivals.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use eali::sim::bench::{self, PolicyId, SuiteSpec, report};
 use eali::sim::{WorkloadKind, truth};

@@ -1,6 +1,7 @@
 //! Calibration of the simulated GPU against published measurements. Each test prints the
 //! published figure next to the simulator's; run with
 //! `cargo test --test calibration -- --nocapture` to see the table.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use eali::gpu::sim::calibration::{self, CalibrationCheck};
 

@@ -5,6 +5,7 @@
 //!
 //! The caller is this test process (its real SO_PEERCRED pid); since it is not really in a
 //! pod, the authorizer reads `<tmp>/proc/<pid>/cgroup`, written here in the kubelet's layout.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,7 @@
 //! (`eali::deviceplugin::harness`): registration, ListAndWatch health changes and recovery,
 //! Allocate and GetPreferredAllocation, re-registration after kubelet restarts and dropped
 //! streams, socket removal on shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -2,6 +2,7 @@
 //! registers, advertises every GPU, serves a control socket at exactly the path Allocate hands
 //! the pod, refuses a caller outside any pod (this test process, read from the real /proc),
 //! and on shutdown removes its sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

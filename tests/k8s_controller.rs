@@ -2,6 +2,7 @@
 //! Service (requests, labels, owner references), status and conditions move as serving pods
 //! report, the controller scales on saturation, deletion cleans up, and of two agents only the
 //! Lease holder reconciles while the other takes over when it stops.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod k8s_env;
 

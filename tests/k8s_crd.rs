@@ -1,6 +1,7 @@
 //! The InferenceService CRD on a real kube-apiserver: it installs and is Established, `kubectl
 //! explain` shows the field docs, the samples apply, and invalid objects are refused by the API
 //! server with a message that names the field.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod k8s_env;
 

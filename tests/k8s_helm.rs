@@ -2,6 +2,7 @@
 //! template | kubectl apply --dry-run=server`, values.schema.json refusing bad values, `helm
 //! install`, RBAC checked with `kubectl auth can-i --list` as the agent's ServiceAccount (what it
 //! needs and no more), and `eali agent` saying how to fix a missing CRD or missing RBAC.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod k8s_env;
 

@@ -10,6 +10,7 @@
 //!
 //! Needs the binaries of `e2e/build-control-plane.sh` (control plane and Prometheus), the
 //! stand-in (`cargo build -p nvml-standin`) and curl.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod agent_support;
 mod k8s_env;

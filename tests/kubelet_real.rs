@@ -11,6 +11,7 @@
 //! `/var/lib/kubelet/device-plugins` path is a temp dir). Skips with a loud message when the
 //! binaries (kubelet, fakecri from `e2e/build-control-plane.sh`; the stand-in NVML library from
 //! `cargo build -p nvml-standin`) or root are missing, unless `EALI_E2E_REQUIRE=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod k8s_env;
 

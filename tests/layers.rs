@@ -3,6 +3,7 @@
 //! runtime, network, Kubernetes, hardware, clock or file API. Test modules (`*tests.rs` files and
 //! the `#[cfg(test)]` module at the end of a file) may check against the simulator's ground
 //! truth and are not checked.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,7 @@
 //! node. Expected values come from the GPU profiles the stand-in simulates.
 //!
 //! Needs the stand-in built first: `cargo build -p nvml-standin` (`--release` for release tests).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod nvml_support;
 

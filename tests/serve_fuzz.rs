@@ -1,6 +1,7 @@
 //! The fuzz target's entry point (`fuzz/fuzz_targets/oip_decoders.rs`) over generated inputs, so
 //! CI checks the decoders without a nightly toolchain: random bytes, and valid REST, binary and
 //! gRPC requests with random bytes changed, cut or appended. None may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use eali::serve::oip::fuzz_decoders;
 use eali::serve::oip::grpc::pb;

@@ -1,5 +1,6 @@
 //! `eali serve` over gRPC (`inference.GRPCInferenceService`) with the generated Rust client, and
 //! the EALI policy end to end with energy attributed per unit and layer.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod serve_support;
 

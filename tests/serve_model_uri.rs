@@ -1,6 +1,7 @@
 //! `eali serve` with `model.uri`: safetensors weights that name their network (a custom graph or
 //! a zoo model) are loaded from `file://` and plain-path uris and computed by the CPU executor;
 //! remote schemes and files that cannot be served are refused at start-up with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod serve_support;
 

@@ -1,5 +1,6 @@
 //! `eali serve` over REST, in-process on free ports: the protocol endpoints, simulated and real
 //! (CPU) inference, the bad-input and overload answers, metrics, and the drain on shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod serve_support;
 

@@ -1,5 +1,6 @@
 //! The model zoo against torchvision's published figures, and the structure the unit-combination
 //! pass relies on (explicit joins, valid graphs, stable torchvision-style layer names).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use eali::gpu::WorkKind;
 use eali::model::{Graph, Op, Shape, zoo};

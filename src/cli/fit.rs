@@ -66,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             };
             let p = profile_model(&args.zoo_gpu, &graph, &cfg, false)?;
             let path = default_profile_path(&args.zoo_gpu, &graph.name);
-            p.save(&path)?;
+            super::files::save_profile(&p, &path)?;
             eprintln!("wrote {} ({} records)", path.display(), p.records.len());
         }
     }
@@ -76,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut profiles = Vec::with_capacity(files.len());
     for f in &files {
-        profiles.push(Profile::load(f)?);
+        profiles.push(super::files::load_profile(f)?);
     }
     let profiles = select_gpu(profiles, args.gpu.as_deref())?;
     let cfg = FitConfig {
@@ -86,15 +86,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..FitConfig::default()
     };
     let (model, report) = fit_power_model(&profiles, &cfg).context("fitting the power model")?;
-    model.save(&args.out)?;
+    super::files::save_power_model(&model, &args.out)?;
     print!("{}", render_report(&report));
     println!("saved -> {}", args.out.display());
     if let Some(path) = &args.report {
-        let text = serde_json::to_string_pretty(&report)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        super::files::write(path, &(serde_json::to_string_pretty(&report)? + "\n"))?;
     }
     Ok(())
 }

@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(long)]
     pub json_tensors: bool,
     /// Per-request timeout (s).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = super::serve::positive_secs)]
     pub timeout: f64,
     /// Print the report as JSON.
     #[arg(long)]

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod crd;
 pub mod demo;
+pub mod files;
 pub mod fit;
 pub mod gpu;
 pub mod load;

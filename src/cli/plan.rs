@@ -8,7 +8,7 @@
 //! `perf::cost_table` to predict every layer over batch sizes × clocks. The switch latency is
 //! measured on the GPU backend, as the agent does at start-up.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
@@ -171,8 +171,7 @@ fn load_or_profile(args: &Args, graph: &Graph, notes: &mut Vec<String>) -> anyho
         .clone()
         .unwrap_or_else(|| default_profile_path(&args.gpu, &graph.name));
     if path.exists() {
-        let p =
-            Profile::load(&path).with_context(|| format!("reading profile {}", path.display()))?;
+        let p = super::files::load_profile(&path)?;
         if p.model != graph.name {
             bail!(
                 "profile {} is of {}, not {}",
@@ -203,7 +202,7 @@ fn load_or_profile(args: &Args, graph: &Graph, notes: &mut Vec<String>) -> anyho
         ..ProfileConfig::default()
     };
     let p = profile_model(&args.gpu, graph, &cfg, false)?;
-    save_with_dirs(&path, |p2| p.save(p2).map_err(anyhow::Error::from))?;
+    super::files::save_profile(&p, &path)?;
     eprintln!("profile cached at {}", path.display());
     notes.push(format!(
         "profile measured now and cached at {}",
@@ -231,8 +230,7 @@ fn load_or_fit_power(
         if !path.exists() {
             continue;
         }
-        let m = PowerModel::load(path)
-            .with_context(|| format!("reading power model {}", path.display()))?;
+        let m = super::files::load_power_model(path)?;
         if m.gpu() == profile.gpu.name {
             notes.push(format!("power model {} ({:?})", path.display(), m.kind()));
             return Ok(m);
@@ -257,7 +255,7 @@ fn load_or_fit_power(
     };
     let (model, report) =
         fit_power_model(std::slice::from_ref(profile), &cfg).context("fitting the power model")?;
-    save_with_dirs(&cached, |p| model.save(p).map_err(anyhow::Error::from))?;
+    super::files::save_power_model(&model, &cached)?;
     eprintln!(
         "power model ({:?}) cached at {}",
         model.kind(),
@@ -270,16 +268,6 @@ fn load_or_fit_power(
         cached.display()
     ));
     Ok(model)
-}
-
-fn save_with_dirs(
-    path: &Path,
-    save: impl FnOnce(&Path) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    save(path)
 }
 
 /// One policy's answer for the comparison.

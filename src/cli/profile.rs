@@ -153,7 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let out = args
         .out
         .unwrap_or_else(|| default_profile_path(&args.gpu, &graph.name));
-    profile.save(&out)?;
+    super::files::save_profile(&profile, &out)?;
     let measured = profile.layers.iter().filter(|l| !l.is_noop()).count();
     println!(
         "{} on {} ({}): {} layers ({} measured), {} records",

@@ -100,7 +100,7 @@ pub struct Args {
 
 /// The single-model configuration the flags describe.
 /// A window length in seconds: finite and above zero.
-fn positive_secs(s: &str) -> Result<f64, String> {
+pub(crate) fn positive_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("expected a number of seconds above 0, got `{s}`")),

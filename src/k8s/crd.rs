@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::K8sError;
-use super::node_status::NodeReport;
+use super::report::NodeReport;
 
 /// API group of every EALI resource.
 pub const GROUP: &str = "eali.dev";

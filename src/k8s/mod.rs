@@ -11,6 +11,7 @@ pub mod crd;
 pub mod lease;
 pub mod node_status;
 pub mod objects;
+pub mod report;
 pub mod status;
 
 /// Errors of the Kubernetes layer.

@@ -38,6 +38,8 @@ pub enum LoadError {
     Metadata { url: String, reason: String },
     #[error("invalid endpoint {0}")]
     Endpoint(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// One load run.
@@ -94,12 +96,21 @@ struct Input {
 
 /// Runs the load and reports.
 pub async fn run(cfg: &LoadConfig) -> Result<LoadReport, LoadError> {
+    // A timeout that is not a positive finite number of seconds is a caller's error, not a panic.
+    let timeout = Duration::try_from_secs_f64(cfg.timeout_s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            LoadError::Config(format!(
+                "timeout {} s is not a positive duration",
+                cfg.timeout_s
+            ))
+        })?;
     let arrivals = cfg.workload.generate(cfg.seed)?;
     let sender = Sender::connect(cfg).await?;
     let input = sender.input(cfg).await?;
     let body = Arc::new(sender.body(cfg, &input));
     let start = Instant::now() + Duration::from_millis(50);
-    let timeout = Duration::from_secs_f64(cfg.timeout_s);
     let mut tasks = Vec::with_capacity(arrivals.len());
     for &a in &arrivals {
         let at = start + Duration::from_secs_f64(a);

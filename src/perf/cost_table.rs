@@ -165,13 +165,15 @@ pub fn idle_power_at(profile: &Profile, clock_mhz: u32) -> f64 {
 /// The cost table EALI's offline pipeline makes for a simulated GPU: profile every layer of
 /// `graph` on a simulated GPU of `profile` (its own seed, so the measurements carry their own
 /// noise), train the layer power model on that profile (the best of the default regressors by
-/// 3-fold cross-validated RMSE), and predict time and energy at `batches` × `clocks`. Predicted
-/// costs only: nothing here reads the simulator's ground truth.
+/// 3-fold cross-validated RMSE, fitted on `threads` threads; the result does not depend on
+/// them), and predict time and energy at `batches` × `clocks`. Predicted costs only: nothing
+/// here reads the simulator's ground truth.
 pub fn simulated(
     graph: &crate::model::Graph,
     profile: &crate::gpu::sim::GpuProfile,
     batches: &[u32],
     clocks: &[u32],
+    threads: usize,
 ) -> Result<LayerCostTable> {
     use super::{fit, profiler};
     let mut gpu = crate::gpu::sim::SimGpu::new(profile.clone(), 1, 0x9f0f11e);
@@ -185,7 +187,7 @@ pub fn simulated(
     let fit_cfg = fit::FitConfig {
         folds: 3,
         leave_one_model_out: false,
-        threads: 1,
+        threads,
         ..fit::FitConfig::default()
     };
     let (model, _) = fit::fit_power_model(std::slice::from_ref(&prof), &fit_cfg)?;

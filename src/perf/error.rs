@@ -1,7 +1,5 @@
 //! Errors of the performance model: profiling, fitting, loading and table building.
 
-use std::path::PathBuf;
-
 use crate::gpu::GpuError;
 
 /// Everything that can go wrong in `perf`.
@@ -29,18 +27,8 @@ pub enum PerfError {
     },
     #[error("fitting {what} failed: {reason}")]
     Fit { what: &'static str, reason: String },
-    #[error("cannot read or write {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("bad JSON in {path}: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("bad JSON: {0}")]
+    Json(#[source] serde_json::Error),
 }
 
 pub type Result<T, E = PerfError> = std::result::Result<T, E>;

@@ -7,13 +7,11 @@
 //! trees only serialise with its `serde` feature (which pulls in `typetag`), and a forest saved
 //! node by node is tens of MB of JSON where the training set is well under one.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use super::error::{PerfError, Result};
 use super::features::{FeatureSet, LayerFeatures};
-use super::profile::write_json;
+use super::profile::to_pretty_json;
 use super::regress::{Fitted, LinearFit, RegressorKind, RegressorSpec};
 use super::stats::Score;
 
@@ -150,21 +148,15 @@ impl PowerModel {
         Ok(Self { saved, fitted })
     }
 
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| PerfError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let saved: SavedPowerModel =
-            serde_json::from_str(&text).map_err(|source| PerfError::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
+    /// Parses a saved power model (the contents of its file; the caller reads it).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let saved: SavedPowerModel = serde_json::from_str(text).map_err(PerfError::Json)?;
         Self::from_saved(saved)
     }
 
-    pub fn save(&self, path: &Path) -> Result<()> {
-        write_json(path, &self.saved)
+    /// The model as pretty JSON with a final newline (what its file holds).
+    pub fn to_json(&self) -> Result<String> {
+        to_pretty_json(&self.saved)
     }
 
     pub fn saved(&self) -> &SavedPowerModel {

@@ -2,8 +2,6 @@
 //! (layer, batch size, graphics clock), plus the idle power at each clock. Plain JSON, free of
 //! dates and host names so that the same seed gives the same file byte for byte.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use super::error::{PerfError, Result};
@@ -135,24 +133,16 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// Reads and checks a profile file.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| PerfError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let p: Profile = serde_json::from_str(&text).map_err(|source| PerfError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        p.validate()
-            .map_err(|e| PerfError::InvalidInput(format!("{}: {e}", path.display())))?;
+    /// Parses and checks a profile (the contents of a profile file; the caller reads it).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let p: Profile = serde_json::from_str(text).map_err(PerfError::Json)?;
+        p.validate().map_err(PerfError::InvalidInput)?;
         Ok(p)
     }
 
-    /// Writes the profile as pretty JSON, creating parent directories.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        write_json(path, self)
+    /// The profile as pretty JSON with a final newline (what a profile file holds).
+    pub fn to_json(&self) -> Result<String> {
+        to_pretty_json(self)
     }
 
     /// Checks the invariants other code relies on (file contents are external input).
@@ -215,19 +205,9 @@ impl Profile {
     }
 }
 
-/// Pretty JSON to `path`, creating parent directories.
-pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let io = |source| PerfError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let mut text = serde_json::to_string_pretty(value).map_err(|source| PerfError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
+/// Pretty JSON with a final newline.
+pub(crate) fn to_pretty_json<T: Serialize>(value: &T) -> Result<String> {
+    let mut text = serde_json::to_string_pretty(value).map_err(PerfError::Json)?;
     text.push('\n');
-    std::fs::write(path, text).map_err(io)
+    Ok(text)
 }

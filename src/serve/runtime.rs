@@ -113,9 +113,13 @@ fn simulated_costs(
         .copied()
         .filter(|&b| b <= max_batch)
         .collect();
-    let table = cost_table::simulated(graph, profile, &batches, &clocks)
+    let started = std::time::Instant::now();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let table = cost_table::simulated(graph, profile, &batches, &clocks, threads)
         .map_err(|e| format!("predicting costs on {}: {e}", profile.name()))?;
+    let predicted_s = started.elapsed().as_secs_f64();
     let switch = measure_simulated(profile, seed);
+    let switch_s = started.elapsed().as_secs_f64() - predicted_s;
     let costs = ModelCosts::predicted(
         graph,
         &table,
@@ -125,6 +129,15 @@ fn simulated_costs(
         switch,
     )
     .map_err(|e| format!("{} on {}: {e}", graph.name, profile.name()))?;
+    tracing::info!(
+        model = %graph.name,
+        gpu = profile.name(),
+        predicted_s,
+        switch_s,
+        units_s = started.elapsed().as_secs_f64() - predicted_s - switch_s,
+        units = costs.eali_chain.0.len(),
+        "policy inputs ready"
+    );
     Ok((costs, table))
 }
 

@@ -182,7 +182,9 @@ async fn run_loop(mut w: Box<Worker>) -> Option<Box<Worker>> {
                     tokio::time::timeout(Duration::from_secs_f64(TICK_S), queue.arrival()).await;
             }
             Step::WaitUntil(t) => {
+                // A policy's NaN or infinite time waits one tick rather than panicking.
                 let wait = (t - w.now_s()).clamp(MIN_WAIT_S, TICK_S);
+                let wait = if wait.is_finite() { wait } else { TICK_S };
                 wait_for_arrival(&queue, Duration::from_secs_f64(wait)).await;
             }
             Step::Reject(jobs) => w.reject_late(jobs),

@@ -341,7 +341,8 @@ pub fn predicted_costs(
     batches: &[u32],
     clocks: &[u32],
 ) -> Result<LayerCostTable, BenchError> {
-    crate::perf::cost_table::simulated(graph, profile, batches, clocks).map_err(|e| {
+    // One thread: the bench runs its cases on every core already.
+    crate::perf::cost_table::simulated(graph, profile, batches, clocks, 1).map_err(|e| {
         BenchError::Setup(format!(
             "predicting the costs of {} on {}: {e}",
             graph.name,
