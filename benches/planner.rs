@@ -1,5 +1,5 @@
 //! Planner speed on a ResNet-50-sized instance (16 units, 16 clocks, batches up to 64).
-//! Targets (DESIGN.md §5): full re-plan ≤ 1 ms, per-batch decision ≤ 5 µs.
+//! Targets (`docs/architecture.md`, "Targets"): full re-plan ≤ 1 ms, per-batch decision ≤ 5 µs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench's setup failing is a failed bench
 
 use std::hint::black_box;

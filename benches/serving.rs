@@ -2,7 +2,8 @@
 //! same machine, both over REST with the same request bodies and the same client.
 //!
 //! 1. Peak throughput: closed loop, `CONNS` clients sending back to back for `SECS` seconds.
-//!    Target (DESIGN.md §5): eali ≥ 50 % of the echo server's requests per second.
+//!    Target (`docs/architecture.md`, "Targets"): eali ≥ 50 % of the echo server's requests
+//!    per second.
 //! 2. Latency at half the echo server's peak (the strictest reading of the target's load), at
 //!    half eali's own peak, and at half the throughput target (a quarter of the echo peak):
 //!    open loop (Poisson), p50/p99 of both. Target: eali's p99 at most 1 ms above the echo

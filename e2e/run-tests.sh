@@ -5,7 +5,12 @@
 # the tritonclient/curl tests against `eali serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints its title; the previous step's duration is printed when the next starts
+# and at exit.
+STEP_T0=$(date +%s); STEP_NAME=""
+step_done() { [ -n "$STEP_NAME" ] && printf '<== %s: %ss\n' "$STEP_NAME" "$(( $(date +%s) - STEP_T0 ))"; STEP_NAME=""; }
+step() { step_done; STEP_NAME="$*"; STEP_T0=$(date +%s); printf '\n==> %s\n' "$*"; }
+trap 'step_done' EXIT
 
 step "real Kubernetes control plane for the k8s_* tests (cached binaries unless versions changed)"
 bash e2e/build-control-plane.sh

@@ -506,3 +506,75 @@ async fn a_second_process_is_refused() {
     node.pr_server.abort();
     let _ = std::fs::remove_dir_all(&node.dir);
 }
+
+/// A batch's set-calls through the serving pod's remote clock: each is made at its planned time
+/// (not before it), in order, none dropped when they are spaced wider than a call, and the
+/// drain's reset clears the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_calls_reach_the_agent_at_their_planned_times() {
+    use eali::control::remote::RemoteClock;
+    use eali::gpu::ClockTarget;
+    use std::time::Instant;
+    let node = start_node("timed");
+    write_cgroup(&node.proc_root, &in_pod(POD_UID));
+    let clocks = {
+        let g = node.sim.lock().unwrap();
+        let mem = g.supported_memory_clocks().unwrap()[0];
+        g.supported_graphics_clocks(mem).unwrap()
+    };
+    let plan = [
+        clocks[clocks.len() / 4],
+        clocks[clocks.len() / 2],
+        clocks[clocks.len() * 3 / 4],
+    ];
+    let remote = RemoteClock::start(node.socket.clone(), node.uuid.clone()).unwrap();
+    let t0 = Instant::now() + Duration::from_millis(200);
+    let spacing = Duration::from_millis(400);
+    // Queued all at once, as the worker does at dispatch (the later ones first, to show that
+    // order comes from the planned times).
+    for (i, mhz) in plan.iter().enumerate().rev() {
+        remote.request_at(t0 + spacing * i as u32, ClockTarget::Locked(*mhz));
+    }
+    // The clock guard records each lock before the agent makes it: watch it change.
+    let mut seen: Vec<(Duration, Option<u32>)> = Vec::new();
+    let end = t0 + spacing * 3;
+    while Instant::now() < end {
+        let locked = node.guard.locked().first().map(|e| e.max_mhz);
+        if seen.last().map(|s| s.1) != Some(locked) {
+            seen.push((Instant::now().saturating_duration_since(t0), locked));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    remote.request(ClockTarget::Default);
+    assert!(
+        remote.flush(Duration::from_secs(5)),
+        "the reset reached the agent"
+    );
+    println!("unit, planned offset, clock, seen at (offset from the first call's time):");
+    let applied: Vec<(Duration, u32)> = seen
+        .iter()
+        .filter_map(|&(at, mhz)| mhz.map(|m| (at, m)))
+        .collect();
+    for (i, mhz) in plan.iter().enumerate() {
+        let at = applied.iter().find(|a| a.1 == *mhz).map(|a| a.0);
+        println!(
+            "  unit {i}: +{:?} -> {mhz} MHz, seen at {at:?}",
+            spacing * i as u32
+        );
+    }
+    assert_eq!(
+        applied.iter().map(|a| a.1).collect::<Vec<_>>(),
+        plan.to_vec(),
+        "each planned clock in order: {seen:?}"
+    );
+    for (i, (at, _)) in applied.iter().enumerate() {
+        // The guard records a lock just before the call is made, so never before its time.
+        assert!(*at >= spacing * i as u32, "unit {i} clock early: {seen:?}");
+    }
+    assert!(node.guard.locked().is_empty(), "the reset cleared the lock");
+    // The sender thread ends and closes its connection, so the server can shut down.
+    drop(remote);
+    node.server.shutdown().await;
+    node.pr_server.abort();
+    let _ = std::fs::remove_dir_all(&node.dir);
+}

@@ -1,7 +1,8 @@
-//! The agent's Prometheus families (DESIGN.md §3): per GPU energy, power, target and actual
-//! clock, clock switches and resets, health; per unit and per layer attributed energy of the
-//! serving pods; and the serving pods' windows (tail latency, rate, load, and the power model's
-//! energy estimate as run and at maximum clocks, from which dashboards show the energy saved).
+//! The agent's Prometheus families (`docs/architecture.md`, "Contracts"): per GPU energy, power,
+//! target and actual clock, clock switches and resets, health; per unit and per layer attributed
+//! energy of the serving pods; and the serving pods' windows (tail latency, rate, load, and the
+//! power model's energy estimate as run and at maximum clocks, from which dashboards show the
+//! energy saved).
 //! The agent has its own registry, separate from `eali serve`'s
 //! ([`crate::telemetry::Metrics`]): the two run in different processes, and the agent's layer
 //! series carry the pod that ran them.

@@ -36,7 +36,7 @@ pub enum SolverArg {
 /// How much execution time each clock change reserves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReserveArg {
-    /// The p95 of the total switch latency (conservative, reference/eali.md §4.4).
+    /// The p95 of the total switch latency (conservative; docs/architecture.md, "Chain DP and Lagrangian fast path").
     P95,
     /// Only the jitter p95 − median: changes are issued ahead by the median latency.
     Jitter,

@@ -4,29 +4,32 @@
 //! no NVML privileges). Without the variable nothing changes.
 //!
 //! The serving loop must never wait on the agent: set-calls go to a sender thread through a
-//! queue, and a newer target supersedes one not yet sent. Only a reset (the drain at shutdown)
-//! and dropping the actuator wait for the queue to empty, so that a pod that stops does not
-//! leave its GPU locked (the agent also resets it when the kubelet releases the GPU).
+//! queue, each with the time the plan wants it made (dispatch + the set-call's offset, ahead of
+//! its unit's boundary); the thread makes it then ([`SetCallQueue`]), and drops a call only when
+//! a newer one is due with it. Only a reset (the drain at shutdown) and dropping the actuator
+//! wait for the queue to empty, so that a pod that stops does not leave its GPU locked (the
+//! agent also resets it when the kubelet releases the GPU).
 //!
 //! The local simulated device stays the executor's timing model; the remote GPU follows it.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::client::{CONTROL_SOCKET_ENV, ControlClient, GPU_UUID_ENV};
 use super::proto::{LayerShare, UnitTiming};
 use crate::exec::{ClockActuator, SimDevice};
-use crate::gpu::ClockTarget;
 use crate::gpu::{ClockChange, GpuError};
+use crate::gpu::{ClockTarget, SetCallQueue};
 use crate::telemetry::LayerPowerModel;
 
 /// How long a reset or drop waits for the agent.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 enum Cmd {
-    Set(ClockTarget),
+    /// Make this set-call at this time.
+    Set(Instant, ClockTarget),
     Timings(Vec<super::proto::UnitTiming>),
     Window(Box<super::proto::ServingWindow>),
     Flush(Sender<()>),
@@ -69,9 +72,15 @@ impl RemoteClock {
             .clone()
     }
 
-    /// Queues `target` (superseding one not yet sent).
+    /// Queues `target` to be made now.
     pub fn request(&self, target: ClockTarget) {
-        let _ = self.tx.send(Cmd::Set(target));
+        self.request_at(Instant::now(), target);
+    }
+
+    /// Queues `target` to be made at `at` (the sender thread waits for it; a newer call due at
+    /// the same time supersedes it).
+    pub fn request_at(&self, at: Instant, target: ClockTarget) {
+        let _ = self.tx.send(Cmd::Set(at, target));
     }
 
     /// Queues unit timings for the agent's energy attribution (Unix-time windows, with the
@@ -130,23 +139,36 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
     };
     let mut client: Option<ControlClient> = None;
     let mut failures = 0u64;
+    // Set-calls on the thread's own time axis: seconds since it started.
+    let epoch = Instant::now();
+    let secs = |t: Instant| t.saturating_duration_since(epoch).as_secs_f64();
+    let mut calls = SetCallQueue::new();
     loop {
-        let first = match rx.recv_timeout(Duration::from_secs(3600)) {
-            Ok(c) => c,
-            Err(RecvTimeoutError::Timeout) => continue,
+        // Sleep until the next set-call is due or a command arrives.
+        let wait = calls.next_due().map_or(Duration::from_secs(3600), |due| {
+            Duration::from_secs_f64((due - secs(Instant::now())).clamp(0.0, 3600.0))
+        });
+        let first = match rx.recv_timeout(wait) {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        // Coalesce: only the newest target matters; acknowledge flushes after sending it.
-        let (mut target, mut acks, mut timings) = (None, Vec::new(), Vec::new());
+        let (mut acks, mut timings) = (Vec::new(), Vec::new());
         let mut windows = Vec::new();
-        for cmd in std::iter::once(first).chain(rx.try_iter()) {
+        for cmd in first.into_iter().chain(rx.try_iter()) {
             match cmd {
-                Cmd::Set(t) => target = Some(t),
+                Cmd::Set(at, t) => calls.push(secs(at), t),
                 Cmd::Timings(t) => timings.extend(t),
                 Cmd::Window(w) => windows.push(*w),
                 Cmd::Flush(a) => acks.push(a),
             }
         }
+        // A flush makes whatever is queued now (the drain's reset is the newest call).
+        let target = if acks.is_empty() {
+            calls.take_due(secs(Instant::now()))
+        } else {
+            calls.take_all()
+        };
         if let Some(t) = target {
             let result = on_agent(&rt, &mut client, &path, &uuid, async |c| {
                 match t.graphics_range() {
@@ -306,7 +328,10 @@ impl ClockActuator for ServeClock {
     fn issue(&mut self, at_s: f64, target: ClockTarget) -> Result<ClockChange, GpuError> {
         let change = self.local.issue(at_s, target)?;
         if let Some(r) = &self.remote {
-            r.request(target);
+            // Device time runs in real time when serving: `at_s` is that far from now.
+            let ahead = (at_s - ClockActuator::now_s(&self.local)).max(0.0);
+            let at = Instant::now() + Duration::try_from_secs_f64(ahead).unwrap_or_default();
+            r.request_at(at, target);
             if target == ClockTarget::Default {
                 // Resets come at drain: make sure it reaches the agent before the pod exits.
                 r.flush(FLUSH_TIMEOUT);

@@ -1,5 +1,6 @@
 //! The EALI scheduler (pure): optimization units, the switch-aware planner, the rate-bucket plan
-//! table, the online controller and the baseline policies. Plain data in, decisions out: nothing
+//! table and the online controller (the policies built on it are in `crate::policy`). Plain data in,
+//! decisions out: nothing
 //! here touches tokio, Kubernetes, the network or NVML.
 
 pub mod controller;

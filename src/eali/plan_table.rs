@@ -1,5 +1,5 @@
 //! Precomputed plans over log-spaced arrival-rate buckets × SLO margins, so that reacting to a
-//! new rate estimate is a lookup rather than a solve (reference/eali.md §4.3).
+//! new rate estimate is a lookup rather than a solve (`docs/architecture.md`, "Plan table").
 //!
 //! Each bucket `[λ_lo, λ_hi)` is planned conservatively for every rate inside it: the fill-time
 //! quantile at λ_lo (slower filling), the stability bound at λ_hi's upper confidence bound

@@ -16,7 +16,8 @@ pub struct SwitchLatency {
 }
 
 impl SwitchLatency {
-    /// V100-class figures from reference/gpu.md: call p50 ≈ 4.5 ms, total p50 ≈ 25 ms, p95 ≈ 32 ms.
+    /// V100-class figures (`docs/architecture.md`, "Switch latency"): call p50 ≈ 4.5 ms, total
+    /// p50 ≈ 25 ms, p95 ≈ 32 ms.
     pub fn v100_like() -> Self {
         Self {
             call_median_s: 0.0045,
@@ -139,7 +140,8 @@ mod tests {
         let profile = GpuProfile::load("v100-sxm2").unwrap();
         let mut gpu = SimGpu::new(profile, 0, 7);
         let lat = measure_latency(&mut gpu, 60).unwrap();
-        // reference/gpu.md fact 1: call p50 4.1–5.2 ms, total p50 24.5–25.3 ms, p99 32–37 ms.
+        // The DVFS latency tool's V100 reports (`docs/architecture.md`, "Switch latency"): call
+        // p50 4.1–5.2 ms, total p50 24.5–25.3 ms, p99 32–37 ms.
         assert!(
             lat.call_median_s > 0.003 && lat.call_median_s < 0.007,
             "{lat:?}"

@@ -1,7 +1,7 @@
-//! Switch-latency calibration: how long a graphics-clock change takes on this GPU, measured
-//! the way `reference/gpu.md` fact 1 was: for every ordered pair of a few clock points, lock the
-//! new clock, time the call, then poll the clock until it reads the new value. The median and
-//! p95 go to the planner's unit merging as a [`SwitchLatency`].
+//! Switch-latency calibration: how long a graphics-clock change takes on this GPU, measured the way
+//! the DVFS latency tool measured it (`docs/architecture.md`, "Switch latency"): for every ordered
+//! pair of a few clock points, lock the new clock, time the call, then poll the clock until it
+//! reads the new value. The median and p95 go to the planner's unit merging as a [`SwitchLatency`].
 //!
 //! It changes clocks, so it runs only on GPUs the agent owns and only when the operator asks;
 //! the lock is recorded by the [`ClockGuard`] first and reset afterwards, whatever happens.

@@ -42,3 +42,94 @@ pub struct SetCall {
     pub offset_s: f64,
     pub target: ClockTarget,
 }
+
+/// Set-calls waiting for their time, for a clock thread that makes them one after another on
+/// its own clock (time is passed in, so the same queue serves wall and virtual time).
+///
+/// Calls are made in time order. When several are due at once (the thread was busy or woke
+/// late), only the newest is made: the older ones could no longer be in force at their unit's
+/// start, and the newest is what the plan wants now. A call is dropped only that way, never
+/// because a later call was queued before its time came.
+#[derive(Debug, Clone, Default)]
+pub struct SetCallQueue {
+    /// `(due_s, target)`, ascending by due time (ties in arrival order).
+    pending: std::collections::VecDeque<(f64, ClockTarget)>,
+    superseded: u64,
+}
+
+impl SetCallQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues `target` to be made at `due_s` (a non-finite time counts as now).
+    pub fn push(&mut self, due_s: f64, target: ClockTarget) {
+        let due_s = if due_s.is_finite() {
+            due_s
+        } else {
+            f64::NEG_INFINITY
+        };
+        let at = self.pending.partition_point(|&(t, _)| t <= due_s);
+        self.pending.insert(at, (due_s, target));
+    }
+
+    /// When the next call is due, if any.
+    pub fn next_due(&self) -> Option<f64> {
+        self.pending.front().map(|&(t, _)| t)
+    }
+
+    /// The call to make at `now_s`: the newest of those due, the older due ones superseded.
+    pub fn take_due(&mut self, now_s: f64) -> Option<ClockTarget> {
+        let due = self.pending.partition_point(|&(t, _)| t <= now_s);
+        let newest = self.pending.drain(..due).next_back().map(|(_, t)| t);
+        self.superseded += due.saturating_sub(1) as u64;
+        newest
+    }
+
+    /// Everything queued as if due now (a flush before a reset or an exit).
+    pub fn take_all(&mut self) -> Option<ClockTarget> {
+        self.take_due(f64::INFINITY)
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+    /// Calls dropped because a newer one was due with them.
+    pub fn superseded(&self) -> u64 {
+        self.superseded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_made_at_their_time_and_dropped_only_when_a_newer_one_is_due() {
+        let mut q = SetCallQueue::new();
+        // A batch of three units planned at 0, 30 and 60 ms after dispatch at t = 1 s.
+        q.push(1.00, ClockTarget::Locked(1380));
+        q.push(1.06, ClockTarget::Locked(900));
+        q.push(1.03, ClockTarget::Locked(1100));
+        assert_eq!(q.next_due(), Some(1.00));
+        assert_eq!(q.take_due(0.99), None);
+        assert_eq!(q.take_due(1.00), Some(ClockTarget::Locked(1380)));
+        // Queued before its time: kept, made in order.
+        assert_eq!(q.next_due(), Some(1.03));
+        assert_eq!(q.take_due(1.031), Some(ClockTarget::Locked(1100)));
+        assert_eq!(q.superseded(), 0);
+        // The thread wakes late with two calls due: only the newest is made.
+        q.push(1.07, ClockTarget::Default);
+        assert_eq!(q.take_due(1.2), Some(ClockTarget::Default));
+        assert_eq!(q.superseded(), 1);
+        assert!(q.is_empty());
+        q.push(f64::NAN, ClockTarget::Locked(700));
+        q.push(5.0, ClockTarget::Locked(800));
+        assert_eq!(q.take_due(0.0), Some(ClockTarget::Locked(700)));
+        assert_eq!(q.take_all(), Some(ClockTarget::Locked(800)));
+        assert_eq!(q.len(), 0);
+    }
+}

@@ -281,6 +281,8 @@ struct Worker {
     capacity_rps: Option<f64>,
     /// Clock of each unit of the batch running now, as the unit-boundary hook saw it.
     unit_clocks: Vec<u32>,
+    /// Arrival times read under the queue's lock, reported to the policy after it (reused).
+    arrivals: Vec<f64>,
 }
 
 impl Worker {
@@ -369,6 +371,7 @@ impl Worker {
             window,
             capacity_rps,
             unit_clocks: Vec::new(),
+            arrivals: Vec::new(),
         };
         if let Some(target) = w.policy.initial_clock() {
             let now = w.now_s();
@@ -415,30 +418,44 @@ impl Worker {
         }
     }
 
-    /// Reports new arrivals to the policy and decides the next step.
+    /// Reports new arrivals to the policy and decides the next step. The queue's lock, which
+    /// the request handlers take to submit, is held only to read and take jobs: the policy's
+    /// decisions (which may re-plan) run outside it. Only this worker removes jobs while it
+    /// runs, so the oldest jobs seen under the first lock are still the oldest under the second.
     fn next_step(&mut self) -> Step {
-        let mut q = self.queue.lock();
-        let n = q.jobs.len();
-        let new = q.unreported.min(n);
-        for j in q.jobs.range(n - new..) {
-            self.policy.on_arrival(j.arrival_s);
-        }
-        q.unreported = 0;
-        self.queue_depth.set(n as i64);
-        if n == 0 {
-            return if q.draining { Step::Stop } else { Step::Idle };
-        }
+        let mut arrivals = std::mem::take(&mut self.arrivals);
+        arrivals.clear();
         let now = self.now_s();
-        // Requests already past their deadline are answered now, whatever the policy says.
-        if q.jobs.iter().any(|j| j.deadline_s < now) {
-            let (expired, kept): (Vec<Job>, Vec<Job>) =
-                q.jobs.drain(..).partition(|j| j.deadline_s < now);
-            q.jobs.extend(kept);
+        let (n, oldest, draining, expired) = {
+            let mut q = self.queue.lock();
+            let n = q.jobs.len();
+            let new = q.unreported.min(n);
+            arrivals.extend(q.jobs.range(n - new..).map(|j| j.arrival_s));
+            q.unreported = 0;
+            self.queue_depth.set(n as i64);
+            // Requests already past their deadline are answered now, whatever the policy says.
+            let expired: Vec<Job> = if q.jobs.iter().any(|j| j.deadline_s < now) {
+                let (expired, kept): (Vec<Job>, Vec<Job>) =
+                    q.jobs.drain(..).partition(|j| j.deadline_s < now);
+                q.jobs.extend(kept);
+                expired
+            } else {
+                Vec::new()
+            };
+            (n, q.jobs.front().map(|j| j.arrival_s), q.draining, expired)
+        };
+        for &a in &arrivals {
+            self.policy.on_arrival(a);
+        }
+        self.arrivals = arrivals;
+        if !expired.is_empty() {
             return Step::Reject(expired);
         }
-        let oldest = q.jobs[0].arrival_s;
+        let Some(oldest) = oldest.filter(|_| n > 0) else {
+            return if draining { Step::Stop } else { Step::Idle };
+        };
         let max = self.policy.max_batch().max(1) as usize;
-        let action = if q.draining {
+        let action = if draining {
             Action::Dispatch {
                 batch: n.min(max) as u32,
             }
@@ -448,7 +465,8 @@ impl Worker {
         match action {
             Action::WaitUntil(t) => Step::WaitUntil(t),
             Action::Dispatch { batch } => {
-                let b = (batch as usize).clamp(1, n.min(max));
+                let mut q = self.queue.lock();
+                let b = (batch as usize).clamp(1, n.min(max)).min(q.jobs.len());
                 Step::Dispatch {
                     jobs: q.jobs.drain(..b).collect(),
                     now,

@@ -1,6 +1,6 @@
 //! Telemetry of the serving runtime: the Prometheus registry with the metric families of
-//! DESIGN.md §3 (serving, GPU, per-layer energy), energy attribution from the GPU's energy
-//! counter ([`attribution`]), and the tracing (structured log) setup.
+//! `docs/architecture.md`, "Contracts" (serving, GPU, per-layer energy), energy attribution from
+//! the GPU's energy counter ([`attribution`]), and the tracing (structured log) setup.
 //!
 //! Names follow Prometheus conventions: prefix `eali_`, base units, `_total` for counters.
 //! Label cardinality is bounded: models, GPUs, units and layers of loaded models, outcomes; never

@@ -9,14 +9,14 @@
 //! energy counter, driver not loaded), the driver version, a state file that keeps clock locks
 //! across processes (for crash-recovery tests), and a file holding a synthetic load.
 //!
-//! What it reproduces (`reference/gpu.md` §2, §5): supported clock lists per profile with
-//! NVML's INSUFFICIENT_SIZE protocol; set-clock calls that block for the simulated call latency
-//! and take effect after the settle delay; the energy counter in whole mJ updated every 10 ms;
-//! `nvmlDeviceGetPowerUsage` instantaneous on GA100 and older and a 1 s average on newer parts;
-//! the instant-power field (186); NOT_SUPPORTED for locked clocks and the energy counter before
-//! Volta and for memory locked clocks before Ampere; NO_PERMISSION for setters; GPU_IS_LOST;
-//! XID and ECC events through event sets. Unlisted NVML functions are simply absent, which
-//! `nvml-wrapper` reports as a missing symbol when one is called.
+//! What it reproduces (`docs/architecture.md`, "NVML by generation"): supported clock lists per
+//! profile with NVML's INSUFFICIENT_SIZE protocol; set-clock calls that block for the simulated
+//! call latency and take effect after the settle delay; the energy counter in whole mJ updated
+//! every 10 ms; `nvmlDeviceGetPowerUsage` instantaneous on GA100 and older and a 1 s average on
+//! newer parts; the instant-power field (186); NOT_SUPPORTED for locked clocks and the energy
+//! counter before Volta and for memory locked clocks before Ampere; NO_PERMISSION for setters;
+//! GPU_IS_LOST; XID and ECC events through event sets. Unlisted NVML functions are simply absent,
+//! which `nvml-wrapper` reports as a missing symbol when one is called.
 
 // NVML names its constants in C style; matching on them is the point of this crate.
 #![allow(non_upper_case_globals)]

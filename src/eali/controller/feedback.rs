@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::eali::planner::Corrections;
 
-/// AIMD margin settings (reference/eali.md §4.5 step 4).
+/// AIMD margin settings (`docs/architecture.md`, "Online controller", step 4).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MarginConfig {

@@ -1,4 +1,4 @@
-//! The online EALI controller, in virtual time (reference/eali.md §4.5).
+//! The online EALI controller, in virtual time (`docs/architecture.md`, "Online controller").
 //!
 //! The caller (the discrete-event simulator or the serving loop) reports arrivals and finished
 //! batches, and asks what to do whenever the GPU is free and requests wait:

@@ -1,7 +1,8 @@
 //! One batch size's planning problem, prepared for the solvers: per-unit, per-clock time and
 //! folded energy, switch-in costs, idle-clock adjustment and the time budget.
 //!
-//! Planning objective (reference/eali.md §4.2, idle power folded in as a credit):
+//! Planning objective (`docs/architecture.md`, "Planning objective": idle power folded in as a
+//! credit):
 //!
 //! ```text
 //! J = Σ_i (e_i − P_c·t_i) + Σ_switches (ε_i − P_c·s) + P_c·b/λ + (P_idle(f_idle) − P_c)·I_est

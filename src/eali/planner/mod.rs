@@ -1,5 +1,6 @@
 //! The switch-aware planner: for an arrival rate, SLO and margin, the batch size and a clock per
-//! unit that minimise energy per request (reference/eali.md §4.2–4.3).
+//! unit that minimise energy per request (`docs/architecture.md`, "Planning objective" and
+//! "Chain DP and Lagrangian fast path").
 //!
 //! For each candidate batch size b the time budget for the units is
 //! `B(b) = min((1 − m)·L − W_q(b, λ) − T_o(b), b/λ̂⁺ − T_o(b))` (latency and stability), and the
@@ -74,8 +75,9 @@ impl PlannerConfig {
     }
 }
 
-/// Multiplicative corrections of the cost model from observed batches (α in reference/eali.md
-/// §4.5): predicted times and energies are multiplied by these.
+/// Multiplicative corrections of the cost model from observed batches (α in
+/// `docs/architecture.md`, "Online controller"): predicted times and energies are multiplied by
+/// these.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Corrections {
     pub time: f64,

@@ -1,4 +1,5 @@
-//! Cost-driven merging of structural units (reference/eali.md §4.1 step 4).
+//! Cost-driven merging of structural units (`docs/architecture.md`, "Optimization units and
+//! merging").
 //!
 //! 1. A unit shorter than `k · ŝ` at f_max (ŝ = median switch latency) cannot pay for a clock
 //!    switch of its own: it merges into its shorter neighbour.

@@ -86,7 +86,8 @@ pub struct ClockActuator {
 }
 
 /// Margin after the expected (median) settle time before reading the clock back: covers the
-/// settle tail (max ≈ 48 ms against a 20 ms median on V100, `reference/gpu.md` fact 1).
+/// settle tail (max ≈ 48 ms against a 20 ms median on V100 in the DVFS latency tool's reports,
+/// `docs/architecture.md`, "Switch latency").
 const VERIFY_MARGIN: Duration = Duration::from_millis(40);
 
 impl ClockActuator {

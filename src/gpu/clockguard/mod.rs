@@ -1,4 +1,4 @@
-//! Clock safety: a GPU is never left at a locked low clock (DESIGN.md §3).
+//! Clock safety: a GPU is never left at a locked low clock (`docs/architecture.md`, "Contracts").
 //!
 //! - [`ClockGuard`] keeps an on-disk [`LockRecord`] of the clock settings this node's agent has
 //!   made. An entry is written and synced *before* the NVML call that locks a GPU, and removed

@@ -29,7 +29,8 @@ pub enum EnergySource {
 }
 
 /// The `nvmlDeviceGetPowerUsage` meaning for a GPU: a 1 s average on Ampere except GA100 and on
-/// newer parts, instantaneous on GA100 and older (`reference/gpu.md` fact 4).
+/// newer parts, instantaneous on GA100 and older (NVML API 13 `nvml.h`; `docs/architecture.md`,
+/// "NVML by generation").
 pub fn power_usage_semantics(arch: crate::gpu::Architecture, name: &str) -> PowerSemantics {
     let ga100 = name.contains("A100") || name.contains("A30");
     if arch >= crate::gpu::Architecture::Ampere && !ga100 {

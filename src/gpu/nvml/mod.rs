@@ -8,12 +8,12 @@
 //! simulated GPU (`e2e/nvml-standin`). Without a driver, initialisation yields
 //! [`GpuError::DriverNotLoaded`], never a panic.
 //!
-//! Generation differences handled here (`reference/gpu.md` §2): locked clocks from Volta on,
-//! application clocks with auto boost turned off before that; memory locked clocks from Ampere
-//! on; the energy counter from Volta on, checked at open to advance, else power integrated
-//! (and said so); instantaneous power from the NVML field where the driver has it, else
-//! `nvmlDeviceGetPowerUsage` with its per-generation meaning (1 s average on Ampere except
-//! GA100 and newer).
+//! Generation differences handled here (`docs/architecture.md`, "NVML by generation"): locked
+//! clocks from Volta on, application clocks with auto boost turned off before that; memory locked
+//! clocks from Ampere on; the energy counter from Volta on, checked at open to advance, else power
+//! integrated (and said so); instantaneous power from the NVML field where the driver has it, else
+//! `nvmlDeviceGetPowerUsage` with its per-generation meaning (1 s average on Ampere except GA100
+//! and newer).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! a clock), [`SimGpu`] on virtual time behind the [`crate::gpu::GpuBackend`] and
 //! [`crate::gpu::LayerExecutor`] traits, a fast path for the discrete-event simulator
 //! ([`SpanCost`] + [`SimGpu::run_span`]) and the calibration checks that pin it to published
-//! measurements (`reference/gpu.md`).
+//! measurements (`docs/architecture.md`, "Simulated GPU").
 
 mod backend;
 pub mod calibration;

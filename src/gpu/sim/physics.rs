@@ -1,12 +1,12 @@
 //! Time and power of GPU work as pure functions of a profile and a graphics clock: the
 //! simulator's hot path.
 //!
-//! Time follows a roofline split (`reference/gpu.md` §1.1): a fixed launch overhead, a memory part
-//! that does not depend on the core clock (until the clock is so low that the SMs cannot keep
-//! memory busy), and a compute part scaled by f_max/f. Power is static (base + leakage ∝ V²) plus
-//! clock distribution ∝ V²·f, a clock-independent "busy" term while work runs, SM dynamic power
-//! ∝ V²·f·activity, and DRAM energy per byte moved. The voltage is flat at V_min below a knee and
-//! rises linearly to V_max at f_max.
+//! Time follows a roofline split (`docs/architecture.md`, "Time and power"): a fixed launch
+//! overhead, a memory part that does not depend on the core clock (until the clock is so low that
+//! the SMs cannot keep memory busy), and a compute part scaled by f_max/f. Power is static (base +
+//! leakage ∝ V²) plus clock distribution ∝ V²·f, a clock-independent "busy" term while work runs,
+//! SM dynamic power ∝ V²·f·activity, and DRAM energy per byte moved. The voltage is flat at V_min
+//! below a knee and rises linearly to V_max at f_max.
 //!
 //! Every term is linear in a handful of per-work sums ([`WorkParts`]), so the cost of a whole
 //! sequence of layers at any clock is evaluated in O(1) from its summed parts: that is what makes

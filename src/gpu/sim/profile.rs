@@ -3,8 +3,8 @@
 //! figures, switch latency, energy counter and power-reading semantics.
 //!
 //! Every number in a profile file carries a provenance label in a comment: `[src x]` (read in
-//! source x of `reference/gpu.md`), `[ds]` (datasheet value, unverified) or `[est]` (estimate;
-//! fitted ones name the published data they were fitted to).
+//! source x of `docs/architecture.md`, "Sources"), `[ds]` (datasheet value, unverified) or `[est]`
+//! (estimate; fitted ones name the published data they were fitted to).
 
 use std::path::Path;
 

@@ -1,5 +1,5 @@
-//! Reports of a suite: the aligned table, the summary against the targets of DESIGN.md §5, and
-//! the JSON records (one per case and policy).
+//! Reports of a suite: the aligned table, the summary against targets (`docs/architecture.md`,
+//! "Targets"), and the JSON records (one per case and policy).
 
 use std::fmt::Write as _;
 
@@ -300,7 +300,7 @@ fn a_meets(c: &CaseResult) -> bool {
         .is_some_and(|r| r.slo_attainment >= SLO_MET)
 }
 
-/// The summary as text, with the targets of DESIGN.md §5 beside each number.
+/// The summary as text, with a target beside each number (`docs/architecture.md`, "Targets").
 pub fn summary_text(s: &Summary) -> String {
     let p = |x: f64| {
         if x.is_finite() {

@@ -12,11 +12,12 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     crate::stats::percentile_finite(values, p).unwrap_or(f64::NAN)
 }
 
-/// Clock-switch latency as the DVFS latency tool measured it (gpu.md fact 1): a locked-clock
-/// call between the tool's clock points, then polling the clock until it reads the new value.
-/// Published ranges span the tool's runs; the tolerance adds 5 % for sampling error.
+/// Clock-switch latency as the DVFS latency tool measured it (its "DVFS CSV Report" files;
+/// `docs/architecture.md`, "Switch latency"): a locked-clock call between the tool's clock points,
+/// then polling the clock until it reads the new value. Published ranges span the tool's runs; the
+/// tolerance adds 5 % for sampling error.
 pub fn switch_latency() -> Result<Vec<CalibrationCheck>, CalibrationError> {
-    const SRC: &str = "DVFS latency CSV reports (gpu.md fact 1)";
+    const SRC: &str = "DVFS latency tool, DVFS CSV reports (V100)";
     const POINTS: [u32; 6] = [135, 412, 690, 975, 1252, 1530];
     const POLL_S: f64 = 1e-4;
     let mut gpu = SimGpu::new(GpuProfile::builtin("v100-sxm2")?, 0, SEED);
@@ -150,7 +151,7 @@ pub fn energy_counter() -> Result<Vec<CalibrationCheck>, CalibrationError> {
     Ok(vec![
         CalibrationCheck::new(
             "counter/update-period",
-            "pynvml PR #18 review (gpu.md fact 3)",
+            "pynvml PR #18 review (gpuopenanalytics/pynvml)",
             10.0,
             period_ms,
             "ms",
@@ -158,7 +159,7 @@ pub fn energy_counter() -> Result<Vec<CalibrationCheck>, CalibrationError> {
         ),
         CalibrationCheck::new(
             "counter/vs-integrated-power",
-            "Zeus issue #12 (gpu.md fact 3)",
+            "Zeus issue #12 (ml-energy/zeus)",
             0.0,
             100.0 * (counter_j / integrated_j - 1.0),
             "%",

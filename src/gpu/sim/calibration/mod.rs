@@ -1,5 +1,6 @@
-//! Calibration checks: the simulated GPU against published measurements (`reference/gpu.md`).
-//! Shared by `tests/calibration.rs` and `eali calibrate`, so both print the same table.
+//! Calibration checks: the simulated GPU against published measurements (`docs/architecture.md`,
+//! "Calibration"). Shared by `tests/calibration.rs` and `eali calibrate`, so both print the same
+//! table.
 //!
 //! Each check measures the simulator the way the publication measured the real GPU (power limits
 //! and the energy counter for Zeus, a clock sweep for Tang et al., clock polling for the switch

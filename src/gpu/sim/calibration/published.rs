@@ -8,7 +8,7 @@ use crate::gpu::sim::profile::GpuProfile;
 use crate::gpu::sim::span::SpanCost;
 use crate::gpu::{GpuBackend, LayerExecutor, LayerWork, WorkKind};
 
-const ZEUS: &str = "Zeus NSDI'23 summary_power_v100.csv (gpu.md fact 7)";
+const ZEUS: &str = "Zeus NSDI'23 artifact, trace/summary_power_v100.csv";
 
 /// Zeus' V100 ResNet-50 power-limit sweep (ImageNet, batch 128), relative to the 250 W limit.
 /// The 250 W maximum limit is the V100-PCIe's, so the `v100-pcie` profile runs it, with the
@@ -79,7 +79,7 @@ pub fn zeus_power_limit_sweep() -> Result<Vec<CalibrationCheck>, CalibrationErro
     Ok(out)
 }
 
-const TANG: &str = "Tang et al. e-Energy'19 (gpu.md fact 8)";
+const TANG: &str = "Tang et al. e-Energy'19 (arXiv 1905.11012)";
 
 /// Tang et al.: the best core clock instead of the default saves 19.6–26.4 % of inference
 /// energy. Their V100 sweep points (1530 MHz max: the SXM2 part) at mem 877, ResNet-50 at batch 32
@@ -111,9 +111,10 @@ pub fn tang_best_clock() -> Result<Vec<CalibrationCheck>, CalibrationError> {
     )])
 }
 
-/// V100-SXM2 idles at 39.8 W at 135 MHz (nvidia-smi -q, src b).
+/// V100-SXM2 idles at 39.8 W at 135 MHz (`nvidia-smi -q` of a Tesla V100-SXM2-32GB, Princeton
+/// Research Computing's Traverse cluster; `[src b]` of `docs/architecture.md`, "Sources").
 pub fn idle_power() -> Result<Vec<CalibrationCheck>, CalibrationError> {
-    const SRC: &str = "nvidia-smi -q V100-SXM2 (gpu.md src b)";
+    const SRC: &str = "nvidia-smi -q V100-SXM2-32GB (Princeton Traverse)";
     let mut gpu = SimGpu::new(GpuProfile::builtin("v100-sxm2")?, 0, SEED);
     gpu.idle(2.0)?;
     let e0 = gpu.energy_mj()?;
@@ -149,9 +150,10 @@ pub fn idle_power() -> Result<Vec<CalibrationCheck>, CalibrationError> {
 
 /// Slowdown of one layer at half the maximum clock on V100-SXM2: compute-bound convolutions
 /// slow by about f_max/f, memory-bound layers (depthwise conv, pooling, elementwise) by < 15 %
-/// (gpu.md §1.1, consistent with Tang et al. and Guerreiro et al.).
+/// (consistent with Tang et al., e-Energy'19, and Guerreiro et al., HPCA'18;
+/// `docs/architecture.md`, "Time and power").
 pub fn layer_clock_scaling() -> Result<Vec<CalibrationCheck>, CalibrationError> {
-    const SRC: &str = "gpu.md §1.1 (Tang et al.; Guerreiro et al.)";
+    const SRC: &str = "Tang et al. e-Energy'19; Guerreiro et al. HPCA'18";
     let profile = GpuProfile::builtin("v100-sxm2")?;
     let f_max = profile.max_clock_mhz();
     let f_half = profile.floor_clock_mhz(f_max / 2);
