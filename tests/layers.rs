@@ -1,8 +1,7 @@
 //! The layering rules of `docs/architecture.md`, checked on the sources: the serving path never
 //! imports the simulator, the model IR imports nothing above it, and the pure cores import no
-//! runtime, network, Kubernetes, hardware, clock or file API. Test modules (`*tests.rs` files and
-//! the `#[cfg(test)]` module at the end of a file) may check against the simulator's ground
-//! truth and are not checked.
+//! runtime, network, Kubernetes, hardware, clock or file API. Test code counts too: checks against
+//! the simulator's ground truth live in `sim/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
@@ -21,15 +20,9 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The non-test code of a file: everything before its trailing `#[cfg(test)]` module.
-fn production_code(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    if name.ends_with("tests.rs") || name == "testdev.rs" {
-        return None;
-    }
-    let text = std::fs::read_to_string(path).ok()?;
-    let cut = text.find("\n#[cfg(test)]\nmod ").unwrap_or(text.len());
-    Some(text[..cut].to_string())
+/// A file's code, tests included.
+fn source(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
 }
 
 /// `(file:line, pattern)` for every line of the layer's code that names a forbidden path.
@@ -45,7 +38,7 @@ fn violations(layer: &str, forbidden: &[&str]) -> Vec<String> {
     }
     let mut out = Vec::new();
     for f in files {
-        let Some(code) = production_code(&f) else {
+        let Some(code) = source(&f) else {
             continue;
         };
         for (i, line) in code.lines().enumerate() {

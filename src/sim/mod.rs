@@ -17,6 +17,8 @@ pub use crate::policy::baselines;
 pub use crate::policy::controller as eali_policy;
 
 #[cfg(test)]
+mod attribution_tests;
+#[cfg(test)]
 mod des_tests;
 #[cfg(test)]
 mod policy_tests;
