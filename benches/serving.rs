@@ -31,7 +31,7 @@ use eali::k8s::crd::{
     GpuSelector, InferenceServiceSpec, ModelFormat, ModelRef, PodResources, Policy, Replicas, Slo,
 };
 use eali::model::{Conv, GraphBuilder, Shape};
-use eali::serve::{Compute, RuntimeOptions, ServeConfig, ServeOptions, Server};
+use eali::serve::{Compute, DeviceChoice, RuntimeOptions, ServeConfig, ServeOptions, Server};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -112,6 +112,8 @@ async fn eali_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::oneshot
             weights: None,
             zero_cost: true,
             locations: Default::default(),
+            device: DeviceChoice::Sim,
+            switch_latency: None,
         },
         queue_capacity: 1 << 16,
         deadline_factor: 100.0,

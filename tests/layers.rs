@@ -34,7 +34,9 @@ fn violations(layer: &str, forbidden: &[&str]) -> Vec<String> {
     if root.is_dir() {
         rust_files(&root, &mut files);
     } else {
-        files.push(root.with_extension("rs"));
+        let file = root.with_extension("rs");
+        assert!(file.is_file(), "no layer {layer} at {}", file.display());
+        files.push(file);
     }
     let mut out = Vec::new();
     for f in files {
@@ -112,5 +114,28 @@ fn the_pure_cores_use_no_runtime_network_kubernetes_clock_or_file_api() {
         all.is_empty(),
         "impure code in a pure core:\n{}",
         all.join("\n")
+    );
+}
+
+#[test]
+fn the_serving_worker_drives_a_device_seam_not_a_simulated_gpu() {
+    // The worker talks to `serve::device::ServingDevice`; which GPU is behind it (simulated,
+    // local NVML, the node agent's) is chosen in `serve/runtime.rs`.
+    let named = [
+        "SimDevice",
+        "SimGpu",
+        "SimServing",
+        "NvmlServing",
+        "AgentServing",
+        "RemoteClock",
+        "crate::gpu::nvml",
+    ];
+    let v = violations("serve/worker.rs", &named);
+    let worker = violations("serve/worker", &named);
+    assert!(
+        v.is_empty() && worker.is_empty(),
+        "the worker names a device:\n{}\n{}",
+        v.join("\n"),
+        worker.join("\n")
     );
 }

@@ -106,26 +106,6 @@ pub struct CostSource {
     pub notes: Vec<String>,
 }
 
-/// Reads a switch latency written by `eali gpu calibrate-switch --out FILE`.
-fn load_switch_latency(path: &std::path::Path) -> anyhow::Result<SwitchLatency> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the switch latency file {}", path.display()))?;
-    let s: SwitchLatency = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a switch latency (from `eali gpu calibrate-switch --out`)",
-            path.display()
-        )
-    })?;
-    let values = [s.call_median_s, s.total_median_s, s.total_p95_s];
-    if values.iter().any(|v| !v.is_finite() || *v < 0.0) || s.total_p95_s < s.total_median_s {
-        anyhow::bail!(
-            "{}: switch latencies must be finite, non-negative, and p95 ≥ median",
-            path.display()
-        );
-    }
-    Ok(s)
-}
-
 /// Predicted per-layer costs and the measured switch latency for `graph` on `args.gpu`.
 pub fn cost_source(args: &Args, graph: &Graph) -> anyhow::Result<CostSource> {
     let mut notes = Vec::new();
@@ -144,7 +124,7 @@ pub fn cost_source(args: &Args, graph: &Graph) -> anyhow::Result<CostSource> {
         .context("predicting the layer cost table")?;
     let (switch, origin) = match &args.switch_latency {
         Some(path) => (
-            load_switch_latency(path)?,
+            super::files::load_switch_latency(path)?,
             format!("read from {}", path.display()),
         ),
         None => (
@@ -551,7 +531,10 @@ mod tests {
             total_p95_s: 0.031,
         };
         std::fs::write(&good, serde_json::to_vec(&measured).unwrap()).unwrap();
-        assert_eq!(load_switch_latency(&good).unwrap(), measured);
+        assert_eq!(
+            crate::cli::files::load_switch_latency(&good).unwrap(),
+            measured
+        );
         assert_eq!(
             args(&["--switch-latency", good.to_str().unwrap()]).switch_latency,
             Some(good.clone())
@@ -563,12 +546,14 @@ mod tests {
             ..measured
         };
         std::fs::write(&inverted, serde_json::to_vec(&bad).unwrap()).unwrap();
-        assert!(load_switch_latency(&inverted).is_err());
+        assert!(crate::cli::files::load_switch_latency(&inverted).is_err());
         let garbage = dir.join("garbage.json");
         std::fs::write(&garbage, b"{\"call\": 1}").unwrap();
-        let err = load_switch_latency(&garbage).unwrap_err().to_string();
+        let err = crate::cli::files::load_switch_latency(&garbage)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a switch latency"), "{err}");
-        assert!(load_switch_latency(&dir.join("missing.json")).is_err());
+        assert!(crate::cli::files::load_switch_latency(&dir.join("missing.json")).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -10,9 +10,12 @@ use crate::k8s::crd::{
     GpuSelector, InferenceServiceSpec, ModelRef, PodResources, Policy, Replicas, Slo,
 };
 use crate::k8s::objects::{POD_NAMESPACE_ENV, SERVE_SPEC_ENV, SERVICE_ENV};
+use crate::serve::device::NvmlServingOptions;
 use crate::serve::fetch::{FetchOptions, fetch_models};
 use crate::serve::source::Locations;
-use crate::serve::{Compute, RuntimeOptions, ServeConfig, ServeOptions, Server, shutdown_signal};
+use crate::serve::{
+    Compute, DeviceChoice, RuntimeOptions, ServeConfig, ServeOptions, Server, shutdown_signal,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -76,6 +79,24 @@ pub struct Args {
     /// No GPU: every batch takes no time (measures the serving path's own overhead).
     #[arg(long)]
     pub zero_cost: bool,
+    /// What the models are served on: `auto` (the node agent's GPU in a pod that was allocated
+    /// one, else the simulated GPU), `sim`, `agent`, or `nvml:N` (local GPU N through NVML; its
+    /// clocks are set where this process may, else it serves read-only at the GPU's clocks).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// NVML library for --device nvml (default: EALI_NVML_LIB, else the driver's).
+    #[arg(long)]
+    pub nvml_lib: Option<PathBuf>,
+    /// Record of the clock locks --device nvml makes, reset at the next start if the process
+    /// dies (default: eali-serve-clock-locks.json in $XDG_RUNTIME_DIR, else the temp directory).
+    #[arg(long)]
+    pub clock_record: Option<PathBuf>,
+    /// The GPU's clock-switch latency as `eali gpu calibrate-switch --out FILE` measured it
+    /// (JSON; on the agent's GPU, from the set-call to the clock in force through the control
+    /// socket): the planner merges units too short to pay for a switch and issues set-calls
+    /// that far ahead. Default: measured on a simulated GPU of the served profile.
+    #[arg(long)]
+    pub switch_latency: Option<PathBuf>,
     /// Samples each model's queue holds before answering 429.
     #[arg(long, default_value_t = 1024)]
     pub queue_capacity: usize,
@@ -105,6 +126,43 @@ pub(crate) fn positive_secs(s: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("expected a number of seconds above 0, got `{s}`")),
     }
+}
+
+/// The device `--device` names.
+fn device_choice(a: &Args) -> anyhow::Result<DeviceChoice> {
+    use crate::control::remote::RemoteClock;
+    let agent = || {
+        RemoteClock::from_env().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--device agent needs {} (set by the device plugin's Allocate in a pod that was given a GPU)",
+                crate::control::client::CONTROL_SOCKET_ENV
+            )
+        })
+    };
+    Ok(match a.device.as_str() {
+        "auto" => RemoteClock::from_env().map_or(DeviceChoice::Sim, DeviceChoice::Agent),
+        "sim" => DeviceChoice::Sim,
+        "agent" => DeviceChoice::Agent(agent()?),
+        d if d == "nvml" || d.starts_with("nvml:") => {
+            let index = match d.strip_prefix("nvml:") {
+                Some(i) => i
+                    .parse()
+                    .with_context(|| format!("--device {d}: expected nvml:INDEX"))?,
+                None => 0,
+            };
+            let record = a.clock_record.clone().unwrap_or_else(|| {
+                std::env::var_os("XDG_RUNTIME_DIR")
+                    .map_or_else(std::env::temp_dir, PathBuf::from)
+                    .join("eali-serve-clock-locks.json")
+            });
+            DeviceChoice::Nvml(NvmlServingOptions {
+                index,
+                library: a.nvml_lib.clone(),
+                record,
+            })
+        }
+        d => anyhow::bail!("unknown --device {d} (auto, sim, agent, nvml:N)"),
+    })
 }
 
 pub fn flags_config(a: &Args) -> anyhow::Result<ServeConfig> {
@@ -162,6 +220,12 @@ pub fn options(a: &Args) -> anyhow::Result<ServeOptions> {
             locations: Locations {
                 pvc_root: a.pvc_root.clone(),
             },
+            device: device_choice(a)?,
+            switch_latency: a
+                .switch_latency
+                .as_deref()
+                .map(super::files::load_switch_latency)
+                .transpose()?,
         },
         queue_capacity: a.queue_capacity,
         deadline_factor: a.deadline_factor,

@@ -1,7 +1,8 @@
-//! `eali serve`'s clock actuator in a cluster: when the device plugin's Allocate put
-//! `EALI_CONTROL_SOCKET` in the environment, every set-call the serving loop makes also goes to
-//! the node agent over the control socket, which sets the real GPU's clocks (the pod itself has
-//! no NVML privileges). Without the variable nothing changes.
+//! `eali serve`'s side of the control socket in a cluster: when the device plugin's Allocate put
+//! `EALI_CONTROL_SOCKET` in the environment, the serving device is the node agent's GPU
+//! (`serve::device::AgentServing`): every set-call the serving loop makes goes to the agent,
+//! which sets the real GPU's clocks (the pod itself has no NVML privileges), and so do the unit
+//! timings the agent attributes its energy counter by and the serving windows it reports.
 //!
 //! The serving loop must never wait on the agent: set-calls go to a sender thread through a
 //! queue, each with the time the plan wants it made (dispatch + the set-call's offset, ahead of
@@ -9,23 +10,17 @@
 //! a newer one is due with it. Only a reset (the drain at shutdown) and dropping the actuator
 //! wait for the queue to empty, so that a pod that stops does not leave its GPU locked (the
 //! agent also resets it when the kubelet releases the GPU).
-//!
-//! The local simulated device stays the executor's timing model; the remote GPU follows it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::client::{CONTROL_SOCKET_ENV, ControlClient, GPU_UUID_ENV};
 use super::proto::{LayerShare, UnitTiming};
-use crate::exec::{ClockActuator, SimDevice};
-use crate::gpu::{ClockChange, GpuError};
 use crate::gpu::{ClockTarget, SetCallQueue};
 use crate::telemetry::LayerPowerModel;
-
-/// How long a reset or drop waits for the agent.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 enum Cmd {
     /// Make this set-call at this time.
@@ -38,16 +33,45 @@ enum Cmd {
 /// The sender thread's handle.
 pub struct RemoteClock {
     tx: Sender<Cmd>,
+    uuid: String,
+    /// How long a set-call takes to reach the GPU through the agent (s, f64 bits): the longest
+    /// of the recent calls' delays from their time to the agent's answer.
+    path_latency: Arc<AtomicU64>,
 }
+
+/// Set-call round trips the path latency is taken over.
+const PATH_SAMPLES: usize = 32;
 
 impl RemoteClock {
     /// Starts the sender thread for socket `path` and GPU `uuid`; connects on first use.
     pub fn start(path: PathBuf, uuid: String) -> std::io::Result<Self> {
         let (tx, rx) = channel();
+        let id = uuid.clone();
+        let path_latency = Arc::new(AtomicU64::new(0f64.to_bits()));
+        let latency = path_latency.clone();
         std::thread::Builder::new()
             .name("eali-remote-clock".into())
-            .spawn(move || sender(rx, path, uuid))?;
-        Ok(Self { tx })
+            .spawn(move || sender(rx, path, id, &latency))?;
+        Ok(Self {
+            tx,
+            uuid,
+            path_latency,
+        })
+    }
+
+    /// How long a set-call takes from its time to the GPU, through this process's sender
+    /// thread, the socket and the agent (s): the longest of the recent calls' delays from their
+    /// time to the agent's answer (0 before the first). Making a call that much early costs the
+    /// end of the unit before it a little energy; making it late runs the next unit's start at
+    /// the wrong clock. The agent's GPU device
+    /// makes each call this much ahead of its planned time.
+    pub fn path_latency_s(&self) -> f64 {
+        f64::from_bits(self.path_latency.load(Ordering::Relaxed))
+    }
+
+    /// The GPU the agent controls for this process.
+    pub fn uuid(&self) -> &str {
+        &self.uuid
     }
 
     /// The process's remote clock from Allocate's environment (first GPU), shared by every
@@ -126,7 +150,9 @@ fn on_agent<T>(
     })
 }
 
-fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
+fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String, path_latency: &AtomicU64) {
+    let mut round_trips: std::collections::VecDeque<f64> =
+        std::collections::VecDeque::with_capacity(PATH_SAMPLES);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -169,7 +195,8 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
         } else {
             calls.take_all()
         };
-        if let Some(t) = target {
+        if let Some((due_s, t)) = target {
+            let connected = client.is_some();
             let result = on_agent(&rt, &mut client, &path, &uuid, async |c| {
                 match t.graphics_range() {
                     Some((lo, hi)) => c.set_clocks(lo, hi).await,
@@ -179,6 +206,18 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String) {
             match result {
                 Ok(st) => {
                     failures = 0;
+                    // From the call's time to the agent's answer: this thread's wake-up, the
+                    // socket and the agent. A call that had to connect first, or one made
+                    // ahead of its time by a flush, says nothing about the next ones.
+                    let late_s = secs(Instant::now()) - due_s;
+                    if connected && (0.0..1.0).contains(&late_s) {
+                        if round_trips.len() == PATH_SAMPLES {
+                            round_trips.pop_front();
+                        }
+                        round_trips.push_back(late_s);
+                        let worst = round_trips.iter().copied().fold(0.0, f64::max);
+                        path_latency.store(worst.to_bits(), Ordering::Relaxed);
+                    }
                     tracing::debug!(?t, applied = st.applied_mhz, "agent set the clock");
                 }
                 Err(e) => {
@@ -270,96 +309,6 @@ impl UnitRun<'_> {
             t.predicted_power_w = seg.power_w;
         }
         t
-    }
-}
-
-/// The serving loop's actuator: the local simulated device, followed by the node agent's GPU
-/// when the process runs in a pod that was allocated one.
-pub struct ServeClock {
-    local: SimDevice,
-    remote: Option<Arc<RemoteClock>>,
-    /// Unix time minus device time, taken at creation (the device clock runs in real time
-    /// when serving).
-    unix_offset_s: f64,
-}
-
-impl ServeClock {
-    /// `local` alone, plus the remote clock when `EALI_CONTROL_SOCKET` is set.
-    pub fn new(local: SimDevice) -> Self {
-        Self::with_remote(local, RemoteClock::from_env())
-    }
-
-    pub fn with_remote(local: SimDevice, remote: Option<Arc<RemoteClock>>) -> Self {
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        let unix_offset_s = unix - ClockActuator::now_s(&local);
-        Self {
-            local,
-            remote,
-            unix_offset_s,
-        }
-    }
-
-    /// Unix time of device time `t_s`.
-    pub fn unix_s(&self, t_s: f64) -> f64 {
-        t_s + self.unix_offset_s
-    }
-
-    /// Sends executed units to the agent (nothing without one). The serving loop's unit hook
-    /// calls this with [`UnitRun::timing`] of each unit, times through [`ServeClock::unix_s`].
-    pub fn report_units(&self, timings: Vec<UnitTiming>) {
-        if let Some(r) = &self.remote {
-            r.report_timings(timings);
-        }
-    }
-
-    pub fn local(&self) -> &SimDevice {
-        &self.local
-    }
-
-    /// The node agent's clock, when there is one (e.g. to report unit timings to it).
-    pub fn remote(&self) -> Option<&RemoteClock> {
-        self.remote.as_deref()
-    }
-}
-
-impl ClockActuator for ServeClock {
-    fn issue(&mut self, at_s: f64, target: ClockTarget) -> Result<ClockChange, GpuError> {
-        let change = self.local.issue(at_s, target)?;
-        if let Some(r) = &self.remote {
-            // Device time runs in real time when serving: `at_s` is that far from now.
-            let ahead = (at_s - ClockActuator::now_s(&self.local)).max(0.0);
-            let at = Instant::now() + Duration::try_from_secs_f64(ahead).unwrap_or_default();
-            r.request_at(at, target);
-            if target == ClockTarget::Default {
-                // Resets come at drain: make sure it reaches the agent before the pod exits.
-                r.flush(FLUSH_TIMEOUT);
-            }
-        }
-        Ok(change)
-    }
-    fn now_s(&self) -> f64 {
-        ClockActuator::now_s(&self.local)
-    }
-    fn current_mhz(&self) -> Result<u32, GpuError> {
-        self.local.current_mhz()
-    }
-}
-
-impl Drop for ServeClock {
-    fn drop(&mut self) {
-        if let Some(r) = &self.remote {
-            r.flush(FLUSH_TIMEOUT);
-        }
-    }
-}
-
-impl std::fmt::Debug for ServeClock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServeClock")
-            .field("remote", &self.remote.is_some())
-            .finish()
     }
 }
 

@@ -10,20 +10,18 @@
 //! - [`ZeroCost`]: a zero-cost executor (no time, no outputs) for measuring the serving path's own
 //!   overhead.
 //!
-//! Clock changes go through a [`clock::ClockActuator`] (the simulated GPU in this process; NVML
-//! or the agent's control socket later).
+//! Clock changes, time and the energy counter are the serving device's
+//! (`serve::device::ServingDevice`), not the executor's.
 
 use std::ops::Range;
 
 use crate::gpu::GpuError;
 
-pub mod clock;
 pub mod cpu;
 mod kernels;
 pub mod sim;
 pub mod weights;
 
-pub use clock::{ClockActuator, ClockThread};
 pub use cpu::CpuExecutor;
 pub use sim::{DeviceClock, SimDevice, SimExecutor};
 pub use weights::{LayerWeights, Weights};

@@ -43,6 +43,64 @@ pub struct SetCall {
     pub target: ClockTarget,
 }
 
+/// When a clock thread makes its set-calls: one at a time, each when both its planned time and
+/// the end of the previous call have come (a set-call blocks its caller for the call latency),
+/// and not at all when it asks for the target already requested. The simulated GPU's clock
+/// thread in the server and the discrete-event simulator's both time their calls with it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SerialSetCalls {
+    free_at_s: f64,
+    last: Option<ClockTarget>,
+    issued: u64,
+    skipped: u64,
+}
+
+impl Default for SerialSetCalls {
+    fn default() -> Self {
+        Self::new(f64::NEG_INFINITY)
+    }
+}
+
+impl SerialSetCalls {
+    /// A thread free from device time `free_at_s` on.
+    pub fn new(free_at_s: f64) -> Self {
+        Self {
+            free_at_s,
+            last: None,
+            issued: 0,
+            skipped: 0,
+        }
+    }
+
+    /// When a call for `target` planned at `at_s` is made, the device's time being `now_s`;
+    /// `None` (counted as skipped) when `target` is the one already requested.
+    pub fn start(&mut self, at_s: f64, now_s: f64, target: ClockTarget) -> Option<f64> {
+        if self.last == Some(target) {
+            self.skipped += 1;
+            return None;
+        }
+        Some(at_s.max(self.free_at_s).max(now_s))
+    }
+
+    /// The call for `target` started at `t_s` and blocked for `call_latency_s`.
+    pub fn made(&mut self, t_s: f64, target: ClockTarget, call_latency_s: f64) {
+        self.free_at_s = t_s + call_latency_s;
+        self.last = Some(target);
+        self.issued += 1;
+    }
+
+    /// The target last requested (None before the first call).
+    pub fn requested(&self) -> Option<ClockTarget> {
+        self.last
+    }
+    pub fn issued(&self) -> u64 {
+        self.issued
+    }
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
 /// Set-calls waiting for their time, for a clock thread that makes them one after another on
 /// its own clock (time is passed in, so the same queue serves wall and virtual time).
 ///
@@ -78,16 +136,17 @@ impl SetCallQueue {
         self.pending.front().map(|&(t, _)| t)
     }
 
-    /// The call to make at `now_s`: the newest of those due, the older due ones superseded.
-    pub fn take_due(&mut self, now_s: f64) -> Option<ClockTarget> {
+    /// The call to make at `now_s`, with the time it was due: the newest of those due, the
+    /// older due ones superseded.
+    pub fn take_due(&mut self, now_s: f64) -> Option<(f64, ClockTarget)> {
         let due = self.pending.partition_point(|&(t, _)| t <= now_s);
-        let newest = self.pending.drain(..due).next_back().map(|(_, t)| t);
+        let newest = self.pending.drain(..due).next_back();
         self.superseded += due.saturating_sub(1) as u64;
         newest
     }
 
     /// Everything queued as if due now (a flush before a reset or an exit).
-    pub fn take_all(&mut self) -> Option<ClockTarget> {
+    pub fn take_all(&mut self) -> Option<(f64, ClockTarget)> {
         self.take_due(f64::INFINITY)
     }
 
@@ -116,20 +175,26 @@ mod tests {
         q.push(1.03, ClockTarget::Locked(1100));
         assert_eq!(q.next_due(), Some(1.00));
         assert_eq!(q.take_due(0.99), None);
-        assert_eq!(q.take_due(1.00), Some(ClockTarget::Locked(1380)));
+        assert_eq!(
+            q.take_due(1.00).map(|c| c.1),
+            Some(ClockTarget::Locked(1380))
+        );
         // Queued before its time: kept, made in order.
         assert_eq!(q.next_due(), Some(1.03));
-        assert_eq!(q.take_due(1.031), Some(ClockTarget::Locked(1100)));
+        assert_eq!(
+            q.take_due(1.031).map(|c| c.1),
+            Some(ClockTarget::Locked(1100))
+        );
         assert_eq!(q.superseded(), 0);
         // The thread wakes late with two calls due: only the newest is made.
         q.push(1.07, ClockTarget::Default);
-        assert_eq!(q.take_due(1.2), Some(ClockTarget::Default));
+        assert_eq!(q.take_due(1.2).map(|c| c.1), Some(ClockTarget::Default));
         assert_eq!(q.superseded(), 1);
         assert!(q.is_empty());
         q.push(f64::NAN, ClockTarget::Locked(700));
         q.push(5.0, ClockTarget::Locked(800));
-        assert_eq!(q.take_due(0.0), Some(ClockTarget::Locked(700)));
-        assert_eq!(q.take_all(), Some(ClockTarget::Locked(800)));
+        assert_eq!(q.take_due(0.0).map(|c| c.1), Some(ClockTarget::Locked(700)));
+        assert_eq!(q.take_all(), Some((5.0, ClockTarget::Locked(800))));
         assert_eq!(q.len(), 0);
     }
 }

@@ -14,7 +14,7 @@ pub mod clockguard;
 pub mod nvml;
 pub mod sim;
 
-pub use clock::{ClockTarget, SetCall, SetCallQueue};
+pub use clock::{ClockTarget, SerialSetCalls, SetCall, SetCallQueue};
 
 // What a layer asks of the GPU is plain data of the model layer; the GPU layer runs it.
 pub use crate::model::{LayerWork, WorkKind};

@@ -5,6 +5,7 @@
 //! [`crate::load`] is the matching open-loop load generator (`eali load`).
 
 pub mod config;
+pub mod device;
 pub mod fetch;
 pub mod grpc;
 pub mod model;
@@ -18,7 +19,7 @@ pub mod state;
 pub mod worker;
 
 pub use config::ServeConfig;
-pub use runtime::{Compute, RuntimeOptions};
+pub use runtime::{Compute, DeviceChoice, RuntimeOptions};
 pub use server::{ServeOptions, Server, shutdown_signal};
 
 /// Why the server could not start or stopped with an error.

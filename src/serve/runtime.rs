@@ -13,6 +13,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 
 use super::ServeError;
+use super::device::{AgentServing, NvmlServing, NvmlServingOptions, ServingDevice, SimServing};
 use super::model::{ModelInfo, default_io};
 use super::source::{self, Locations, Source};
 use super::worker::{BuiltPolicy, PolicyFactory, Timebase};
@@ -38,6 +39,34 @@ pub enum Compute {
     Cpu,
 }
 
+/// The hardware a model is served on (see [`super::device`]).
+#[derive(Clone)]
+pub enum DeviceChoice {
+    /// The simulated GPU of the service's profile, in this process.
+    Sim,
+    /// A local GPU through NVML.
+    Nvml(NvmlServingOptions),
+    /// The node agent's GPU through the control socket (a serving pod).
+    Agent(Arc<crate::control::remote::RemoteClock>),
+}
+
+impl std::fmt::Debug for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sim => f.write_str("Sim"),
+            Self::Nvml(o) => f.debug_tuple("Nvml").field(o).finish(),
+            Self::Agent(r) => f.debug_tuple("Agent").field(&r.uuid()).finish(),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// Whether the device is one real GPU, which a single model holds.
+    pub fn is_real(&self) -> bool {
+        !matches!(self, Self::Sim)
+    }
+}
+
 /// Server-wide settings that shape every model.
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
@@ -51,13 +80,18 @@ pub struct RuntimeOptions {
     pub zero_cost: bool,
     /// Where `model.uri` files are found locally.
     pub locations: Locations,
+    /// What the models are served on.
+    pub device: DeviceChoice,
+    /// The GPU's measured clock-switch latency, where known; else it is measured on a
+    /// simulated GPU of the served profile.
+    pub switch_latency: Option<crate::eali::SwitchLatency>,
 }
 
 /// A model ready to hand to a worker.
 pub struct Prepared {
     pub info: Arc<ModelInfo>,
     pub executor: Box<dyn Executor>,
-    pub device: Option<SimDevice>,
+    pub device: Option<Box<dyn ServingDevice>>,
     pub power: Option<LayerPowerModel>,
     pub policy: PolicyFactory,
 }
@@ -106,6 +140,7 @@ fn simulated_costs(
     profile: &GpuProfile,
     max_batch: u32,
     seed: u64,
+    measured_switch: Option<crate::eali::SwitchLatency>,
 ) -> Result<(ModelCosts, crate::eali::costs::LayerCostTable), String> {
     let clocks = spread_clocks(profile.supported_clocks_mhz(), TABLE_CLOCKS);
     let batches: Vec<u32> = PLAN_BATCHES
@@ -118,7 +153,7 @@ fn simulated_costs(
     let table = cost_table::simulated(graph, profile, &batches, &clocks, threads)
         .map_err(|e| format!("predicting costs on {}: {e}", profile.name()))?;
     let predicted_s = started.elapsed().as_secs_f64();
-    let switch = measure_simulated(profile, seed);
+    let switch = measured_switch.unwrap_or_else(|| measure_simulated(profile, seed));
     let switch_s = started.elapsed().as_secs_f64() - predicted_s;
     let costs = ModelCosts::predicted(
         graph,
@@ -215,9 +250,15 @@ pub fn prepare(
         .profile
         .clone()
         .unwrap_or_else(|| opts.default_gpu.clone());
-    let profile = GpuProfile::builtin(&gpu).map_err(|e| setup(e.to_string()))?;
-    let (costs, predicted) =
-        simulated_costs(&graph, &profile, spec.max_batch_size, opts.seed).map_err(setup)?;
+    let profile = GpuProfile::load(&gpu).map_err(|e| setup(e.to_string()))?;
+    let (costs, predicted) = simulated_costs(
+        &graph,
+        &profile,
+        spec.max_batch_size,
+        opts.seed,
+        opts.switch_latency,
+    )
+    .map_err(setup)?;
     let graph = Arc::new(graph);
     let info = info(graph.clone());
     let device = SimDevice::new(
@@ -225,6 +266,22 @@ pub fn prepare(
         DeviceClock::Wall(timebase.epoch),
     );
     let sim = SimExecutor::new(device.clone(), graph.clone());
+    // On a real GPU the simulated one stays the executor's timing model and follows the plan's
+    // set-calls; the real one takes them, and its counter is what is attributed.
+    let model = SimServing::new(device);
+    let serving: Box<dyn ServingDevice> = match &opts.device {
+        DeviceChoice::Sim => Box::new(model),
+        DeviceChoice::Agent(remote) => Box::new(AgentServing::new(
+            remote.clone(),
+            remote.uuid().to_string(),
+            timebase.epoch,
+            Some(model),
+        )),
+        DeviceChoice::Nvml(o) => Box::new(
+            NvmlServing::open(o, timebase.epoch, Some(model))
+                .map_err(|e| setup(format!("NVML GPU {}: {e}", o.index)))?,
+        ),
+    };
     let executor: Box<dyn Executor> = match opts.compute {
         Compute::None => Box::new(sim),
         Compute::Cpu => Box::new(Paired {
@@ -245,7 +302,7 @@ pub fn prepare(
     Ok(Prepared {
         info,
         executor,
-        device: Some(device),
+        device: Some(serving),
         power,
         policy: factory,
     })

@@ -56,6 +56,13 @@ impl Server {
         let timebase = Timebase::new();
         let mut models = BTreeMap::new();
         let mut workers = Vec::new();
+        if opts.runtime.device.is_real() && config.services.len() > 1 {
+            return Err(ServeError::Config(format!(
+                "{} services on one real GPU ({:?}): a GPU's clocks follow one model's plan, so serve one service per GPU",
+                config.services.len(),
+                opts.runtime.device
+            )));
+        }
         for (i, isvc) in config.services.iter().enumerate() {
             let (isvc, ropts) = (isvc.clone(), opts.runtime.clone());
             let prepared =

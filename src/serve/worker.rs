@@ -28,11 +28,11 @@ mod energy;
 
 use energy::Hook;
 
+use super::device::ServingDevice;
 use super::model::ModelInfo;
 use super::oip::{ErrorKind, OipError};
 use super::queue::{Job, Queue, SampleDone};
-use crate::exec::{BatchRequest, ClockActuator, ClockThread, Executor, SimDevice};
-use crate::gpu::GpuBackend;
+use crate::exec::{BatchRequest, Executor};
 use crate::policy::{Action, BatchDone, ClockTarget, Policy};
 use crate::telemetry::{Attributor, LayerPowerModel, Metrics, WindowMeter};
 
@@ -74,8 +74,9 @@ pub struct WorkerSetup {
     pub queue: Arc<Queue>,
     pub metrics: Metrics,
     pub executor: Box<dyn Executor>,
-    /// The simulated GPU behind the executor (clock control, energy counter, GPU metrics).
-    pub device: Option<SimDevice>,
+    /// The GPU the model is served on (clock control, time, energy counter, GPU metrics);
+    /// `None` for an executor with no GPU under it.
+    pub device: Option<Box<dyn ServingDevice>>,
     /// Predicted per-layer power, for energy attribution.
     pub power: Option<LayerPowerModel>,
     pub policy: PolicyFactory,
@@ -259,9 +260,7 @@ struct Worker {
     queue: Arc<Queue>,
     metrics: Metrics,
     executor: Box<dyn Executor>,
-    device: Option<SimDevice>,
-    /// Set-calls: the simulated device, and the node agent's GPU in a pod (control socket).
-    clock: Option<ClockThread<crate::control::remote::ServeClock>>,
+    device: Option<Box<dyn ServingDevice>>,
     power: Option<LayerPowerModel>,
     attributor: Attributor,
     policy: Box<dyn Policy + Send>,
@@ -318,7 +317,7 @@ impl Worker {
         let gpu_label = s
             .device
             .as_ref()
-            .map_or_else(|| "none".to_string(), |d| d.lock().info().uuid.clone());
+            .map_or_else(|| "none".to_string(), |d| d.label().to_string());
         let m = &s.metrics;
         m.slo_seconds
             .with_label_values(&[&s.info.name])
@@ -349,10 +348,6 @@ impl Worker {
         let mut w = Self {
             queue_depth: m.queue_depth.with_label_values(&[&s.info.name]),
             batch_size: m.batch_size.with_label_values(&[&s.info.name]),
-            clock: s
-                .device
-                .clone()
-                .map(|d| ClockThread::new(crate::control::remote::ServeClock::new(d))),
             info: s.info,
             queue: s.queue,
             metrics: s.metrics,
@@ -382,6 +377,7 @@ impl Worker {
             model = %w.info.name,
             architecture = %w.info.graph.name,
             executor = %w.executor.name(),
+            device = %w.device.as_ref().map_or_else(|| "none".to_string(), |d| d.describe()),
             policy = %w.policy.name(),
             units = w.units.len(),
             max_batch = w.policy.max_batch(),
@@ -398,11 +394,11 @@ impl Worker {
     }
 
     fn set_clock(&mut self, at_s: f64, target: ClockTarget) {
-        let Some(clock) = self.clock.as_mut() else {
+        let Some(device) = self.device.as_mut() else {
             return;
         };
-        match clock.issue(at_s, target) {
-            Ok(Some(_)) => {
+        match device.set_clock_at(at_s, target) {
+            Ok(true) => {
                 self.metrics
                     .clock_switches
                     .with_label_values(&[&self.gpu_label])
@@ -413,7 +409,7 @@ impl Worker {
                     .with_label_values(&[&self.gpu_label])
                     .set(hz);
             }
-            Ok(None) => {}
+            Ok(false) => {}
             Err(e) => tracing::warn!(model = %self.info.name, error = %e, "clock change failed"),
         }
     }
@@ -478,8 +474,8 @@ impl Worker {
 
     /// After the drain: the GPU's clocks back to default, the last telemetry.
     fn finish(&mut self) {
-        if let Some(c) = self.clock.as_mut()
-            && let Err(e) = c.reset()
+        if let Some(d) = self.device.as_mut()
+            && let Err(e) = d.reset_clocks()
         {
             tracing::error!(model = %self.info.name, error = %e, "could not reset GPU clocks");
         }
@@ -493,7 +489,7 @@ impl Worker {
     fn idle_clock_change(&mut self) -> Option<(f64, ClockTarget)> {
         let now = self.now_s();
         let target = self.policy.idle_clock(now)?;
-        let requested = self.clock.as_ref()?.requested();
+        let requested = self.device.as_ref()?.requested();
         (requested != Some(target)).then_some((now, target))
     }
 
@@ -515,15 +511,11 @@ impl Worker {
         let batch = jobs.len() as u32;
         let start = self.now_s();
         // The clock the GPU held while this batch waited (the idle power of the window's gap).
-        let rest_mhz = self.device.as_ref().and_then(|d| d.current_mhz().ok());
+        let rest_mhz = self.device.as_ref().and_then(|d| d.clock_mhz());
         self.unit_clocks.clear();
-        let e0 = self.device.as_ref().and_then(|d| d.lock().energy_mj().ok());
+        let e0 = self.device.as_ref().and_then(|d| d.energy_mj());
         if let Some(mj) = e0 {
-            let clock = self
-                .device
-                .as_ref()
-                .map_or(0, |d| d.current_mhz().unwrap_or(0));
-            self.counter_read(start, mj, clock);
+            self.counter_read(start, mj, rest_mhz.unwrap_or(0));
         }
         for call in &plan.set_calls {
             self.set_clock(start + call.offset_s, call.target);
@@ -537,6 +529,7 @@ impl Worker {
             let mut hook = Hook {
                 worker: self,
                 units: &units,
+                planned: &plan.unit_clocks,
                 batch,
             };
             let req = BatchRequest {
@@ -596,10 +589,7 @@ impl Worker {
             j.slot.complete(SampleDone { output, batch });
         }
         self.batch_size.observe(f64::from(batch));
-        let energy_j = match (
-            e0,
-            self.device.as_ref().and_then(|d| d.lock().energy_mj().ok()),
-        ) {
+        let energy_j = match (e0, self.device.as_ref().and_then(|d| d.energy_mj())) {
             (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1000.0,
             _ => 0.0,
         };

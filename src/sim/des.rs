@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use crate::gpu::GpuError;
+use crate::gpu::{GpuError, SerialSetCalls};
 
 use super::device::{Device, SpanTable};
 use super::metrics::{
@@ -82,14 +82,10 @@ impl SimConfig {
     }
 }
 
-/// The clock thread: serial set-calls, each starting when both its planned time and the previous
-/// call have come; identical consecutive targets are skipped (as Zeus' frequency controller
-/// does).
+/// The clock thread: serial set-calls timed by [`SerialSetCalls`] (identical consecutive targets
+/// are skipped, as Zeus' frequency controller does).
 struct ClockThread {
-    free_at: f64,
-    last: Option<ClockTarget>,
-    issued: usize,
-    skipped: usize,
+    calls: SerialSetCalls,
 }
 
 impl ClockThread {
@@ -100,15 +96,11 @@ impl ClockThread {
         target: ClockTarget,
         log: Option<&mut Vec<SetCallRecord>>,
     ) -> Result<(), GpuError> {
-        if self.last == Some(target) {
-            self.skipped += 1;
+        let Some(t) = self.calls.start(at, dev.now_s(), target) else {
             return Ok(());
-        }
-        let t = at.max(self.free_at).max(dev.now_s());
+        };
         let change = dev.schedule_clock(t, target)?;
-        self.free_at = t + change.call_latency_s;
-        self.last = Some(target);
-        self.issued += 1;
+        self.calls.made(t, target, change.call_latency_s);
         if let Some(log) = log {
             let target_mhz = match target {
                 ClockTarget::Default => 0,
@@ -156,10 +148,7 @@ pub fn run<D: Device, P: Policy + ?Sized>(
         ..Timeline::default()
     });
     let mut clock = ClockThread {
-        free_at: t0,
-        last: None,
-        issued: 0,
-        skipped: 0,
+        calls: SerialSetCalls::new(t0),
     };
     if let Some(target) = policy.initial_clock() {
         clock.issue(
@@ -368,8 +357,8 @@ fn summarise(s: SummaryInput<'_>) -> RunResult {
         } else {
             f64::NAN
         },
-        switches: s.clock.issued,
-        skipped_set_calls: s.clock.skipped,
+        switches: s.clock.calls.issued() as usize,
+        skipped_set_calls: s.clock.calls.skipped() as usize,
         saturated_s: s.saturated_s,
         batches: s.batches,
         mean_batch: if s.batches > 0 {

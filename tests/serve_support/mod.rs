@@ -11,7 +11,9 @@ use eali::k8s::crd::{
     GpuSelector, InferenceServiceSpec, ModelRef, PodResources, Policy, Replicas, Slo,
 };
 use eali::serve::state::AppState;
-use eali::serve::{Compute, RuntimeOptions, ServeConfig, ServeError, ServeOptions, Server};
+use eali::serve::{
+    Compute, DeviceChoice, RuntimeOptions, ServeConfig, ServeError, ServeOptions, Server,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -52,6 +54,8 @@ pub fn options() -> ServeOptions {
             weights: None,
             zero_cost: false,
             locations: Default::default(),
+            device: DeviceChoice::Sim,
+            switch_latency: None,
         },
         queue_capacity: 256,
         deadline_factor: 2.0,

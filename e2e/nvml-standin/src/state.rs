@@ -39,6 +39,10 @@ pub struct LogEntry {
     pub pid: u32,
     /// Milliseconds since the Unix epoch.
     pub unix_ms: u64,
+    /// Microseconds since the Unix epoch (the same instant, finer: to compare with unit
+    /// boundaries of a few milliseconds).
+    #[serde(default)]
+    pub unix_us: u64,
     pub gpu: u32,
     /// `init`, `lock MIN-MAX`, `reset-lock`, `app MEM,GR`, `reset-app`, `mem-lock MIN-MAX`,
     /// `reset-mem-lock`, `power-limit W`, `auto-boost on|off`, or `denied OP` / `failed OP`.
@@ -78,12 +82,13 @@ impl PersistedState {
     }
 
     pub fn push_log(&mut self, gpu: u32, op: String) {
-        let unix_ms = std::time::SystemTime::now()
+        let unix_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+            .map_or(0, |d| d.as_micros() as u64);
         self.log.push(LogEntry {
             pid: std::process::id(),
-            unix_ms,
+            unix_ms: unix_us / 1000,
+            unix_us,
             gpu,
             op,
         });

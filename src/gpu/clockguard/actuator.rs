@@ -1,11 +1,12 @@
-//! The dedicated clock-setting thread. Requests arrive on a channel and never block the sender;
-//! when several wait, only the newest per GPU is applied (the older ones could not land in time
-//! anyway); a request for the setting already in force is skipped. Each lock is recorded by the
+//! The dedicated clock-setting thread. Requests arrive on a channel and never block the sender,
+//! each with the time it is to be made (a plan's set-call ahead of its unit's boundary, or now);
+//! the thread makes each at its time, and when several are due together only the newest per GPU
+//! is applied (the older ones could not land in time anyway: [`SetCallQueue`]); a request for
+//! the setting already in force is skipped. Each lock is recorded by the
 //! [`ClockGuard`] before it is made, each reset cleared after. Once a change has had time to
 //! settle, the clock is read back, and a clock held below the request (a power cap, a thermal
 //! slowdown) is reported.
 
-use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{ClockGuard, LockEntry, LockKind};
-use crate::gpu::{ClockChange, ClockTarget, GpuBackend, GpuError, ThrottleReasons};
+use crate::gpu::{ClockChange, ClockTarget, GpuBackend, GpuError, SetCallQueue, ThrottleReasons};
 
 fn kind(t: ClockTarget) -> Option<LockKind> {
     match t {
@@ -60,14 +61,14 @@ pub struct ActuatorStats {
     pub requested: u64,
     pub applied: u64,
     pub skipped: u64,
-    /// Requests replaced by a newer one for the same GPU before they were applied.
+    /// Requests replaced by a newer one for the same GPU due with them.
     pub superseded: u64,
     pub failed: u64,
     pub below_request: u64,
 }
 
 enum Msg {
-    Set(usize, ClockTarget),
+    Set(usize, Instant, ClockTarget),
     Flush(Sender<()>),
     Shutdown,
     /// Stop without resetting anything: what SIGKILL does (tests).
@@ -99,6 +100,8 @@ impl ClockActuator {
         let stats = Arc::new(Mutex::new(ActuatorStats::default()));
         let worker = Worker {
             current: vec![ClockTarget::Default; gpus.len()],
+            pending: (0..gpus.len()).map(|_| SetCallQueue::new()).collect(),
+            epoch: Instant::now(),
             verify: vec![None; gpus.len()],
             gpus,
             guard,
@@ -117,17 +120,24 @@ impl ClockActuator {
         }
     }
 
-    /// Queues a clock change; never blocks. Requests to a GPU index out of range fail on the
-    /// thread (reported as [`ClockEvent::Failed`]).
+    /// Queues a clock change to be made now; never blocks. Requests to a GPU index out of range
+    /// fail on the thread (reported as [`ClockEvent::Failed`]).
     pub fn request(&self, gpu: usize, target: ClockTarget) {
+        self.request_at(gpu, Instant::now(), target);
+    }
+
+    /// Queues a clock change to be made at `at` (a set-call planned ahead of a unit boundary);
+    /// never blocks. A newer request due with it supersedes it.
+    pub fn request_at(&self, gpu: usize, at: Instant, target: ClockTarget) {
         self.stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .requested += 1;
-        let _ = self.tx.send(Msg::Set(gpu, target));
+        let _ = self.tx.send(Msg::Set(gpu, at, target));
     }
 
-    /// Waits until every request queued so far was handled (not for read-backs).
+    /// Makes every request queued so far, due or not, and waits until they were handled (not for
+    /// read-backs).
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
         if self.tx.send(Msg::Flush(tx)).is_ok() {
@@ -183,6 +193,9 @@ impl Drop for ClockActuator {
 struct Worker {
     gpus: Gpus,
     current: Vec<ClockTarget>,
+    /// Requests not yet due, per GPU, on the thread's time axis (seconds since `epoch`).
+    pending: Vec<SetCallQueue>,
+    epoch: Instant,
     /// Pending read-back per GPU: (when, what was asked).
     verify: Vec<Option<(Instant, ClockTarget)>>,
     guard: Arc<ClockGuard>,
@@ -191,10 +204,20 @@ struct Worker {
 }
 
 impl Worker {
+    fn secs(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.epoch).as_secs_f64()
+    }
+
     fn run(mut self, rx: Receiver<Msg>) -> Gpus {
         loop {
             let next_verify = self.verify.iter().flatten().map(|v| v.0).min();
-            let first = match next_verify {
+            let next_due = self
+                .pending
+                .iter()
+                .filter_map(SetCallQueue::next_due)
+                .reduce(f64::min)
+                .map(|s| self.epoch + Duration::try_from_secs_f64(s.max(0.0)).unwrap_or_default());
+            let first = match [next_verify, next_due].into_iter().flatten().min() {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(m) => Some(m),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -202,7 +225,6 @@ impl Worker {
                 },
                 None => Some(rx.recv().unwrap_or(Msg::Shutdown)),
             };
-            let mut latest: BTreeMap<usize, ClockTarget> = BTreeMap::new();
             let mut flushes = Vec::new();
             let mut shutdown = false;
             #[cfg(test)]
@@ -212,11 +234,14 @@ impl Worker {
                 .chain(std::iter::from_fn(|| rx.try_recv().ok()))
             {
                 match m {
-                    Msg::Set(gpu, target) => {
-                        if latest.insert(gpu, target).is_some() {
-                            self.stat(|s| s.superseded += 1);
-                        }
-                    }
+                    Msg::Set(gpu, at, target) => match self.pending.get_mut(gpu) {
+                        Some(q) => q.push(
+                            at.saturating_duration_since(self.epoch).as_secs_f64(),
+                            target,
+                        ),
+                        // Out of range: fails now, reported.
+                        None => self.apply(gpu, target),
+                    },
                     Msg::Flush(tx) => flushes.push(tx),
                     Msg::Shutdown => shutdown = true,
                     #[cfg(test)]
@@ -227,8 +252,22 @@ impl Worker {
             if abandon {
                 return self.gpus;
             }
-            for (gpu, target) in latest {
-                self.apply(gpu, target);
+            // A flush makes everything queued now.
+            let now = if flushes.is_empty() {
+                self.secs(Instant::now())
+            } else {
+                f64::INFINITY
+            };
+            for gpu in 0..self.pending.len() {
+                let before = self.pending[gpu].superseded();
+                let due = self.pending[gpu].take_due(now);
+                let superseded = self.pending[gpu].superseded() - before;
+                if superseded > 0 {
+                    self.stat(|s| s.superseded += superseded);
+                }
+                if let Some((_, target)) = due {
+                    self.apply(gpu, target);
+                }
             }
             self.verify_due();
             for f in flushes {

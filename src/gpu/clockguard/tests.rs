@@ -310,6 +310,35 @@ fn queued_requests_collapse_to_the_newest_and_out_of_range_fails() {
 }
 
 #[test]
+fn timed_requests_are_made_at_their_time_in_order() {
+    let fx = Fixture::new("timed", 1);
+    let (_g, _r, act) = fx.start();
+    let t0 = std::time::Instant::now();
+    let ms = std::time::Duration::from_millis;
+    // A plan's three set-calls, queued at dispatch for 0, 60 and 120 ms after it.
+    act.request_at(0, t0, lock(1530));
+    act.request_at(0, t0 + ms(120), lock(300));
+    act.request_at(0, t0 + ms(60), lock(900));
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match act.next_event(ms(1000)) {
+            Some(ClockEvent::Applied { target, .. }) => seen.push((t0.elapsed(), target)),
+            Some(_) => {}
+            None => panic!("set-calls not made: {seen:?}"),
+        }
+    }
+    let order: Vec<ClockTarget> = seen.iter().map(|s| s.1).collect();
+    assert_eq!(order, [lock(1530), lock(900), lock(300)]);
+    // Never before their time.
+    assert!(seen[1].0 >= ms(60) && seen[2].0 >= ms(120), "{seen:?}");
+    assert_eq!(act.stats().superseded, 0);
+    // A flush makes a call planned far ahead at once.
+    act.request_at(0, std::time::Instant::now() + ms(60_000), lock(600));
+    act.flush();
+    assert_eq!(fx.locked(0), Some((600, 600)));
+}
+
+#[test]
 fn shutdown_resets_every_gpu_it_changed() {
     let fx = Fixture::new("shutdown", 2);
     let (_g, _r, act) = fx.start();

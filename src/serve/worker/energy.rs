@@ -5,8 +5,7 @@ use std::ops::Range;
 
 use super::{TICK_S, Worker};
 use crate::control::proto::ServingWindow;
-use crate::exec::{ClockActuator, UnitHook, UnitRecord};
-use crate::gpu::GpuBackend;
+use crate::exec::{UnitHook, UnitRecord};
 use crate::telemetry::Attribution;
 
 impl Worker {
@@ -19,17 +18,11 @@ impl Worker {
         self.last_tick_s = now;
         self.close_window(now);
         let Some(dev) = &self.device else { return };
-        let (power, clock, counter) = {
-            let g = dev.lock();
-            (
-                g.power().ok(),
-                g.clocks().ok().map(|c| c.graphics_mhz),
-                g.energy_mj().ok(),
-            )
-        };
+        let r = dev.read();
+        let (clock, counter) = (r.clock_mhz, r.energy_mj);
         let gpu = [self.gpu_label.as_str()];
-        if let Some(p) = power {
-            self.metrics.gpu_power.with_label_values(&gpu).set(p.watts);
+        if let Some(p) = r.power_w {
+            self.metrics.gpu_power.with_label_values(&gpu).set(p);
         }
         if let Some(f) = clock {
             self.metrics
@@ -51,7 +44,7 @@ impl Worker {
         let (idle_now, idle_max) = match &self.power {
             Some(p) => {
                 let fmax = p.max_clock_mhz();
-                let held = self.device.as_ref().and_then(|d| d.current_mhz().ok());
+                let held = self.device.as_ref().and_then(|d| d.clock_mhz());
                 (p.idle_w(held.unwrap_or(fmax)), p.idle_w(fmax))
             }
             None => (0.0, 0.0),
@@ -68,16 +61,16 @@ impl Worker {
             saved = f.energy_saved_ratio(),
             "serving window"
         );
-        let Some(act) = self.clock.as_ref().map(|c| c.actuator()) else {
+        let Some(dev) = self.device.as_ref() else {
             return;
         };
-        if let Some(remote) = act.remote() {
-            remote.report_window(ServingWindow {
+        if dev.agent_attributes() {
+            dev.report_window(ServingWindow {
                 gpu_uuid: String::new(),
                 inference_service: self.info.name.clone(),
                 model: self.info.graph.name.clone(),
                 window_s: f.window_s(),
-                end_unix_s: act.unix_s(f.end_s),
+                end_unix_s: dev.unix_s(f.end_s),
                 requests: f.requests,
                 latency_ms: f.latency_s.map(|s| s * 1e3),
                 slo_percentile: self.info.percentile,
@@ -123,6 +116,8 @@ impl Worker {
 pub(super) struct Hook<'a> {
     pub(super) worker: &'a mut Worker,
     pub(super) units: &'a [Range<usize>],
+    /// The plan's clock per unit (`None`: the GPU's own).
+    pub(super) planned: &'a [Option<u32>],
     pub(super) batch: u32,
 }
 
@@ -130,32 +125,49 @@ impl UnitHook for Hook<'_> {
     fn unit_end(&mut self, r: &UnitRecord) {
         let w = &mut *self.worker;
         w.unit_clocks.push(r.clock_mhz);
-        if let (Some(power), Some(range)) = (&w.power, self.units.get(r.unit)) {
-            let seg = power.segment(range.clone(), self.batch, r.clock_mhz, r.start_s, r.end_s);
-            w.attributor.busy(seg);
-        }
-        if let Some(mj) = r.energy_counter_mj {
-            w.counter_read(r.end_s, mj, r.clock_mhz);
+        let Some(dev) = w.device.as_ref() else {
+            return;
+        };
+        let range = self.units.get(r.unit);
+        let planned = self.planned.get(r.unit).copied().flatten().unwrap_or(0);
+        tracing::debug!(
+            model = %w.info.name,
+            unit = r.unit,
+            batch = self.batch,
+            planned_mhz = planned,
+            start_unix_s = dev.unix_s(r.start_s),
+            end_unix_s = dev.unix_s(r.end_s),
+            "unit ran"
+        );
+        if !dev.agent_attributes() {
+            // The counter is the device's (the executor's records hold no reading of a real
+            // GPU); it is read now, after the unit's end.
+            let reading = dev.energy_mj().map(|mj| (dev.now_s(), mj));
+            if let (Some(power), Some(range)) = (&w.power, range) {
+                let seg = power.segment(range.clone(), self.batch, r.clock_mhz, r.start_s, r.end_s);
+                w.attributor.busy(seg);
+            }
+            if let Some((t, mj)) = reading {
+                w.counter_read(t.max(r.end_s), mj, r.clock_mhz);
+            }
+            return;
         }
         // In a pod that holds a GPU, the node agent attributes its energy counter to this
         // pod's units and layers from these timings (`eali_layer_energy_joules_total` there).
-        if let (Some(clock), Some(range)) = (w.clock.as_ref(), self.units.get(r.unit)) {
-            let act = clock.actuator();
-            if act.remote().is_some() {
-                let unit_name = format!("u{}", r.unit);
-                let run = crate::control::remote::UnitRun {
-                    model: &w.info.graph.name,
-                    service: &w.info.name,
-                    unit: u32::try_from(r.unit).unwrap_or(u32::MAX),
-                    unit_name: &unit_name,
-                    layers: range.clone(),
-                    batch: self.batch,
-                    clock_mhz: r.clock_mhz,
-                    start_unix_s: act.unix_s(r.start_s),
-                    end_unix_s: act.unix_s(r.end_s),
-                };
-                act.report_units(vec![run.timing(w.power.as_ref())]);
-            }
+        if let Some(range) = range {
+            let unit_name = format!("u{}", r.unit);
+            let run = crate::control::remote::UnitRun {
+                model: &w.info.graph.name,
+                service: &w.info.name,
+                unit: u32::try_from(r.unit).unwrap_or(u32::MAX),
+                unit_name: &unit_name,
+                layers: range.clone(),
+                batch: self.batch,
+                clock_mhz: r.clock_mhz,
+                start_unix_s: dev.unix_s(r.start_s),
+                end_unix_s: dev.unix_s(r.end_s),
+            };
+            dev.report_units(vec![run.timing(w.power.as_ref())]);
         }
     }
 }

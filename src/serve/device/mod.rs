@@ -1,0 +1,93 @@
+//! The device seam under the serving worker: what the worker needs from the hardware a model
+//! is served on, behind one trait, [`ServingDevice`], with three implementations:
+//!
+//! - [`SimServing`]: the simulated GPU in this process (standalone `eali serve`, the default);
+//! - [`NvmlServing`]: a local GPU through the NVML backend, its set-calls made by the clock
+//!   guard's actuator at their planned times (standalone `eali serve --device nvml:N` on a GPU
+//!   machine; read-only where the process may not set clocks);
+//! - [`AgentServing`]: the node agent's GPU through the control socket (a serving pod that was
+//!   allocated a GPU: the pod itself has no NVML privileges).
+//!
+//! The worker runs each batch on its executor and tells the device what the plan wants: the
+//! set-calls at their offsets (none of them blocks the batch path), the clock reset at drain.
+//! It reads time, clock and the energy counter from the device. Energy is attributed once: on
+//! the simulated and the local GPU the worker attributes the counter to units and layers; on
+//! the agent's GPU the agent does, from the unit timings the worker reports, and the worker
+//! exports no GPU or layer energy of its own.
+//!
+//! Until a GPU executor times batches on the GPU itself, an executor's timing model (the
+//! simulated GPU of the served profile) runs alongside a real device and follows the same
+//! set-calls, so its timing reflects the clocks the plan puts in force.
+
+use crate::control::proto::{ServingWindow, UnitTiming};
+use crate::gpu::{ClockTarget, GpuError};
+
+mod agent;
+mod nvml;
+mod sim;
+
+pub use agent::AgentServing;
+pub use nvml::{NvmlServing, NvmlServingOptions};
+pub use sim::{SimClockThread, SimServing};
+
+/// Sensor readings of the device; `None` where it cannot tell, or where another process (the
+/// node agent) reads and attributes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Reading {
+    pub power_w: Option<f64>,
+    pub clock_mhz: Option<u32>,
+    /// Total energy counter (whole mJ).
+    pub energy_mj: Option<u64>,
+}
+
+/// What the serving worker drives (see the module docs).
+pub trait ServingDevice: Send {
+    /// The GPU's label in metrics (its UUID).
+    fn label(&self) -> &str;
+    /// What it is, for logs ("simulated v100-sxm2", "NVML GPU 0", "node agent's GPU-…").
+    fn describe(&self) -> String;
+    /// Device time (s) on the server's time axis (seconds since its epoch).
+    fn now_s(&self) -> f64;
+    /// Unix time of device time `t_s`.
+    fn unix_s(&self, t_s: f64) -> f64;
+    /// Puts `target` in force at device time `at_s` (a set-call planned ahead of a unit
+    /// boundary); never waits for the hardware. `Ok(false)` when it is the setting already
+    /// requested (nothing to do).
+    fn set_clock_at(&mut self, at_s: f64, target: ClockTarget) -> Result<bool, GpuError>;
+    /// The setting last requested (None before the first).
+    fn requested(&self) -> Option<ClockTarget>;
+    /// Back to the GPU's default clocks, waiting (bounded) until that is done: at drain, so a
+    /// GPU is never left locked.
+    fn reset_clocks(&mut self) -> Result<(), GpuError>;
+    /// The graphics clock in force now (MHz), as well as the device can tell.
+    fn clock_mhz(&self) -> Option<u32>;
+    /// Power, clock and energy counter now.
+    fn read(&self) -> Reading;
+    /// The energy counter alone (whole mJ), read at unit boundaries.
+    fn energy_mj(&self) -> Option<u64> {
+        self.read().energy_mj
+    }
+    /// Whether the node agent attributes this GPU's energy (from [`ServingDevice::report_units`]);
+    /// the worker then attributes none itself.
+    fn agent_attributes(&self) -> bool {
+        false
+    }
+    /// Executed units, for the agent's attribution (ignored where the worker attributes).
+    fn report_units(&self, _timings: Vec<UnitTiming>) {}
+    /// A closed serving window, for the agent's report in the InferenceService's status
+    /// (ignored outside a pod).
+    fn report_window(&self, _window: ServingWindow) {}
+}
+
+/// Unix time now (s).
+fn unix_now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A device time `t_s` as the wall-clock instant it falls on, for a device whose time runs in
+/// real time from `epoch`.
+fn instant_at(epoch: std::time::Instant, t_s: f64) -> std::time::Instant {
+    epoch + std::time::Duration::try_from_secs_f64(t_s.max(0.0)).unwrap_or_default()
+}
