@@ -110,6 +110,32 @@ async fn serve_with_allocates_environment_controls_clocks_and_another_pod_is_ref
         .and_then(|v| v.parse().ok())
         .expect("sample value");
     assert!(joules > 0.0, "{layer_line}");
+    // Attributed once: the pod exports no GPU or layer energy of its own for the agent's GPU.
+    let (code, own) = http_get(&http, "/metrics");
+    assert_eq!(code, 200);
+    let doubled: Vec<&str> = own
+        .lines()
+        .filter(|l| {
+            [
+                "eali_layer_energy_joules_total{",
+                "eali_gpu_energy_joules_total{",
+                "eali_gpu_idle_energy_joules_total{",
+                "eali_gpu_power_watts{",
+            ]
+            .iter()
+            .any(|f| l.starts_with(f))
+        })
+        .collect();
+    assert!(
+        doubled.is_empty(),
+        "the pod exports energy too:\n{}",
+        doubled.join("\n")
+    );
+    assert!(
+        own.contains("eali_request_duration_seconds") || own.contains("eali_requests_total"),
+        "{own}"
+    );
+    println!("serve /metrics: no GPU or layer energy (the agent's alone)");
 
     // Stopping it drains the server, whose reset goes through the socket too.
     let _ = Command::new("kill")

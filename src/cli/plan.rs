@@ -15,9 +15,10 @@ use serde::Serialize;
 
 use super::profile::{default_profile_path, gpu_tag, open_gpu, profile_model};
 use crate::eali::costs::LayerCostTable;
-use crate::eali::switch::{SwitchCost, SwitchLatency, measure_latency};
+use crate::eali::switch::{SwitchCost, SwitchLatency};
 use crate::eali::units::{self, UnitChain, UnitConfig, UnitCostTable};
 use crate::eali::{Plan, PlanRequest, Planner, PlannerConfig, Solver};
+use crate::gpu::calibrate_switch::measure_two_points;
 use crate::model::{Graph, zoo};
 use crate::perf::cost_table::build_cost_table;
 use crate::perf::fit::{FitConfig, fit_power_model};
@@ -128,7 +129,11 @@ pub fn cost_source(args: &Args, graph: &Graph) -> anyhow::Result<CostSource> {
             format!("read from {}", path.display()),
         ),
         None => (
-            measure_latency(&mut *gpu, 50).context("measuring the clock-switch latency")?,
+            measure_two_points(&mut *gpu, 25, &mut |g, s| {
+                // Waiting is idling; a failure shows in the next clock reading.
+                let _ = g.idle(s);
+            })
+            .context("measuring the clock-switch latency")?,
             format!("measured on {} (50 changes)", args.gpu),
         ),
     };

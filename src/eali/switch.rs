@@ -68,95 +68,13 @@ impl SwitchCost {
     }
 }
 
-/// Measures the clock-switch latency the way the agent does at start-up: `changes` locked-clock
-/// changes alternating between f_max and a mid clock, each timed from the call until the new
-/// clock is in force, with the GPU idling in between. Clocks are reset afterwards (never leave a
-/// GPU locked). Works on any backend; on the simulated GPU it runs in virtual time.
-pub fn measure_latency<G>(
-    gpu: &mut G,
-    changes: usize,
-) -> Result<SwitchLatency, crate::gpu::GpuError>
-where
-    G: crate::gpu::GpuBackend + crate::gpu::LayerExecutor + ?Sized,
-{
-    let memory = gpu
-        .supported_memory_clocks()?
-        .into_iter()
-        .max()
-        .unwrap_or(0);
-    let mut clocks = gpu.supported_graphics_clocks(memory)?;
-    clocks.sort_unstable();
-    let (Some(&hi), Some(&mid)) = (clocks.last(), clocks.get(clocks.len() / 2)) else {
-        return Err(crate::gpu::GpuError::Other(
-            "GPU reports no graphics clocks".into(),
-        ));
-    };
-    let (mut calls, mut totals) = (Vec::with_capacity(changes), Vec::with_capacity(changes));
-    let mut result = Ok(());
-    for i in 0..changes.max(2) {
-        let target = if i % 2 == 0 { mid } else { hi };
-        let t0 = gpu.now_s();
-        match gpu.set_locked_clocks(target, target) {
-            Ok(change) => {
-                calls.push(change.call_latency_s);
-                totals.push((change.effective_at_s - t0).max(change.call_latency_s));
-                // Let the change land (and some more) before the next one.
-                let wait = (change.effective_at_s - gpu.now_s()).max(0.0) + 0.01;
-                if let Err(e) = gpu.idle(wait) {
-                    result = Err(e);
-                    break;
-                }
-            }
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
-    let reset = gpu.reset_locked_clocks();
-    result?;
-    reset?;
-    if totals.is_empty() {
-        return Err(crate::gpu::GpuError::InvalidArgument(
-            "no switch-latency samples".into(),
-        ));
-    }
-    let q = |v: &mut Vec<f64>, p: f64| crate::stats::percentile(v, p);
-    Ok(SwitchLatency {
-        call_median_s: q(&mut calls, 0.5),
-        total_median_s: q(&mut totals, 0.5),
-        total_p95_s: q(&mut totals, 0.95),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::sim::{GpuProfile, SimGpu};
-    use crate::gpu::{GpuBackend, LayerExecutor};
 
     #[test]
-    fn measures_the_simulated_v100_switch() {
-        let profile = GpuProfile::load("v100-sxm2").unwrap();
-        let mut gpu = SimGpu::new(profile, 0, 7);
-        let lat = measure_latency(&mut gpu, 60).unwrap();
-        // The DVFS latency tool's V100 reports (`docs/architecture.md`, "Switch latency"): call
-        // p50 4.1–5.2 ms, total p50 24.5–25.3 ms, p99 32–37 ms.
-        assert!(
-            lat.call_median_s > 0.003 && lat.call_median_s < 0.007,
-            "{lat:?}"
-        );
-        assert!(
-            lat.total_median_s > 0.020 && lat.total_median_s < 0.030,
-            "{lat:?}"
-        );
-        assert!(
-            lat.total_p95_s >= lat.total_median_s && lat.total_p95_s < 0.045,
-            "{lat:?}"
-        );
-        // Left unlocked once the reset has landed.
-        gpu.idle(0.1).unwrap();
-        assert_eq!(gpu.clocks().unwrap().locked, None);
+    fn costs_read_a_measured_latency() {
+        let lat = SwitchLatency::v100_like();
         let cost = SwitchCost::from_latency(&lat);
         assert_eq!(
             (cost.reserve_s, cost.lead_s),

@@ -145,6 +145,15 @@ pub fn calibrate<G: GpuBackend + ?Sized>(
     }
     let samples = measured?;
     reset?;
+    summarize(info.uuid, cfg, samples)
+}
+
+/// The statistics of a run of switches, and what the planner takes from them.
+fn summarize(
+    uuid: String,
+    cfg: &CalibrationConfig,
+    samples: Vec<SwitchSample>,
+) -> Result<CalibrationReport, CalibrationError> {
     let settled: Vec<&SwitchSample> = samples.iter().filter(|s| s.settle_s.is_some()).collect();
     let call: Vec<f64> = samples.iter().map(|s| s.call_s).collect();
     let settle: Vec<f64> = settled.iter().filter_map(|s| s.settle_s).collect();
@@ -159,7 +168,7 @@ pub fn calibrate<G: GpuBackend + ?Sized>(
     let settle = LatencyStats::of(&settle).ok_or_else(no_samples)?;
     let total = LatencyStats::of(&total).ok_or_else(no_samples)?;
     Ok(CalibrationReport {
-        uuid: info.uuid,
+        uuid,
         config: cfg.clone(),
         timeouts: samples.len() - settled.len(),
         switch_latency: SwitchLatency {
@@ -224,35 +233,49 @@ fn measure<G: GpuBackend + ?Sized>(
     Ok(samples)
 }
 
-/// Set-calls sampled by [`measure_simulated`].
-const SWITCH_SAMPLES: usize = 400;
+/// Rounds over the two clock points of [`measure_simulated`] (two switches each).
+const SIMULATED_ROUNDS: u32 = 100;
 
-/// Measures the set-call latency on a spare simulated GPU of `profile`, as the agent does at
-/// start-up: median call time, median and 95th percentile of call + settle.
+/// The switch latency of a spare simulated GPU of `profile` ([`measure_two_points`] in virtual
+/// time): what a server or the bench plans with on a simulated GPU.
 pub fn measure_simulated(profile: &GpuProfile, seed: u64) -> SwitchLatency {
     let mut gpu = SimGpu::new(profile.clone(), 7, seed ^ 0x5717c4);
-    let clocks = profile.supported_clocks_mhz();
-    let (Some(&hi), Some(&lo)) = (clocks.first(), clocks.get(clocks.len() / 2)) else {
-        return SwitchLatency::default();
+    measure_two_points(&mut gpu, SIMULATED_ROUNDS, &mut |g: &mut SimGpu, s| {
+        let t = g.now() + s;
+        g.advance_to(t);
+    })
+    .unwrap_or_default()
+}
+
+/// Measures `gpu`'s switch latency as [`calibrate`] does (lock, then poll the clock until it
+/// reads the new value), `rounds` times each way between its top and a middle clock, and resets
+/// its clocks. Without the clock guard: for a simulated GPU, or one nothing else controls.
+pub fn measure_two_points<G: GpuBackend + ?Sized>(
+    gpu: &mut G,
+    rounds: u32,
+    wait: &mut dyn FnMut(&mut G, f64),
+) -> Result<SwitchLatency, CalibrationError> {
+    let memory = gpu
+        .supported_memory_clocks()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let clocks = gpu.supported_graphics_clocks(memory)?;
+    let (Some(&hi), Some(&mid)) = (clocks.first(), clocks.get(clocks.len() / 2)) else {
+        return Err(CalibrationError::TooFewPoints(clocks));
     };
-    let mut calls = Vec::with_capacity(SWITCH_SAMPLES);
-    let mut totals = Vec::with_capacity(SWITCH_SAMPLES);
-    let mut t = 0.0;
-    for k in 0..SWITCH_SAMPLES {
-        let target = if k % 2 == 0 { lo } else { hi };
-        if let Ok(c) = gpu.schedule_locked_clocks_at(t, target, target) {
-            calls.push(c.call_latency_s);
-            totals.push(c.effective_at_s - t);
-            t = c.effective_at_s + 0.01;
-            gpu.advance_to(t);
-        }
-    }
-    let q = |v: &mut Vec<f64>, p: f64| crate::stats::percentile(v, p).max(0.0);
-    SwitchLatency {
-        call_median_s: q(&mut calls, 0.5),
-        total_median_s: q(&mut totals, 0.5),
-        total_p95_s: q(&mut totals, 0.95),
-    }
+    let cfg = CalibrationConfig {
+        points_mhz: vec![hi, mid],
+        repeats: rounds,
+        // Fine polling: on the simulated GPU it costs no device time.
+        poll_s: 0.0001,
+        timeout_s: 0.5,
+    };
+    let measured = measure(gpu, &cfg, wait);
+    let reset = gpu.reset_locked_clocks();
+    let samples = measured?;
+    reset?;
+    Ok(summarize(gpu.info().uuid.clone(), &cfg, samples)?.switch_latency)
 }
 
 #[cfg(test)]
@@ -327,5 +350,37 @@ mod tests {
         assert_eq!(gpu.clocks().unwrap().locked, None);
         assert!(guard.locked().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The one measurement on the simulated V100, against the DVFS latency tool's V100 reports
+    /// (`docs/architecture.md`, "Switch latency"): call p50 4.1–5.2 ms, total p50 24.5–25.3 ms,
+    /// p99 32–37 ms.
+    #[test]
+    fn measures_the_simulated_v100_switch() {
+        let profile = GpuProfile::load("v100-sxm2").unwrap();
+        let mut gpu = SimGpu::new(profile.clone(), 0, 7);
+        let lat =
+            measure_two_points(&mut gpu, 30, &mut |g: &mut SimGpu, s| g.idle(s).unwrap()).unwrap();
+        assert!(
+            lat.call_median_s > 0.003 && lat.call_median_s < 0.007,
+            "{lat:?}"
+        );
+        assert!(
+            lat.total_median_s > 0.020 && lat.total_median_s < 0.030,
+            "{lat:?}"
+        );
+        assert!(
+            lat.total_p95_s >= lat.total_median_s && lat.total_p95_s < 0.045,
+            "{lat:?}"
+        );
+        // Left unlocked once the reset has landed.
+        gpu.idle(0.1).unwrap();
+        assert_eq!(gpu.clocks().unwrap().locked, None);
+        // The spare GPU a server measures on gives the same reading.
+        let spare = measure_simulated(&profile, 7);
+        assert!(
+            (spare.total_median_s / lat.total_median_s - 1.0).abs() < 0.1,
+            "{spare:?} vs {lat:?}"
+        );
     }
 }

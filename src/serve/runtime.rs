@@ -265,6 +265,7 @@ pub fn prepare(
         SimGpu::new(profile, index, opts.seed.wrapping_add(u64::from(index))),
         DeviceClock::Wall(timebase.epoch),
     );
+    let profile_name = device.profile_name();
     let sim = SimExecutor::new(device.clone(), graph.clone());
     // On a real GPU the simulated one stays the executor's timing model and follows the plan's
     // set-calls; the real one takes them, and its counter is what is attributed.
@@ -282,6 +283,16 @@ pub fn prepare(
                 .map_err(|e| setup(format!("NVML GPU {}: {e}", o.index)))?,
         ),
     };
+    if opts.device.is_real() {
+        // Said plainly where it matters: the GPU's clocks and counter are real, its batches
+        // are not yet (no GPU executor).
+        tracing::warn!(
+            model = %name,
+            device = %serving.describe(),
+            "batches are timed by the simulated {} of the profile, not run on this GPU (no GPU executor yet): the GPU's clocks follow the plan, its energy counter is attributed to units that ran in the simulation",
+            profile_name
+        );
+    }
     let executor: Box<dyn Executor> = match opts.compute {
         Compute::None => Box::new(sim),
         Compute::Cpu => Box::new(Paired {

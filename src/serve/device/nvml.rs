@@ -34,7 +34,8 @@ pub struct NvmlServing {
     epoch: Instant,
     unix_offset_s: f64,
     requested: Option<ClockTarget>,
-    read_only: bool,
+    /// Set at the first refusal for lack of permission (seen by any call, reads included).
+    read_only: std::cell::Cell<bool>,
     /// The executor's timing model, which follows the set-calls.
     model: Option<SimServing>,
 }
@@ -72,21 +73,21 @@ impl NvmlServing {
             epoch,
             unix_offset_s: unix_now_s() - epoch.elapsed().as_secs_f64(),
             requested: None,
-            read_only: false,
+            read_only: std::cell::Cell::new(false),
             model,
         })
     }
 
     /// Reads what the clock thread reported; a refusal for lack of permission makes the device
     /// read-only.
-    fn check_events(&mut self) {
+    fn check_events(&self) {
         for e in self.clocks.drain_events() {
             match e {
                 ClockEvent::Failed { target, error, .. } => {
-                    if matches!(error, GpuError::NoPermission { .. }) && !self.read_only {
-                        self.read_only = true;
+                    if matches!(error, GpuError::NoPermission { .. }) && !self.read_only.get() {
+                        self.read_only.set(true);
                         tracing::error!(gpu = %self.uuid, %error, "no permission to set clocks: serving read-only at the GPU's own clocks");
-                    } else if !self.read_only {
+                    } else if !self.read_only.get() {
                         tracing::warn!(gpu = %self.uuid, ?target, %error, "clock change failed");
                     }
                 }
@@ -109,7 +110,11 @@ impl ServingDevice for NvmlServing {
         &self.uuid
     }
     fn describe(&self) -> String {
-        let mode = if self.read_only { ", read-only" } else { "" };
+        let mode = if self.read_only.get() {
+            ", read-only"
+        } else {
+            ""
+        };
         format!("NVML GPU {} ({}{mode})", self.index, self.uuid)
     }
     fn now_s(&self) -> f64 {
@@ -126,7 +131,7 @@ impl ServingDevice for NvmlServing {
         if let Some(m) = self.model.as_mut() {
             m.set_clock_at(at_s, target)?;
         }
-        if self.read_only || self.requested == Some(target) {
+        if self.read_only.get() || self.requested == Some(target) {
             return Ok(false);
         }
         self.requested = Some(target);
@@ -151,6 +156,7 @@ impl ServingDevice for NvmlServing {
         self.gpu.clocks().ok().map(|c| c.graphics_mhz)
     }
     fn read(&self) -> Reading {
+        self.check_events();
         Reading {
             power_w: self.gpu.power().ok().map(|p| p.watts),
             clock_mhz: self.clock_mhz(),

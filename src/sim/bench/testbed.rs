@@ -89,7 +89,7 @@ impl Testbed {
             .copied()
             .filter(|&b| b <= max_batch)
             .collect();
-        let switch = measure_switch(&profile, seed);
+        let switch = crate::gpu::calibrate_switch::measure_simulated(&profile, seed);
         let predicted = predicted(&graph, &profile, &batches, &clocks)?;
         let truth = truth::layer_table(&graph, &profile, &oracle_batches, &clocks);
         let unit_cfg = UnitConfig {
@@ -144,10 +144,4 @@ impl Testbed {
 /// Layer ranges of a unit chain (units are contiguous runs of the topological order).
 pub fn unit_ranges(chain: &UnitChain) -> Result<Vec<Range<usize>>, BenchError> {
     chain.ranges().map_err(|e| BenchError::Setup(e.to_string()))
-}
-
-/// The switch latency on a spare simulated GPU of the profile
-/// ([`crate::gpu::calibrate_switch::measure_simulated`]).
-pub fn measure_switch(profile: &GpuProfile, seed: u64) -> SwitchLatency {
-    crate::gpu::calibrate_switch::measure_simulated(profile, seed)
 }
