@@ -341,6 +341,7 @@ impl Executor for CpuExecutor {
                     start_s: unit_start,
                     end_s: t,
                     clock_mhz: 0,
+                    clock_start_mhz: 0,
                     energy_counter_mj: None,
                     truth_energy_j: None,
                 };

@@ -65,6 +65,8 @@ pub struct UnitRecord {
     pub end_s: f64,
     /// Graphics clock the unit ended at (MHz; 0 where there is no GPU).
     pub clock_mhz: u32,
+    /// Graphics clock in force when the unit started (MHz; 0 where there is no GPU).
+    pub clock_start_mhz: u32,
     /// Energy counter reading at the unit's end (whole mJ), where the device has one.
     pub energy_counter_mj: Option<u64>,
     /// Ground-truth energy of the unit (J), known only to a simulated GPU. For checking the
@@ -234,6 +236,7 @@ impl Executor for ZeroCost {
                     start_s: t,
                     end_s: t,
                     clock_mhz: 0,
+                    clock_start_mhz: 0,
                     energy_counter_mj: None,
                     truth_energy_j: None,
                 };

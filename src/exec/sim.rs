@@ -181,6 +181,7 @@ impl Executor for SimExecutor {
                 start_s: run.start_s,
                 end_s: run.end_s,
                 clock_mhz: run.clock_end_mhz,
+                clock_start_mhz: run.clock_start_mhz,
                 energy_counter_mj: counter,
                 truth_energy_j: Some(run.energy_j),
             };

@@ -21,13 +21,53 @@ pub struct ControllerPolicy {
     last: Option<Plan>,
     /// Hold clock of the last `WaitUntil`, consumed by the next `idle_clock`.
     hold: Option<u32>,
+    /// Per unit: EWMA of where the unit really started over where the plan predicted it (time
+    /// since dispatch), from full batches. A unit's predicted start sums its predecessors'
+    /// per-layer costs, which a run of consecutive layers does not take exactly; set-calls are
+    /// made at the corrected boundary, less two standard deviations of its run-to-run spread,
+    /// so the clock is in force when the unit starts.
+    boundary: Vec<f64>,
+    /// Per unit: EWMA of the squared deviation of that ratio.
+    boundary_var: Vec<f64>,
 }
+
+/// Predicted start of unit `k` (time since dispatch: the batch overhead and the units before it)
+/// for a batch of `batch` at `clocks_mhz` per unit, interpolated between the table's batch sizes.
+fn predicted_start(
+    costs: &crate::eali::units::UnitCostTable,
+    batch: u32,
+    clocks_mhz: &[u32],
+    k: usize,
+) -> Option<f64> {
+    let at = |bi: usize| -> Option<f64> {
+        let mut t = *costs.batch_overhead_s.get(bi)?;
+        for (u, &f) in clocks_mhz.iter().enumerate().take(k) {
+            t += costs.time_s.get(u)?.get(bi)?.get(costs.clock_index(f)?)?;
+        }
+        Some(t)
+    };
+    let hi = costs.batches.iter().position(|&b| b >= batch)?;
+    let b_hi = f64::from(costs.batches[hi]);
+    if hi == 0 || costs.batches[hi] == batch {
+        return at(hi);
+    }
+    let b_lo = f64::from(costs.batches[hi - 1]);
+    let w = (f64::from(batch) - b_lo) / (b_hi - b_lo);
+    Some((1.0 - w) * at(hi - 1)? + w * at(hi)?)
+}
+
+/// EWMA weight of the boundary corrections.
+const BOUNDARY_WEIGHT: f64 = 0.2;
+/// Boundary corrections stay within this factor of the plan.
+const BOUNDARY_CLAMP: (f64, f64) = (0.5, 2.0);
 
 impl ControllerPolicy {
     /// `units` are the layer ranges of the controller's chain, in order.
     pub fn new(name: &str, ctl: Controller, units: Vec<Range<usize>>) -> Self {
         let max_batch = ctl.planner().batches().last().copied().unwrap_or(1);
         Self {
+            boundary: vec![1.0; units.len()],
+            boundary_var: vec![0.0; units.len()],
             name: name.to_string(),
             ctl,
             units,
@@ -44,7 +84,7 @@ impl ControllerPolicy {
 
     /// The simulator's plan for a controller plan: the entry clock is asked for at dispatch (the
     /// clock thread skips it when the preset already did), then the in-batch changes.
-    fn convert(&mut self, p: &Plan) {
+    fn convert(&mut self, p: &Plan, batch: u32) {
         self.plan.unit_clocks.clear();
         self.plan
             .unit_clocks
@@ -56,11 +96,32 @@ impl ControllerPolicy {
                 target: ClockTarget::Locked(entry),
             });
         }
+        let (boundary, var) = (&self.boundary, &self.boundary_var);
+        let costs = self.ctl.planner().costs();
+        // Calls stay in time order whatever the corrections.
+        let mut earliest = 0.0f64;
         self.plan
             .set_calls
-            .extend(p.timeline.iter().filter(|c| c.unit > 0).map(|c| SetCall {
-                offset_s: c.issue_at_s,
-                target: ClockTarget::Locked(c.clock_mhz),
+            .extend(p.timeline.iter().filter(|c| c.unit > 0).map(|c| {
+                // The plan leads its predicted boundary by the switch latency; the lead stays,
+                // the boundary moves to where units have been starting.
+                let lead = (c.unit_start_s - c.issue_at_s).max(0.0);
+                let ratio = boundary.get(c.unit).copied().unwrap_or(1.0)
+                    - 2.0 * var.get(c.unit).copied().unwrap_or(0.0).sqrt();
+                // A partial batch runs the plan of a fuller one, and its units end sooner.
+                let partial = match (
+                    predicted_start(costs, batch, &p.unit_clocks_mhz, c.unit),
+                    predicted_start(costs, p.batch, &p.unit_clocks_mhz, c.unit),
+                ) {
+                    (Some(b), Some(full)) if batch < p.batch && full > 0.0 => (b / full).min(1.0),
+                    _ => 1.0,
+                };
+                let at = ratio.max(BOUNDARY_CLAMP.0) * partial * c.unit_start_s;
+                earliest = earliest.max(at - lead);
+                SetCall {
+                    offset_s: earliest,
+                    target: ClockTarget::Locked(c.clock_mhz),
+                }
             }));
     }
 }
@@ -82,7 +143,7 @@ impl Policy for ControllerPolicy {
         let queued = u32::try_from(queue_len).unwrap_or(u32::MAX);
         match self.ctl.next_action(now, queued, Some(oldest_arrival)) {
             CtlAction::Dispatch { batch, plan } => {
-                self.convert(&plan);
+                self.convert(&plan, batch);
                 self.last = Some(plan);
                 Action::Dispatch { batch }
             }
@@ -109,6 +170,27 @@ impl Policy for ControllerPolicy {
         &self.plan
     }
     fn on_batch_done(&mut self, done: &BatchDone<'_>) {
+        if let Some(plan) = self.last.as_ref().filter(|p| p.batch == done.batch) {
+            for c in plan
+                .timeline
+                .iter()
+                .filter(|c| c.unit > 0 && c.unit_start_s > 0.0)
+            {
+                let (Some(&started), Some(b), Some(v)) = (
+                    done.unit_starts_s.get(c.unit),
+                    self.boundary.get_mut(c.unit),
+                    self.boundary_var.get_mut(c.unit),
+                ) else {
+                    continue;
+                };
+                let ratio = (started - done.start_s) / c.unit_start_s;
+                if ratio.is_finite() && ratio > 0.0 {
+                    let w = BOUNDARY_WEIGHT;
+                    *v = (1.0 - w) * *v + w * (ratio - *b).powi(2);
+                    *b = ((1.0 - w) * *b + w * ratio).clamp(BOUNDARY_CLAMP.0, BOUNDARY_CLAMP.1);
+                }
+            }
+        }
         if let Some(plan) = &self.last {
             let report = BatchReport::new(
                 plan,

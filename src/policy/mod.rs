@@ -71,6 +71,9 @@ pub struct BatchDone<'a> {
     pub queue_len: usize,
     /// Latency of each request of the batch (arrival to batch end, s), oldest first.
     pub latencies_s: &'a [f64],
+    /// When each unit started (device time, s), in unit order: where the batch's unit
+    /// boundaries really fell, against the plan's predicted ones.
+    pub unit_starts_s: &'a [f64],
 }
 
 /// A scheduling policy driven by a serving worker or the simulator's event loop.

@@ -135,7 +135,7 @@ fn policy_kind(p: SpecPolicy) -> PolicyKind {
 /// What a served model's policies are built from on simulated GPU `profile`: its predicted
 /// costs (the table the power model predicts, also kept for attribution) and the switch latency
 /// measured on a spare GPU of the profile.
-fn simulated_costs(
+pub(crate) fn simulated_costs(
     graph: &Graph,
     profile: &GpuProfile,
     max_batch: u32,

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use prometheus::Counter;
 
 mod energy;
+#[cfg(test)]
+mod tests;
 
 use energy::Hook;
 
@@ -164,11 +166,8 @@ async fn run_loop(mut w: Box<Worker>) -> Option<Box<Worker>> {
     let queue = w.queue.clone();
     let blocking = w.executor.takes_time();
     loop {
-        w.tick(false);
-        let step = w.next_step();
-        if matches!(step, Step::Idle | Step::WaitUntil(_))
-            && let Some((at, target)) = w.idle_clock_change()
-        {
+        let (step, idle_clock) = w.turn();
+        if let Some((at, target)) = idle_clock {
             // A set-call can wait on a real actuator; workers with a GPU make it off the runtime.
             if blocking {
                 w = on_blocking_pool(w, move |w| w.set_clock(at, target)).await?;
@@ -282,6 +281,9 @@ struct Worker {
     unit_clocks: Vec<u32>,
     /// Arrival times read under the queue's lock, reported to the policy after it (reused).
     arrivals: Vec<f64>,
+    /// Every unit run, with its planned clock (tests).
+    #[cfg(test)]
+    ran: Vec<(crate::exec::UnitRecord, Option<u32>, u32)>,
 }
 
 impl Worker {
@@ -303,7 +305,9 @@ impl Worker {
                 .collect()
         };
         let mut layer_counters = Vec::with_capacity(s.info.graph.layers.len());
-        for (u, r) in units.iter().enumerate() {
+        // On the agent's GPU the agent exports the layers' energy; this process has none.
+        let attributes = s.device.as_ref().is_some_and(|d| !d.agent_attributes());
+        for (u, r) in units.iter().enumerate().filter(|_| attributes) {
             for l in r.clone() {
                 layer_counters.push(s.metrics.layer_energy.with_label_values(&[
                     s.info.namespace.as_str(),
@@ -367,6 +371,8 @@ impl Worker {
             capacity_rps,
             unit_clocks: Vec::new(),
             arrivals: Vec::new(),
+            #[cfg(test)]
+            ran: Vec::new(),
         };
         if let Some(target) = w.policy.initial_clock() {
             let now = w.now_s();
@@ -412,6 +418,18 @@ impl Worker {
             Ok(false) => {}
             Err(e) => tracing::warn!(model = %self.info.name, error = %e, "clock change failed"),
         }
+    }
+
+    /// One turn of the loop before it waits or runs something: telemetry, the next step, and
+    /// the clock the policy wants held while the GPU waits (for the caller to set: on a real
+    /// device that may block).
+    fn turn(&mut self) -> (Step, Option<(f64, ClockTarget)>) {
+        self.tick(false);
+        let step = self.next_step();
+        let idle = matches!(step, Step::Idle | Step::WaitUntil(_))
+            .then(|| self.idle_clock_change())
+            .flatten();
+        (step, idle)
     }
 
     /// Reports new arrivals to the policy and decides the next step. The queue's lock, which
@@ -558,6 +576,7 @@ impl Worker {
                 return;
             }
         };
+        let unit_starts: Vec<f64> = run.units.iter().map(|u| u.start_s).collect();
         let out_len = self.info.output_len();
         let latencies: Vec<f64> = jobs.iter().map(|j| run.end_s - j.arrival_s).collect();
         let estimate = self
@@ -609,6 +628,7 @@ impl Worker {
             energy_j,
             queue_len: self.queue.len(),
             latencies_s: &latencies,
+            unit_starts_s: &unit_starts,
         };
         self.policy.on_batch_done(&done);
         self.window.saturated(self.policy.saturated());

@@ -142,6 +142,7 @@ pub fn run<D: Device, P: Policy + ?Sized>(
     let e0 = device.energy_mj()?;
     let mut latency = vec![f64::NAN; n];
     let mut batch_lat: Vec<f64> = Vec::with_capacity(policy.max_batch() as usize);
+    let mut unit_starts: Vec<f64> = Vec::with_capacity(units);
     let mut queue: VecDeque<u32> = VecDeque::with_capacity(cfg.queue_capacity.min(n).max(1));
     let mut timeline = cfg.record_timeline.then(|| Timeline {
         units,
@@ -217,7 +218,9 @@ pub fn run<D: Device, P: Policy + ?Sized>(
                         first_unit: tl.unit_clocks.len(),
                     });
                 }
+                unit_starts.clear();
                 for u in 0..units {
+                    unit_starts.push(device.now_s());
                     if let Some(tl) = timeline.as_mut() {
                         tl.unit_clocks.push(device.graphics_clock_mhz());
                         tl.unit_starts.push(device.now_s());
@@ -247,6 +250,7 @@ pub fn run<D: Device, P: Policy + ?Sized>(
                     energy_j: (device.energy_mj()?.saturating_sub(e_start)) as f64 / 1000.0,
                     queue_len: queue.len(),
                     latencies_s: &batch_lat,
+                    unit_starts_s: &unit_starts,
                 };
                 policy.on_batch_done(&done);
             }

@@ -125,6 +125,9 @@ impl UnitHook for Hook<'_> {
     fn unit_end(&mut self, r: &UnitRecord) {
         let w = &mut *self.worker;
         w.unit_clocks.push(r.clock_mhz);
+        #[cfg(test)]
+        w.ran
+            .push((*r, self.planned.get(r.unit).copied().flatten(), self.batch));
         let Some(dev) = w.device.as_ref() else {
             return;
         };
