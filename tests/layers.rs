@@ -131,7 +131,9 @@ fn the_serving_worker_drives_a_device_seam_not_a_simulated_gpu() {
         "crate::gpu::nvml",
     ];
     let v = violations("serve/worker.rs", &named);
-    let worker = violations("serve/worker", &named);
+    // The worker's own tests build the simulated GPU it runs on, as the runtime does.
+    let mut worker = violations("serve/worker", &named);
+    worker.retain(|l| !l.contains("serve/worker/tests.rs:"));
     assert!(
         v.is_empty() && worker.is_empty(),
         "the worker names a device:\n{}\n{}",

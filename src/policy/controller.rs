@@ -21,8 +21,8 @@ pub struct ControllerPolicy {
     last: Option<Plan>,
     /// Hold clock of the last `WaitUntil`, consumed by the next `idle_clock`.
     hold: Option<u32>,
-    /// Per unit: EWMA of where the unit really started over where the plan predicted it (time
-    /// since dispatch), from full batches. A unit's predicted start sums its predecessors'
+    /// Per unit: EWMA of where the unit really started over where the cost table predicts it
+    /// for the batch as dispatched (time since dispatch). A unit's predicted start sums its predecessors'
     /// per-layer costs, which a run of consecutive layers does not take exactly; set-calls are
     /// made at the corrected boundary, less two standard deviations of its run-to-run spread,
     /// so the clock is in force when the unit starts.
@@ -108,15 +108,11 @@ impl ControllerPolicy {
                 let lead = (c.unit_start_s - c.issue_at_s).max(0.0);
                 let ratio = boundary.get(c.unit).copied().unwrap_or(1.0)
                     - 2.0 * var.get(c.unit).copied().unwrap_or(0.0).sqrt();
-                // A partial batch runs the plan of a fuller one, and its units end sooner.
-                let partial = match (
-                    predicted_start(costs, batch, &p.unit_clocks_mhz, c.unit),
-                    predicted_start(costs, p.batch, &p.unit_clocks_mhz, c.unit),
-                ) {
-                    (Some(b), Some(full)) if batch < p.batch && full > 0.0 => (b / full).min(1.0),
-                    _ => 1.0,
-                };
-                let at = ratio.max(BOUNDARY_CLAMP.0) * partial * c.unit_start_s;
+                // Predicted for the batch as dispatched: a partial batch runs the plan of a
+                // fuller one, and its units end sooner.
+                let predicted = predicted_start(costs, batch, &p.unit_clocks_mhz, c.unit)
+                    .unwrap_or(c.unit_start_s);
+                let at = ratio.max(BOUNDARY_CLAMP.0) * predicted;
                 earliest = earliest.max(at - lead);
                 SetCall {
                     offset_s: earliest,
@@ -170,20 +166,18 @@ impl Policy for ControllerPolicy {
         &self.plan
     }
     fn on_batch_done(&mut self, done: &BatchDone<'_>) {
-        if let Some(plan) = self.last.as_ref().filter(|p| p.batch == done.batch) {
-            for c in plan
-                .timeline
-                .iter()
-                .filter(|c| c.unit > 0 && c.unit_start_s > 0.0)
-            {
-                let (Some(&started), Some(b), Some(v)) = (
+        if let Some(plan) = &self.last {
+            let costs = self.ctl.planner().costs();
+            for c in plan.timeline.iter().filter(|c| c.unit > 0) {
+                let (Some(&started), Some(predicted), Some(b), Some(v)) = (
                     done.unit_starts_s.get(c.unit),
+                    predicted_start(costs, done.batch, &plan.unit_clocks_mhz, c.unit),
                     self.boundary.get_mut(c.unit),
                     self.boundary_var.get_mut(c.unit),
                 ) else {
                     continue;
                 };
-                let ratio = (started - done.start_s) / c.unit_start_s;
+                let ratio = (started - done.start_s) / predicted;
                 if ratio.is_finite() && ratio > 0.0 {
                     let w = BOUNDARY_WEIGHT;
                     *v = (1.0 - w) * *v + w * (ratio - *b).powi(2);

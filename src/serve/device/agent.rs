@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Reading, ServingDevice, SimServing, instant_at, unix_now_s};
+use super::{Reading, RealGpuTime, ServingDevice, SimServing};
 use crate::control::proto::{ServingWindow, UnitTiming};
 use crate::control::remote::RemoteClock;
 use crate::gpu::{ClockTarget, GpuError};
@@ -19,11 +19,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct AgentServing {
     remote: Arc<RemoteClock>,
     uuid: String,
-    epoch: Instant,
-    unix_offset_s: f64,
-    requested: Option<ClockTarget>,
-    /// The executor's timing model, which follows the set-calls.
-    model: Option<SimServing>,
+    time: RealGpuTime,
 }
 
 impl AgentServing {
@@ -35,14 +31,10 @@ impl AgentServing {
         epoch: Instant,
         model: Option<SimServing>,
     ) -> Self {
-        let unix_offset_s = unix_now_s() - epoch.elapsed().as_secs_f64();
         Self {
             remote,
             uuid,
-            epoch,
-            unix_offset_s,
-            requested: None,
-            model,
+            time: RealGpuTime::new(epoch, model),
         }
     }
 }
@@ -55,38 +47,26 @@ impl ServingDevice for AgentServing {
         format!("the node agent's GPU {}", self.uuid)
     }
     fn now_s(&self) -> f64 {
-        // The timing model's time runs ahead of the wall clock while a batch's simulated end is
-        // still to come; the worker's time axis must agree with the executor's.
-        match &self.model {
-            Some(m) => m.now_s(),
-            None => self.epoch.elapsed().as_secs_f64(),
-        }
+        self.time.now_s()
     }
     fn unix_s(&self, t_s: f64) -> f64 {
-        t_s + self.unix_offset_s
+        self.time.unix_s(t_s)
     }
     fn set_clock_at(&mut self, at_s: f64, target: ClockTarget) -> Result<bool, GpuError> {
-        if let Some(m) = self.model.as_mut() {
-            m.set_clock_at(at_s, target)?;
-        }
-        if self.requested == Some(target) {
+        if !self.time.request(at_s, target)? {
             return Ok(false);
         }
-        self.requested = Some(target);
         // The plan's lead covers the GPU's own switch; the socket and the agent take their
         // measured share on top, so the call is made that much earlier.
         let at = at_s - self.remote.path_latency_s();
-        self.remote.request_at(instant_at(self.epoch, at), target);
+        self.remote.request_at(self.time.instant_at(at), target);
         Ok(true)
     }
     fn requested(&self) -> Option<ClockTarget> {
-        self.requested
+        self.time.requested
     }
     fn reset_clocks(&mut self) -> Result<(), GpuError> {
-        if let Some(m) = self.model.as_mut() {
-            m.reset_clocks()?;
-        }
-        self.requested = Some(ClockTarget::Default);
+        self.time.reset()?;
         self.remote.request(ClockTarget::Default);
         if self.remote.flush(FLUSH_TIMEOUT) {
             Ok(())
@@ -98,9 +78,9 @@ impl ServingDevice for AgentServing {
     }
     fn clock_mhz(&self) -> Option<u32> {
         // The agent reads the real clock; the plan's is what this process knows.
-        match &self.model {
+        match &self.time.model {
             Some(m) => m.clock_mhz(),
-            None => self.requested.map(ClockTarget::mhz).filter(|&f| f > 0),
+            None => self.time.requested.map(ClockTarget::mhz).filter(|&f| f > 0),
         }
     }
     fn read(&self) -> Reading {

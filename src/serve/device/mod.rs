@@ -79,15 +79,71 @@ pub trait ServingDevice: Send {
     fn report_window(&self, _window: ServingWindow) {}
 }
 
+/// What a real GPU's device keeps besides the GPU itself: the server's time axis, the setting
+/// last requested, and the executor's timing model (the simulated GPU of the profile until a GPU
+/// executor times batches), which follows every set-call.
+struct RealGpuTime {
+    epoch: std::time::Instant,
+    unix_offset_s: f64,
+    requested: Option<ClockTarget>,
+    model: Option<SimServing>,
+}
+
+impl RealGpuTime {
+    fn new(epoch: std::time::Instant, model: Option<SimServing>) -> Self {
+        Self {
+            epoch,
+            unix_offset_s: unix_now_s() - epoch.elapsed().as_secs_f64(),
+            requested: None,
+            model,
+        }
+    }
+
+    /// The timing model's time where there is one (it runs ahead of the wall clock while a
+    /// batch's simulated end is still to come, and the worker's time axis must agree with the
+    /// executor's), else seconds since the epoch.
+    fn now_s(&self) -> f64 {
+        match &self.model {
+            Some(m) => m.now_s(),
+            None => self.epoch.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn unix_s(&self, t_s: f64) -> f64 {
+        t_s + self.unix_offset_s
+    }
+
+    /// The wall-clock instant of device time `t_s`.
+    fn instant_at(&self, t_s: f64) -> std::time::Instant {
+        self.epoch + std::time::Duration::try_from_secs_f64(t_s.max(0.0)).unwrap_or_default()
+    }
+
+    /// Gives the timing model `target` at `at_s`; whether the GPU must be asked for it (not the
+    /// setting already requested), recording it as requested.
+    fn request(&mut self, at_s: f64, target: ClockTarget) -> Result<bool, GpuError> {
+        if let Some(m) = self.model.as_mut() {
+            m.set_clock_at(at_s, target)?;
+        }
+        if self.requested == Some(target) {
+            return Ok(false);
+        }
+        self.requested = Some(target);
+        Ok(true)
+    }
+
+    /// The timing model back to its default clocks; the reset recorded as requested.
+    fn reset(&mut self) -> Result<(), GpuError> {
+        if let Some(m) = self.model.as_mut() {
+            m.reset_clocks()?;
+        }
+        self.requested = Some(ClockTarget::Default);
+        Ok(())
+    }
+}
+
 /// Unix time now (s).
 fn unix_now_s() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// A device time `t_s` as the wall-clock instant it falls on, for a device whose time runs in
-/// real time from `epoch`.
-fn instant_at(epoch: std::time::Instant, t_s: f64) -> std::time::Instant {
-    epoch + std::time::Duration::try_from_secs_f64(t_s.max(0.0)).unwrap_or_default()
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Reading, ServingDevice, SimServing, instant_at, unix_now_s};
+use super::{Reading, RealGpuTime, ServingDevice, SimServing};
 use crate::gpu::clockguard::{ClockActuator, ClockEvent, ClockGuard};
 use crate::gpu::nvml::{NvmlGpu, NvmlResetter, NvmlSystem, OpenOptions};
 use crate::gpu::{ClockTarget, GpuBackend, GpuError};
@@ -31,13 +31,9 @@ pub struct NvmlServing {
     clocks: ClockActuator,
     uuid: String,
     index: u32,
-    epoch: Instant,
-    unix_offset_s: f64,
-    requested: Option<ClockTarget>,
+    time: RealGpuTime,
     /// Set at the first refusal for lack of permission (seen by any call, reads included).
     read_only: std::cell::Cell<bool>,
-    /// The executor's timing model, which follows the set-calls.
-    model: Option<SimServing>,
 }
 
 impl NvmlServing {
@@ -70,11 +66,8 @@ impl NvmlServing {
             clocks,
             uuid,
             index: opts.index,
-            epoch,
-            unix_offset_s: unix_now_s() - epoch.elapsed().as_secs_f64(),
-            requested: None,
+            time: RealGpuTime::new(epoch, model),
             read_only: std::cell::Cell::new(false),
-            model,
         })
     }
 
@@ -118,35 +111,25 @@ impl ServingDevice for NvmlServing {
         format!("NVML GPU {} ({}{mode})", self.index, self.uuid)
     }
     fn now_s(&self) -> f64 {
-        match &self.model {
-            Some(m) => m.now_s(),
-            None => self.epoch.elapsed().as_secs_f64(),
-        }
+        self.time.now_s()
     }
     fn unix_s(&self, t_s: f64) -> f64 {
-        t_s + self.unix_offset_s
+        self.time.unix_s(t_s)
     }
     fn set_clock_at(&mut self, at_s: f64, target: ClockTarget) -> Result<bool, GpuError> {
         self.check_events();
-        if let Some(m) = self.model.as_mut() {
-            m.set_clock_at(at_s, target)?;
-        }
-        if self.read_only.get() || self.requested == Some(target) {
+        if !self.time.request(at_s, target)? || self.read_only.get() {
             return Ok(false);
         }
-        self.requested = Some(target);
         self.clocks
-            .request_at(0, instant_at(self.epoch, at_s), target);
+            .request_at(0, self.time.instant_at(at_s), target);
         Ok(true)
     }
     fn requested(&self) -> Option<ClockTarget> {
-        self.requested
+        self.time.requested
     }
     fn reset_clocks(&mut self) -> Result<(), GpuError> {
-        if let Some(m) = self.model.as_mut() {
-            m.reset_clocks()?;
-        }
-        self.requested = Some(ClockTarget::Default);
+        self.time.reset()?;
         self.clocks.request(0, ClockTarget::Default);
         self.clocks.flush();
         self.check_events();
