@@ -82,6 +82,16 @@ fn bench(model: &str, profile: GpuProfile, kind: PolicyKind, slo_s: f64) -> Benc
     }
 }
 
+/// ResNet-50 on a V100 at max clocks with Triton-style batching, SLO 50 ms.
+fn max_clock_resnet50() -> Bench {
+    bench(
+        "resnet50",
+        GpuProfile::builtin("v100-sxm2").unwrap(),
+        PolicyKind::MaxClock,
+        0.05,
+    )
+}
+
 /// One request arriving at `t` with deadline `t + deadline_s`, queued now.
 fn submit(queue: &Queue, t: f64, deadline_s: f64) -> Answer {
     let (mut slots, rx) = Slot::for_request(1);
@@ -161,12 +171,7 @@ fn outcomes(answers: Vec<Answer>) -> (Vec<u32>, Vec<OipError>) {
 
 #[test]
 fn every_request_is_answered_in_batches_within_its_deadline() {
-    let mut b = bench(
-        "resnet50",
-        GpuProfile::builtin("v100-sxm2").unwrap(),
-        PolicyKind::MaxClock,
-        0.05,
-    );
+    let mut b = max_clock_resnet50();
     let answers = b.run(&steady(300.0, 3.0, 0.05));
     let (ok, failed) = outcomes(answers);
     assert!(failed.is_empty(), "{failed:?}");
@@ -179,12 +184,7 @@ fn every_request_is_answered_in_batches_within_its_deadline() {
 
 #[test]
 fn requests_that_cannot_make_their_deadline_are_refused_and_not_run() {
-    let mut b = bench(
-        "resnet50",
-        GpuProfile::builtin("v100-sxm2").unwrap(),
-        PolicyKind::MaxClock,
-        0.05,
-    );
+    let mut b = max_clock_resnet50();
     // A deadline shorter than any batch of ResNet-50 on a V100 (a few ms at batch 1).
     let answers = b.run(&steady(100.0, 1.0, 0.0005));
     let (ok, failed) = outcomes(answers);
@@ -234,12 +234,7 @@ fn each_unit_starts_at_the_clock_its_plan_set_for_it() {
 
 #[test]
 fn drain_answers_everything_queued_and_resets_the_clocks() {
-    let mut b = bench(
-        "resnet50",
-        GpuProfile::builtin("v100-sxm2").unwrap(),
-        PolicyKind::MaxClock,
-        0.05,
-    );
+    let mut b = max_clock_resnet50();
     // Max clocks are locked from the start.
     b.advance(1.0);
     assert!(b.device.lock().clocks().unwrap().locked.is_some());
