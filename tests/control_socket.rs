@@ -254,7 +254,7 @@ async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
 
     {
         // The energy counter advances with work done on the GPU.
-        use eali::gpu::{LayerExecutor, LayerWork, WorkKind};
+        use eali::gpu::{LayerWork, WorkKind};
         let work = LayerWork {
             kind: WorkKind::Conv,
             flops: 4e12,
@@ -355,7 +355,7 @@ async fn only_the_pod_holding_the_gpu_controls_its_clocks() {
         "the record is cleared after the reset"
     );
     {
-        use eali::gpu::LayerExecutor;
+        use eali::gpu::GpuBackend;
         sim.lock()
             .unwrap()
             .idle(0.1)

@@ -3,8 +3,11 @@
 //! cost tables predict whole-model time and energy at batch sizes and clocks never measured.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
+use std::sync::Arc;
+
+use eali::exec::{DeviceClock, SimDevice, SimExecutor};
 use eali::gpu::sim::{Fault, GpuProfile, ProfileSpec, SimGpu};
-use eali::gpu::{Architecture, GpuBackend, LayerExecutor, PowerSemantics};
+use eali::gpu::{Architecture, GpuBackend, PowerSemantics};
 use eali::model::{Graph, zoo};
 use eali::perf::PerfError;
 use eali::perf::cost_table::build_cost_table;
@@ -41,8 +44,14 @@ fn noiseless_with(name: &str, change: impl FnOnce(&mut ProfileSpec)) -> SimGpu {
     SimGpu::new(GpuProfile::from_spec(spec).unwrap(), 0, 1)
 }
 
+/// Profiles `graph` on `gpu` through the simulated executor, as `eali profile` does; `gpu` is
+/// left as the profiler left it.
 fn run(gpu: &mut SimGpu, graph: &Graph, cfg: &ProfileConfig) -> Result<Profile, PerfError> {
-    profile(gpu, graph, cfg, &mut |_| {})
+    let dev = SimDevice::new(gpu.clone(), DeviceClock::Virtual);
+    let mut exec = SimExecutor::new(dev.clone(), Arc::new(graph.clone()));
+    let r = profile(&mut dev.clone(), &mut exec, graph, cfg, &mut |_| {});
+    *gpu = dev.snapshot();
+    r
 }
 
 /// Relative errors of measured time and energy against the instrument's physics.

@@ -17,7 +17,7 @@ use crate::gpu::clockguard::{ClockGuard, ClockResetter, LockEntry, LockRecord};
 use crate::gpu::nvml::{EnergySource, NvmlGpu, NvmlResetter, NvmlSystem, OpenOptions, PowerSource};
 use crate::gpu::sim::{GpuProfile, SimGpu};
 use crate::gpu::{
-    ClockState, GpuBackend, GpuError, GpuInfo, LayerExecutor, PowerLimit, ThrottleReasons,
+    ClockState, GpuBackend, GpuError, GpuInfo, PowerLimit, ThrottleReasons,
 };
 
 #[derive(Debug, clap::Args)]

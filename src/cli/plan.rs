@@ -19,6 +19,7 @@ use crate::eali::switch::{SwitchCost, SwitchLatency};
 use crate::eali::units::{self, UnitChain, UnitConfig, UnitCostTable};
 use crate::eali::{Plan, PlanRequest, Planner, PlannerConfig, Solver};
 use crate::gpu::calibrate_switch::measure_two_points;
+use crate::gpu::GpuBackend;
 use crate::model::{Graph, zoo};
 use crate::perf::cost_table::build_cost_table;
 use crate::perf::fit::{FitConfig, fit_power_model};
@@ -129,7 +130,7 @@ pub fn cost_source(args: &Args, graph: &Graph) -> anyhow::Result<CostSource> {
             format!("read from {}", path.display()),
         ),
         None => (
-            measure_two_points(&mut *gpu, 25, &mut |g, s| {
+            measure_two_points(&mut gpu, 25, &mut |g, s| {
                 // Waiting is idling; a failure shows in the next clock reading.
                 let _ = g.idle(s);
             })

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
+use crate::exec::{DeviceClock, SimDevice, SimExecutor};
 use crate::gpu::sim::{GpuProfile, SimGpu};
-use crate::gpu::{GpuBackend, LayerExecutor};
 use crate::model::{Graph, zoo};
 use crate::perf::profile::Profile;
 use crate::perf::profiler::{self, ClockSelection, DEFAULT_BATCHES, ProfileConfig, Progress};
@@ -43,21 +43,22 @@ pub struct Args {
     pub quiet: bool,
 }
 
-/// A GPU the profiler can drive: the NVML-shaped backend plus something that runs layers.
-pub trait ProfilingGpu: GpuBackend + LayerExecutor {}
-impl<T: GpuBackend + LayerExecutor> ProfilingGpu for T {}
-
-/// Opens the backend named by `spec`: `sim:<profile>` today; `nvml:<index>` is the place for the
-/// real GPU once an NVML layer executor exists.
-pub fn open_gpu(spec: &str, seed: u64) -> anyhow::Result<Box<dyn ProfilingGpu>> {
+/// Opens the backend named by `spec`: `sim:<profile>`, a simulated GPU on virtual time (the
+/// profiler's executor runs layers on it, the profiler reads and sets it). `nvml:<index>` needs
+/// an executor that runs layers on that GPU, which does not exist yet.
+pub fn open_gpu(spec: &str, seed: u64) -> anyhow::Result<SimDevice> {
     match spec.split_once(':') {
         Some(("sim", name)) => {
             let profile = GpuProfile::load(name)
                 .with_context(|| format!("loading simulated GPU profile {name:?}"))?;
-            Ok(Box::new(SimGpu::new(profile, 0, seed)))
+            Ok(SimDevice::new(
+                SimGpu::new(profile, 0, seed),
+                DeviceClock::Virtual,
+            ))
         }
         Some(("nvml", _)) => bail!(
-            "the nvml backend cannot run layers yet; profile on the simulated GPU (--gpu sim:v100)"
+            "no executor runs layers on an NVML GPU yet (the executors are the simulated GPU's \
+             and the CPU's); profile on the simulated GPU (--gpu sim:v100)"
         ),
         _ => bail!("unknown GPU backend {spec:?}: expected sim:<profile> (e.g. sim:v100)"),
     }
@@ -106,7 +107,8 @@ pub fn profile_model(
     cfg: &ProfileConfig,
     quiet: bool,
 ) -> anyhow::Result<Profile> {
-    let mut gpu = open_gpu(gpu_spec, cfg.seed.unwrap_or(0))?;
+    let gpu = open_gpu(gpu_spec, cfg.seed.unwrap_or(0))?;
+    let mut exec = SimExecutor::new(gpu.clone(), std::sync::Arc::new(graph.clone()));
     let tty = std::io::stderr().is_terminal();
     let mut last_pct = usize::MAX;
     let mut report = |p: &Progress<'_>| {
@@ -133,7 +135,7 @@ pub fn profile_model(
             eprintln!("{line}");
         }
     };
-    let profile = profiler::profile(&mut *gpu, graph, cfg, &mut report)
+    let profile = profiler::profile(&mut gpu.clone(), &mut exec, graph, cfg, &mut report)
         .with_context(|| format!("profiling {} on {gpu_spec}", graph.name))?;
     Ok(profile)
 }

@@ -1,5 +1,7 @@
 //! Model executors: what runs a batch, unit by unit, with a hook at each unit boundary (for
-//! clock changes, timing and energy attribution).
+//! clock changes, timing and energy attribution), and single layers for the profiler. The one
+//! trait for running work on a GPU ([`Executor`]); the GPU's clocks and sensors are
+//! `gpu::GpuBackend`'s.
 //!
 //! - [`cpu::CpuExecutor`]: the reference executor; computes the network for real on the CPU
 //!   (im2col + GEMM), from seeded or safetensors weights.
@@ -44,6 +46,10 @@ pub enum ExecError {
     EmptyBatch,
     #[error("CPU executor thread panicked")]
     ComputePanicked,
+    #[error("the model has {layers} layers; there is no layer {layer}")]
+    NoLayer { layer: usize, layers: usize },
+    #[error("the {executor} executor cannot {what}")]
+    Unsupported { executor: String, what: &'static str },
 }
 
 /// One batch to run.
@@ -121,6 +127,15 @@ pub trait Executor: Send {
         _clocks: &[Option<u32>],
     ) -> Option<f64> {
         None
+    }
+    /// Runs layer `layer` alone at `batch`, `repeats` times back to back, and returns the
+    /// elapsed device time (s): what the profiler measures each layer with, on the GPU the
+    /// executor runs on. Executors that only run whole batches refuse.
+    fn run_layer(&mut self, _layer: usize, _batch: u32, _repeats: u32) -> Result<f64, ExecError> {
+        Err(ExecError::Unsupported {
+            executor: self.name(),
+            what: "time single layers for a profile",
+        })
     }
 }
 

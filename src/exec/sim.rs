@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use super::{BatchRequest, BatchRun, ExecError, Executor, UnitHook, UnitRecord, check_units};
 use crate::gpu::sim::{SimGpu, SpanCost};
-use crate::gpu::{GpuBackend, LayerWork};
+use crate::gpu::{
+    ClockChange, ClockState, GpuBackend, GpuError, GpuInfo, HealthEvent, LayerWork, PowerLimit,
+    PowerReading, ThrottleReasons,
+};
 use crate::model::Graph;
 
 /// How a simulated GPU's device time relates to the wall clock.
@@ -26,18 +29,23 @@ pub enum DeviceClock {
     Virtual,
 }
 
-/// A simulated GPU shared across threads.
+/// A simulated GPU shared across threads. It is a [`GpuBackend`] itself (each call locks the
+/// GPU), so the profiler reads and sets the GPU that the executor runs layers on.
 #[derive(Debug, Clone)]
 pub struct SimDevice {
     gpu: Arc<Mutex<SimGpu>>,
     clock: DeviceClock,
+    /// The GPU's inventory (fixed for its life), readable without the lock.
+    info: Arc<GpuInfo>,
 }
 
 impl SimDevice {
     pub fn new(gpu: SimGpu, clock: DeviceClock) -> Self {
+        let info = Arc::new(gpu.info().clone());
         Self {
             gpu: Arc::new(Mutex::new(gpu)),
             clock,
+            info,
         }
     }
 
@@ -87,8 +95,86 @@ impl SimDevice {
         }
     }
 
+    /// A copy of the GPU as it is now (its clocks, counter and time).
+    pub fn snapshot(&self) -> SimGpu {
+        self.lock().clone()
+    }
+
     pub fn profile_name(&self) -> String {
         self.lock().profile().name().to_string()
+    }
+}
+
+/// Every call locks the shared GPU (idled up to the wall clock first, under
+/// [`DeviceClock::Wall`]).
+impl GpuBackend for SimDevice {
+    fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+    fn now_s(&self) -> f64 {
+        SimDevice::now_s(self)
+    }
+    fn supported_memory_clocks(&self) -> Result<Vec<u32>, GpuError> {
+        self.lock().supported_memory_clocks()
+    }
+    fn supported_graphics_clocks(&self, memory_mhz: u32) -> Result<Vec<u32>, GpuError> {
+        self.lock().supported_graphics_clocks(memory_mhz)
+    }
+    fn default_graphics_clock(&self) -> Result<u32, GpuError> {
+        self.lock().default_graphics_clock()
+    }
+    fn clocks(&self) -> Result<ClockState, GpuError> {
+        self.lock().clocks()
+    }
+    fn set_locked_clocks(&mut self, min_mhz: u32, max_mhz: u32) -> Result<ClockChange, GpuError> {
+        self.lock().set_locked_clocks(min_mhz, max_mhz)
+    }
+    fn reset_locked_clocks(&mut self) -> Result<ClockChange, GpuError> {
+        self.lock().reset_locked_clocks()
+    }
+    fn set_application_clocks(
+        &mut self,
+        memory_mhz: u32,
+        graphics_mhz: u32,
+    ) -> Result<ClockChange, GpuError> {
+        self.lock().set_application_clocks(memory_mhz, graphics_mhz)
+    }
+    fn reset_application_clocks(&mut self) -> Result<ClockChange, GpuError> {
+        self.lock().reset_application_clocks()
+    }
+    fn power(&self) -> Result<PowerReading, GpuError> {
+        self.lock().power()
+    }
+    fn energy_mj(&self) -> Result<u64, GpuError> {
+        self.lock().energy_mj()
+    }
+    fn power_limit(&self) -> Result<PowerLimit, GpuError> {
+        self.lock().power_limit()
+    }
+    fn set_power_limit(&mut self, watts: f64) -> Result<(), GpuError> {
+        self.lock().set_power_limit(watts)
+    }
+    fn throttle_reasons(&self) -> Result<ThrottleReasons, GpuError> {
+        self.lock().throttle_reasons()
+    }
+    fn temperature_c(&self) -> Result<u32, GpuError> {
+        self.lock().temperature_c()
+    }
+    fn poll_health_events(&mut self) -> Result<Vec<HealthEvent>, GpuError> {
+        self.lock().poll_health_events()
+    }
+    fn idle(&mut self, seconds: f64) -> Result<(), GpuError> {
+        match self.clock {
+            // Wall-clock device time passes by itself: idling is waiting.
+            DeviceClock::Wall(_) => {
+                if !seconds.is_finite() || seconds < 0.0 {
+                    return Err(GpuError::InvalidArgument(format!("idle for {seconds} s")));
+                }
+                self.sleep_until(SimDevice::now_s(self) + seconds);
+                Ok(())
+            }
+            DeviceClock::Virtual => self.lock().idle(seconds),
+        }
     }
 }
 
@@ -203,6 +289,18 @@ impl Executor for SimExecutor {
         clocks: &[Option<u32>],
     ) -> Option<f64> {
         Some(self.estimate_s(units, batch, clocks))
+    }
+    fn run_layer(&mut self, layer: usize, batch: u32, repeats: u32) -> Result<f64, ExecError> {
+        let layers = self.graph.layers.len();
+        if layer >= layers {
+            return Err(ExecError::NoLayer { layer, layers });
+        }
+        if batch == 0 {
+            return Err(ExecError::EmptyBatch);
+        }
+        let work = self.graph.layer_work(layer, batch);
+        let elapsed = self.device.lock().run_layer(&work, repeats)?;
+        Ok(elapsed)
     }
 }
 

@@ -284,7 +284,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::gpu::LayerExecutor;
+    use crate::gpu::GpuBackend;
     use crate::gpu::clockguard::ClockResetter;
     use crate::gpu::sim::{GpuProfile, SimGpu};
 

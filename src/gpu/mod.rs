@@ -1,5 +1,6 @@
-//! GPU hardware seam: the [`GpuBackend`] trait (what NVML offers an agent) and the
-//! [`LayerExecutor`] trait (running work on the GPU), with a calibrated simulated GPU behind both.
+//! GPU hardware seam: the [`GpuBackend`] trait (what NVML offers an agent), with the NVML backend
+//! and a calibrated simulated GPU behind it. Running work on a GPU is an executor's
+//! (`exec::Executor`).
 //!
 //! Time is explicit: every method that observes or changes the device state takes place at the
 //! device's own clock ([`GpuBackend::now`]), which is wall time on a real GPU and virtual time on the
@@ -169,13 +170,13 @@ pub trait GpuBackend {
     fn temperature_c(&self) -> Result<u32>;
     /// Events since the last call (XID, ECC, lost GPU).
     fn poll_health_events(&mut self) -> Result<Vec<HealthEvent>>;
+    /// Lets the GPU idle for `seconds` of device time: a sleep on a real GPU, virtual time on
+    /// the simulated one (so waits for a clock or a counter tick take no wall time there).
+    fn idle(&mut self, seconds: f64) -> Result<()> {
+        let d = std::time::Duration::try_from_secs_f64(seconds)
+            .map_err(|_| GpuError::InvalidArgument(format!("idle for {seconds} s")))?;
+        std::thread::sleep(d);
+        Ok(())
+    }
 }
 
-/// Running work on a GPU. On the simulated GPU this advances virtual time; on a real GPU it
-/// launches kernels and times them with CUDA events.
-pub trait LayerExecutor {
-    /// Runs the layer `repeats` times back to back and returns the elapsed device time (s).
-    fn run_layer(&mut self, work: &LayerWork, repeats: u32) -> Result<f64>;
-    /// Lets the GPU idle for `seconds` of device time.
-    fn idle(&mut self, seconds: f64) -> Result<()>;
-}

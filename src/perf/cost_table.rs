@@ -179,14 +179,18 @@ pub fn simulated(
     threads: usize,
 ) -> Result<LayerCostTable> {
     use super::{fit, profiler};
-    let mut gpu = crate::gpu::sim::SimGpu::new(profile.clone(), 1, 0x9f0f11e);
+    let gpu = crate::exec::SimDevice::new(
+        crate::gpu::sim::SimGpu::new(profile.clone(), 1, 0x9f0f11e),
+        crate::exec::DeviceClock::Virtual,
+    );
+    let mut exec = crate::exec::SimExecutor::new(gpu.clone(), std::sync::Arc::new(graph.clone()));
     let cfg = profiler::ProfileConfig {
         batches: batches.to_vec(),
         clocks: profiler::ClockSelection::List(clocks.to_vec()),
         backend: format!("sim:{}", profile.name()),
         ..profiler::ProfileConfig::default()
     };
-    let prof = profiler::profile(&mut gpu, graph, &cfg, &mut |_| {})?;
+    let prof = profiler::profile(&mut gpu.clone(), &mut exec, graph, &cfg, &mut |_| {})?;
     let fit_cfg = fit::FitConfig {
         folds: 2,
         leave_one_model_out: false,

@@ -7,6 +7,8 @@ use crate::gpu::GpuError;
 pub enum PerfError {
     #[error("GPU backend: {0}")]
     Gpu(#[from] GpuError),
+    #[error("executor: {0}")]
+    Exec(#[from] crate::exec::ExecError),
     #[error(
         "clock {requested_mhz} MHz not in force after {waited_s:.3} s (GPU reports {actual_mhz} MHz)"
     )]

@@ -1,5 +1,6 @@
 //! The per-layer profiler: runs every layer of a model over a grid of batch sizes and graphics
-//! clocks through the [`GpuBackend`] and [`LayerExecutor`] traits, exactly as on a real GPU.
+//! clocks, each layer through the model's [`Executor`] and the clocks, power and energy counter
+//! through the GPU's [`GpuBackend`], exactly as on a real GPU.
 //!
 //! Per clock: lock the clock, wait until the GPU reports it in force, measure idle power, then
 //! for each (layer, batch) run the layer back to back long enough (default ≥ 200 ms of device
@@ -13,7 +14,8 @@ use super::error::{PerfError, Result};
 use super::profile::{
     EnergySource, GpuMeta, IdlePoint, LayerInfo, PROFILE_FORMAT, Profile, ProfileRecord,
 };
-use crate::gpu::{GpuBackend, LayerExecutor, LayerWork, PowerSemantics};
+use crate::exec::Executor;
+use crate::gpu::{GpuBackend, LayerWork, PowerSemantics};
 use crate::model::Graph;
 
 /// Default batch sizes.
@@ -139,16 +141,18 @@ pub fn layer_infos(graph: &Graph) -> Vec<LayerInfo> {
         .collect()
 }
 
-/// Profiles every layer of `graph` on `gpu` over the configured batch sizes and clocks.
-/// Clocks are reset before returning, whether or not profiling succeeded.
+/// Profiles every layer of `graph` on `gpu` over the configured batch sizes and clocks, each
+/// layer run by `exec` (an executor of `graph` on that GPU). Clocks are reset before returning,
+/// whether or not profiling succeeded.
 pub fn profile<G>(
     gpu: &mut G,
+    exec: &mut dyn Executor,
     graph: &Graph,
     cfg: &ProfileConfig,
     progress: &mut dyn FnMut(&Progress<'_>),
 ) -> Result<Profile>
 where
-    G: GpuBackend + LayerExecutor + ?Sized,
+    G: GpuBackend + ?Sized,
 {
     let mut batches = cfg.batches.clone();
     batches.sort_unstable();
@@ -204,6 +208,7 @@ where
     let start_s = gpu.now_s();
     let mut run = Run {
         gpu,
+        exec,
         memory_clock_mhz,
         locked: info.architecture.has_locked_clocks(),
         source: energy_source,
@@ -253,6 +258,7 @@ type Measured = (Vec<ProfileRecord>, Vec<IdlePoint>);
 
 struct Run<'a, G: ?Sized> {
     gpu: &'a mut G,
+    exec: &'a mut dyn Executor,
     memory_clock_mhz: u32,
     locked: bool,
     source: EnergySource,
@@ -263,7 +269,7 @@ struct Run<'a, G: ?Sized> {
     averaged: bool,
 }
 
-impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
+impl<G: GpuBackend + ?Sized> Run<'_, G> {
     fn grid(
         &mut self,
         graph: &Graph,
@@ -293,7 +299,7 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
                 for &batch in batches {
                     let work = graph.layer_work(id, batch);
                     let info = &layers[id];
-                    let (time_s, energy_j, repeats, power_capped) = self.measure(&work, idle_w)?;
+                    let (time_s, energy_j, repeats, power_capped) = self.measure(id, &work, idle_w)?;
                     capped += usize::from(power_capped);
                     records.push(ProfileRecord {
                         layer: id,
@@ -420,10 +426,15 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
 
     /// Time per run, energy per run, repeats, and whether the power cap bound, of one
     /// (layer, batch) at the current clock.
-    fn measure(&mut self, work: &LayerWork, idle_w: f64) -> Result<(f64, f64, u32, bool)> {
+    fn measure(
+        &mut self,
+        layer: usize,
+        work: &LayerWork,
+        idle_w: f64,
+    ) -> Result<(f64, f64, u32, bool)> {
         // A short warm-up run gives the per-run time from which the repeat count follows.
         const WARMUP: u32 = 3;
-        let warm = self.gpu.run_layer(work, WARMUP)? / f64::from(WARMUP);
+        let warm = self.exec.run_layer(layer, work.batch, WARMUP)? / f64::from(WARMUP);
         if !(warm > 0.0 && warm.is_finite()) {
             return Err(PerfError::InvalidInput(format!(
                 "backend reported a non-positive run time for a {:?} layer",
@@ -434,7 +445,7 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
         match self.source {
             EnergySource::Counter => {
                 let (e0, _) = self.next_tick()?;
-                let elapsed = self.gpu.run_layer(work, repeats)?;
+                let elapsed = self.exec.run_layer(layer, work.batch, repeats)?;
                 let capped = self.gpu.throttle_reasons()?.sw_power_cap;
                 let run_end = self.gpu.now_s();
                 let (e1, t1) = self.next_tick()?;
@@ -445,14 +456,15 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
                 let r = f64::from(repeats);
                 Ok((elapsed / r, energy.max(0.0) / r, repeats, capped))
             }
-            EnergySource::PowerSampling => self.measure_sampled(work, warm, repeats),
+            EnergySource::PowerSampling => self.measure_sampled(layer, work.batch, warm, repeats),
         }
     }
 
     /// Runs the layer in chunks of about one sampling interval and reads power after each.
     fn measure_sampled(
         &mut self,
-        work: &LayerWork,
+        layer: usize,
+        batch: u32,
         warm: f64,
         repeats: u32,
     ) -> Result<(f64, f64, u32, bool)> {
@@ -463,14 +475,14 @@ impl<G: GpuBackend + LayerExecutor + ?Sized> Run<'_, G> {
             self.averaged = true;
             let warm_chunks = (1.0 / (warm * f64::from(chunk))).ceil() as u32;
             for _ in 0..warm_chunks {
-                self.gpu.run_layer(work, chunk)?;
+                self.exec.run_layer(layer, batch, chunk)?;
             }
         }
         let (mut elapsed, mut runs, mut sum_w, mut samples) = (0.0, 0u32, 0.0, 0u32);
         let mut capped = false;
         while runs < repeats {
             let n = chunk.min(repeats - runs);
-            elapsed += self.gpu.run_layer(work, n)?;
+            elapsed += self.exec.run_layer(layer, batch, n)?;
             runs += n;
             sum_w += self.gpu.power()?.watts;
             samples += 1;

@@ -1,8 +1,8 @@
 //! The EALI loop of one model, an async task: report arrivals to the scheduling policy, ask
 //! it when to dispatch how many requests with which clock plan, issue the plan's set-calls ahead
-//! of the unit boundaries through the clock thread, run the batch unit by unit on the executor,
-//! attribute the energy counter to units and layers, answer the requests, and report the batch
-//! back to the policy. The policy is the same [`Policy`] the discrete-event simulator runs, so
+//! of the unit boundaries through the device, run the batch unit by unit on the executor through
+//! the device (whose clock and counter readings the unit records carry), attribute the energy
+//! counter to units and layers, answer the requests, and report the batch back to the policy. The policy is the same [`Policy`] the discrete-event simulator runs, so
 //! the server and the simulator schedule identically.
 //!
 //! Requests that cannot finish before their deadline are answered 503 instead of being run (or
@@ -543,9 +543,14 @@ impl Worker {
             .computes_outputs()
             .then(|| jobs.iter().flat_map(|j| j.input.iter().copied()).collect());
         let units = std::mem::take(&mut self.units);
+        // The executor and the device are held outside the worker for the call, so the hook
+        // can borrow the worker.
+        let mut exec = std::mem::replace(&mut self.executor, Box::new(crate::exec::ZeroCost::new()));
+        let device = self.device.take();
         let result = {
             let mut hook = Hook {
                 worker: self,
+                device: device.as_deref(),
                 units: &units,
                 planned: &plan.unit_clocks,
                 batch,
@@ -555,15 +560,13 @@ impl Worker {
                 input: input.as_deref(),
                 units: &units,
             };
-            // The executor is moved out for the call so the hook can borrow the worker.
-            let mut exec = std::mem::replace(
-                &mut hook.worker.executor,
-                Box::new(crate::exec::ZeroCost::new()),
-            );
-            let r = exec.run_batch(&req, &mut hook);
-            hook.worker.executor = exec;
-            r
+            match device.as_deref() {
+                Some(d) => d.run_batch(exec.as_mut(), &req, &mut hook),
+                None => exec.run_batch(&req, &mut hook),
+            }
         };
+        self.executor = exec;
+        self.device = device;
         self.units = units;
         let run = match result {
             Ok(run) => run,

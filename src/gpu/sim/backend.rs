@@ -1,10 +1,10 @@
-//! [`GpuBackend`] and [`LayerExecutor`] for [`SimGpu`]: the NVML-shaped view of the simulated
-//! GPU, with NVML's generation limits (no locked clocks or energy counter before Volta) and
+//! [`GpuBackend`] for [`SimGpu`], and the layer runs the profiler's executor makes on it: the
+//! NVML-shaped view of the simulated GPU, with NVML's generation limits (no locked clocks or energy counter before Volta) and
 //! error behaviour (lost GPU, missing permission).
 
 use super::device::{ClockCmd, SimGpu};
 use crate::gpu::{
-    ClockChange, ClockState, GpuBackend, GpuError, GpuInfo, HealthEvent, LayerExecutor, LayerWork,
+    ClockChange, ClockState, GpuBackend, GpuError, GpuInfo, HealthEvent, LayerWork,
     PowerLimit, PowerReading, PowerSemantics, Result, ThrottleReasons,
 };
 
@@ -182,20 +182,6 @@ impl GpuBackend for SimGpu {
         }
         Ok(std::mem::take(&mut self.events))
     }
-}
-
-impl LayerExecutor for SimGpu {
-    /// O(1) in `repeats`: the repeated layer is one piece of work with scaled parts, capped by
-    /// the power controller on its own power (a repeated layer runs long enough for that).
-    fn run_layer(&mut self, work: &LayerWork, repeats: u32) -> Result<f64> {
-        if repeats == 0 {
-            self.check_alive()?;
-            return Ok(0.0);
-        }
-        let parts = self.profile.physics().parts(work) * f64::from(repeats);
-        let run = self.run_parts(&parts, repeat_noise_scale(repeats))?;
-        Ok(run.duration_s())
-    }
 
     fn idle(&mut self, seconds: f64) -> Result<()> {
         self.check_alive()?;
@@ -204,5 +190,20 @@ impl LayerExecutor for SimGpu {
         }
         self.advance_to(self.now_s + seconds);
         Ok(())
+    }
+}
+
+impl SimGpu {
+    /// Runs the layer `repeats` times back to back and returns the elapsed device time (s).
+    /// O(1) in `repeats`: the repeated layer is one piece of work with scaled parts, capped by
+    /// the power controller on its own power (a repeated layer runs long enough for that).
+    pub fn run_layer(&mut self, work: &LayerWork, repeats: u32) -> Result<f64> {
+        if repeats == 0 {
+            self.check_alive()?;
+            return Ok(0.0);
+        }
+        let parts = self.profile.physics().parts(work) * f64::from(repeats);
+        let run = self.run_parts(&parts, repeat_noise_scale(repeats))?;
+        Ok(run.duration_s())
     }
 }

@@ -1,6 +1,6 @@
 //! The calibrated simulated GPU: profiles (data files), physics (pure functions of a profile and
-//! a clock), [`SimGpu`] on virtual time behind the [`crate::gpu::GpuBackend`] and
-//! [`crate::gpu::LayerExecutor`] traits, a fast path for the discrete-event simulator
+//! a clock), [`SimGpu`] on virtual time behind the [`crate::gpu::GpuBackend`] trait (its layer
+//! runs are the simulated executor's, `exec::sim`), a fast path for the discrete-event simulator
 //! ([`SpanCost`] + [`SimGpu::run_span`]) and the calibration checks that pin it to published
 //! measurements (`docs/architecture.md`, "Simulated GPU").
 

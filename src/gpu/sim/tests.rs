@@ -5,7 +5,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::gpu::{
-    GpuBackend, GpuError, HealthEvent, LayerExecutor, LayerWork, PowerSemantics, WorkKind,
+    GpuBackend, GpuError, HealthEvent, LayerWork, PowerSemantics, WorkKind,
 };
 
 fn quiet(name: &str) -> GpuProfile {

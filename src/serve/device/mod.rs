@@ -8,9 +8,12 @@
 //! - [`AgentServing`]: the node agent's GPU through the control socket (a serving pod that was
 //!   allocated a GPU: the pod itself has no NVML privileges).
 //!
-//! The worker runs each batch on its executor and tells the device what the plan wants: the
-//! set-calls at their offsets (none of them blocks the batch path), the clock reset at drain.
-//! It reads time, clock and the energy counter from the device. Energy is attributed once: on
+//! The worker tells the device what the plan wants (the set-calls at their offsets, none of
+//! which blocks the batch path; the clock reset at drain) and runs each batch through it
+//! ([`ServingDevice::run_batch`]): the executor runs the batch unit by unit, and the device puts
+//! its own readings in each unit's record (the clock in force at the unit's start and end, the
+//! energy counter at its end), so a record says what the GPU did, not what the executor's timing
+//! model thinks. It reads time, clock and the energy counter from the device. Energy is attributed once: on
 //! the simulated and the local GPU the worker attributes the counter to units and layers; on
 //! the agent's GPU the agent does, from the unit timings the worker reports, and the worker
 //! exports no GPU or layer energy of its own.
@@ -20,6 +23,7 @@
 //! set-calls, so its timing reflects the clocks the plan puts in force.
 
 use crate::control::proto::{ServingWindow, UnitTiming};
+use crate::exec::{BatchRequest, BatchRun, ExecError, Executor, UnitHook, UnitRecord};
 use crate::gpu::{ClockTarget, GpuError};
 
 mod agent;
@@ -77,6 +81,65 @@ pub trait ServingDevice: Send {
     /// A closed serving window, for the agent's report in the InferenceService's status
     /// (ignored outside a pod).
     fn report_window(&self, _window: ServingWindow) {}
+    /// Runs one batch on `exec`, unit by unit, on this device: `hook` and the returned run see
+    /// unit records with the device's clock and energy-counter readings (see the module docs).
+    fn run_batch(
+        &self,
+        exec: &mut dyn Executor,
+        req: &BatchRequest<'_>,
+        hook: &mut dyn UnitHook,
+    ) -> Result<BatchRun, ExecError> {
+        run_measured(self, exec, req, hook)
+    }
+}
+
+/// [`ServingDevice::run_batch`]: the executor's records with the device's readings in them.
+fn run_measured<D: ServingDevice + ?Sized>(
+    device: &D,
+    exec: &mut dyn Executor,
+    req: &BatchRequest<'_>,
+    hook: &mut dyn UnitHook,
+) -> Result<BatchRun, ExecError> {
+    let mut measured = Measured {
+        device,
+        inner: hook,
+        clock_at_start: None,
+        records: Vec::with_capacity(req.units.len()),
+    };
+    let mut run = exec.run_batch(req, &mut measured)?;
+    if measured.records.len() == run.units.len() {
+        run.units = measured.records;
+    }
+    Ok(run)
+}
+
+/// The unit-boundary hook [`run_measured`] puts between the executor and the worker's hook.
+struct Measured<'a, D: ?Sized> {
+    device: &'a D,
+    inner: &'a mut dyn UnitHook,
+    clock_at_start: Option<u32>,
+    records: Vec<UnitRecord>,
+}
+
+impl<D: ServingDevice + ?Sized> UnitHook for Measured<'_, D> {
+    fn unit_start(&mut self, unit: usize, t_s: f64) {
+        self.clock_at_start = self.device.clock_mhz();
+        self.inner.unit_start(unit, t_s);
+    }
+    fn unit_end(&mut self, record: &UnitRecord) {
+        let mut r = *record;
+        if let Some(f) = self.clock_at_start.take() {
+            r.clock_start_mhz = f;
+        }
+        if let Some(f) = self.device.clock_mhz() {
+            r.clock_mhz = f;
+        }
+        // Only the device's counter: where another process attributes it (the node agent),
+        // the record holds none rather than the timing model's.
+        r.energy_counter_mj = self.device.energy_mj();
+        self.inner.unit_end(&r);
+        self.records.push(r);
+    }
 }
 
 /// What a real GPU's device keeps besides the GPU itself: the server's time axis, the setting

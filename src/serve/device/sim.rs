@@ -181,4 +181,39 @@ mod tests {
         assert_eq!(dev.lock().clocks().unwrap().locked, None);
         assert!(!sd.agent_attributes());
     }
+
+    #[test]
+    fn a_batch_run_through_the_device_carries_its_clock_and_counter() {
+        use crate::exec::{BatchRequest, Executor, NoHook, SimExecutor};
+        let dev = device();
+        let p = GpuProfile::builtin("v100-sxm2").unwrap();
+        let low = p.floor_clock_mhz(p.max_clock_mhz() / 2);
+        let graph = std::sync::Arc::new(crate::model::zoo::build("resnet18").unwrap());
+        let n = graph.layers.len();
+        let mut exec = SimExecutor::new(dev.clone(), graph);
+        let mut sd = SimServing::new(dev.clone());
+        sd.set_clock_at(0.0, ClockTarget::Locked(low)).unwrap();
+        dev.lock().advance_to(1.0);
+        let units = [0..10, 10..n];
+        let run = sd
+            .run_batch(
+                &mut exec as &mut dyn Executor,
+                &BatchRequest {
+                    batch: 8,
+                    input: None,
+                    units: &units,
+                },
+                &mut NoHook,
+            )
+            .unwrap();
+        assert_eq!(run.units.len(), 2);
+        let mut last = 0;
+        for u in &run.units {
+            assert_eq!((u.clock_start_mhz, u.clock_mhz), (low, low));
+            let mj = u.energy_counter_mj.unwrap();
+            assert!(mj >= last, "the counter goes forward");
+            last = mj;
+        }
+        assert_eq!(Some(last), sd.energy_mj(), "read at the last unit's end");
+    }
 }

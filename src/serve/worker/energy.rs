@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use super::{TICK_S, Worker};
+use crate::serve::device::ServingDevice;
 use crate::control::proto::ServingWindow;
 use crate::exec::{UnitHook, UnitRecord};
 use crate::telemetry::Attribution;
@@ -115,6 +116,8 @@ impl Worker {
 /// Unit-boundary hook of the serving loop: energy attribution per unit and layer.
 pub(super) struct Hook<'a> {
     pub(super) worker: &'a mut Worker,
+    /// The worker's device, held outside the worker while it runs the batch.
+    pub(super) device: Option<&'a dyn ServingDevice>,
     pub(super) units: &'a [Range<usize>],
     /// The plan's clock per unit (`None`: the GPU's own).
     pub(super) planned: &'a [Option<u32>],
@@ -128,7 +131,7 @@ impl UnitHook for Hook<'_> {
         #[cfg(test)]
         w.ran
             .push((*r, self.planned.get(r.unit).copied().flatten(), self.batch));
-        let Some(dev) = w.device.as_ref() else {
+        let Some(dev) = self.device else {
             return;
         };
         let range = self.units.get(r.unit);
@@ -143,15 +146,13 @@ impl UnitHook for Hook<'_> {
             "unit ran"
         );
         if !dev.agent_attributes() {
-            // The counter is the device's (the executor's records hold no reading of a real
-            // GPU); it is read now, after the unit's end.
-            let reading = dev.energy_mj().map(|mj| (dev.now_s(), mj));
+            // The record's counter is the device's, read at the unit's end.
             if let (Some(power), Some(range)) = (&w.power, range) {
                 let seg = power.segment(range.clone(), self.batch, r.clock_mhz, r.start_s, r.end_s);
                 w.attributor.busy(seg);
             }
-            if let Some((t, mj)) = reading {
-                w.counter_read(t.max(r.end_s), mj, r.clock_mhz);
+            if let Some(mj) = r.energy_counter_mj {
+                w.counter_read(r.end_s, mj, r.clock_mhz);
             }
             return;
         }

@@ -6,7 +6,7 @@ use super::{CalibrationCheck, CalibrationError, SEED, Tolerance, measure, resnet
 use crate::gpu::sim::device::SimGpu;
 use crate::gpu::sim::profile::GpuProfile;
 use crate::gpu::sim::span::SpanCost;
-use crate::gpu::{GpuBackend, LayerExecutor, LayerWork, WorkKind};
+use crate::gpu::{GpuBackend, LayerWork, WorkKind};
 
 const ZEUS: &str = "Zeus NSDI'23 artifact, trace/summary_power_v100.csv";
 
