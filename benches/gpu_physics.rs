@@ -5,8 +5,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use eali::gpu::sim::{GpuProfile, SimGpu, SpanCost, calibration};
 use eali::gpu::GpuBackend;
+use eali::gpu::sim::{GpuProfile, SimGpu, SpanCost, calibration};
 
 fn physics(c: &mut Criterion) {
     let profile = GpuProfile::builtin("v100-sxm2").expect("built-in profile");

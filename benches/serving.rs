@@ -114,6 +114,8 @@ async fn eali_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::oneshot
             locations: Default::default(),
             device: DeviceChoice::Sim,
             switch_latency: None,
+            profiles: Vec::new(),
+            power_model: None,
         },
         queue_capacity: 1 << 16,
         deadline_factor: 100.0,

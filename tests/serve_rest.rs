@@ -265,3 +265,64 @@ async fn cpu_compute_returns_the_reference_executors_outputs() {
     assert_eq!(got, want);
     s.stop().await;
 }
+
+/// A profile of `model` measured on a simulated V100 by the profiler `eali profile` runs.
+fn measured(model: &str) -> eali::perf::profile::Profile {
+    use eali::exec::{DeviceClock, SimDevice, SimExecutor};
+    use eali::gpu::sim::{GpuProfile, SimGpu};
+    use eali::perf::profiler::{ClockSelection, ProfileConfig, profile};
+    let graph = zoo::build(model).unwrap();
+    let dev = SimDevice::new(
+        SimGpu::new(GpuProfile::builtin("v100-sxm2").unwrap(), 0, 11),
+        DeviceClock::Virtual,
+    );
+    let mut exec = SimExecutor::new(dev.clone(), Arc::new(graph.clone()));
+    let cfg = ProfileConfig {
+        batches: vec![1, 4, 16, 32],
+        clocks: ClockSelection::Spread(5),
+        backend: "sim:v100".into(),
+        ..ProfileConfig::default()
+    };
+    profile(&mut dev.clone(), &mut exec, &graph, &cfg, &mut |_| {}).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_measured_profile_plans_the_served_model_and_a_wrong_one_is_refused() {
+    use eali::serve::MeasuredProfile;
+    let mut opts = options();
+    opts.runtime.profiles = vec![MeasuredProfile {
+        path: "measured/v100-alexnet.json".into(),
+        profile: Arc::new(measured("alexnet")),
+    }];
+    let s = start("alex", spec("alexnet", 100, 8, Policy::Eali), opts).await;
+    for _ in 0..4 {
+        let r = post_json(&s.url("/v2/models/alex/infer"), &infer_body(&IMAGE, 0.5)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let text = String::from_utf8(get(&s.url("/metrics")).await.body.to_vec()).unwrap();
+    assert!(
+        text.contains("eali_layer_energy_joules_total{layer=\"features.0\""),
+        "energy is attributed with the measured profile's power model:\n{text}"
+    );
+    s.stop().await;
+
+    // A profile that says it is of alexnet but holds another network's layers.
+    let mut wrong = measured("resnet18");
+    wrong.model = "alexnet".into();
+    let mut opts = options();
+    opts.runtime.profiles = vec![MeasuredProfile {
+        path: "measured/mislabelled.json".into(),
+        profile: Arc::new(wrong),
+    }];
+    let config =
+        eali::serve::ServeConfig::single("alex", spec("alexnet", 100, 8, Policy::Eali)).unwrap();
+    let err = eali::serve::Server::bind(&config, opts)
+        .await
+        .err()
+        .expect("a profile of other layers is refused")
+        .to_string();
+    assert!(
+        err.contains("measured/mislabelled.json") && err.contains("profile it with"),
+        "{err}"
+    );
+}

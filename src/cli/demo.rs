@@ -81,6 +81,8 @@ fn serve_args(a: &Args, policy: &str) -> ServeArgs {
         nvml_lib: None,
         clock_record: None,
         switch_latency: None,
+        profiles: Vec::new(),
+        power_model: None,
         queue_capacity: 4096,
         deadline_factor: 2.0,
         max_body_mib: 64,

@@ -16,9 +16,7 @@ use crate::gpu::calibrate_switch::{CalibrationConfig, CalibrationReport, calibra
 use crate::gpu::clockguard::{ClockGuard, ClockResetter, LockEntry, LockRecord};
 use crate::gpu::nvml::{EnergySource, NvmlGpu, NvmlResetter, NvmlSystem, OpenOptions, PowerSource};
 use crate::gpu::sim::{GpuProfile, SimGpu};
-use crate::gpu::{
-    ClockState, GpuBackend, GpuError, GpuInfo, PowerLimit, ThrottleReasons,
-};
+use crate::gpu::{ClockState, GpuBackend, GpuError, GpuInfo, PowerLimit, ThrottleReasons};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

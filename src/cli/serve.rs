@@ -14,7 +14,8 @@ use crate::serve::device::NvmlServingOptions;
 use crate::serve::fetch::{FetchOptions, fetch_models};
 use crate::serve::source::Locations;
 use crate::serve::{
-    Compute, DeviceChoice, RuntimeOptions, ServeConfig, ServeOptions, Server, shutdown_signal,
+    Compute, DeviceChoice, MeasuredProfile, RuntimeOptions, ServeConfig, ServeOptions, Server,
+    shutdown_signal,
 };
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +98,16 @@ pub struct Args {
     /// that far ahead. Default: measured on a simulated GPU of the served profile.
     #[arg(long)]
     pub switch_latency: Option<PathBuf>,
+    /// A profile measured on the GPU by `eali profile --out FILE` (repeat for several models):
+    /// a served model of the profile's network is planned from it (time from its latency model,
+    /// energy from the power model) instead of from a profiling of the simulated GPU. The way to
+    /// plan for a real GPU (--device nvml or agent).
+    #[arg(long = "profile", value_name = "FILE")]
+    pub profiles: Vec<PathBuf>,
+    /// The layer power model (`eali fit --out FILE`) of the GPU the --profile files were
+    /// measured on; without it one is fitted on each profile at start.
+    #[arg(long, value_name = "FILE")]
+    pub power_model: Option<PathBuf>,
     /// Samples each model's queue holds before answering 429.
     #[arg(long, default_value_t = 1024)]
     pub queue_capacity: usize,
@@ -203,6 +214,27 @@ pub fn flags_config(a: &Args) -> anyhow::Result<ServeConfig> {
     Ok(ServeConfig::single(&name, spec)?)
 }
 
+/// Loads the --profile files; two of one network are refused (which would plan it?).
+fn measured_profiles(paths: &[PathBuf]) -> anyhow::Result<Vec<MeasuredProfile>> {
+    let mut out: Vec<MeasuredProfile> = Vec::with_capacity(paths.len());
+    for path in paths {
+        let profile = super::files::load_profile(path)?;
+        if let Some(other) = out.iter().find(|m| m.profile.model == profile.model) {
+            anyhow::bail!(
+                "--profile {} and --profile {} are both of {}; give one per network",
+                other.path.display(),
+                path.display(),
+                profile.model
+            );
+        }
+        out.push(MeasuredProfile {
+            path: path.clone(),
+            profile: std::sync::Arc::new(profile),
+        });
+    }
+    Ok(out)
+}
+
 pub fn options(a: &Args) -> anyhow::Result<ServeOptions> {
     let grpc = match a.grpc.as_str() {
         "none" | "" => None,
@@ -226,6 +258,13 @@ pub fn options(a: &Args) -> anyhow::Result<ServeOptions> {
                 .as_deref()
                 .map(super::files::load_switch_latency)
                 .transpose()?,
+            profiles: measured_profiles(&a.profiles)?,
+            power_model: a
+                .power_model
+                .as_deref()
+                .map(super::files::load_power_model)
+                .transpose()?
+                .map(std::sync::Arc::new),
         },
         queue_capacity: a.queue_capacity,
         deadline_factor: a.deadline_factor,

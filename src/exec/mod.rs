@@ -49,7 +49,10 @@ pub enum ExecError {
     #[error("the model has {layers} layers; there is no layer {layer}")]
     NoLayer { layer: usize, layers: usize },
     #[error("the {executor} executor cannot {what}")]
-    Unsupported { executor: String, what: &'static str },
+    Unsupported {
+        executor: String,
+        what: &'static str,
+    },
 }
 
 /// One batch to run.

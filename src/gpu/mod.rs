@@ -179,4 +179,3 @@ pub trait GpuBackend {
         Ok(())
     }
 }
-

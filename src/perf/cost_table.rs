@@ -178,7 +178,7 @@ pub fn simulated(
     clocks: &[u32],
     threads: usize,
 ) -> Result<LayerCostTable> {
-    use super::{fit, profiler};
+    use super::profiler;
     let gpu = crate::exec::SimDevice::new(
         crate::gpu::sim::SimGpu::new(profile.clone(), 1, 0x9f0f11e),
         crate::exec::DeviceClock::Virtual,
@@ -191,12 +191,29 @@ pub fn simulated(
         ..profiler::ProfileConfig::default()
     };
     let prof = profiler::profile(&mut gpu.clone(), &mut exec, graph, &cfg, &mut |_| {})?;
-    let fit_cfg = fit::FitConfig {
+    from_profile(&prof, None, batches, clocks, threads)
+}
+
+/// The cost table of a profile (simulated, or measured on a GPU by `eali profile`) at `batches`
+/// × `clocks`, predicted by `power` where given (it must be of the profile's GPU), else by a
+/// power model trained on the profile itself at once: the best of the default regressors by
+/// 2-fold cross-validated RMSE on `threads` threads, as [`simulated`] does.
+pub fn from_profile(
+    profile: &Profile,
+    power: Option<&PowerModel>,
+    batches: &[u32],
+    clocks: &[u32],
+    threads: usize,
+) -> Result<LayerCostTable> {
+    if let Some(model) = power {
+        return build_cost_table(profile, model, batches, clocks);
+    }
+    let fit_cfg = super::fit::FitConfig {
         folds: 2,
         leave_one_model_out: false,
         threads,
-        ..fit::FitConfig::default()
+        ..super::fit::FitConfig::default()
     };
-    let (model, _) = fit::fit_power_model(std::slice::from_ref(&prof), &fit_cfg)?;
-    build_cost_table(&prof, &model, batches, clocks)
+    let (model, _) = super::fit::fit_power_model(std::slice::from_ref(profile), &fit_cfg)?;
+    build_cost_table(profile, &model, batches, clocks)
 }

@@ -299,7 +299,8 @@ impl<G: GpuBackend + ?Sized> Run<'_, G> {
                 for &batch in batches {
                     let work = graph.layer_work(id, batch);
                     let info = &layers[id];
-                    let (time_s, energy_j, repeats, power_capped) = self.measure(id, &work, idle_w)?;
+                    let (time_s, energy_j, repeats, power_capped) =
+                        self.measure(id, &work, idle_w)?;
                     capped += usize::from(power_capped);
                     records.push(ProfileRecord {
                         layer: id,

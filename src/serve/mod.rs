@@ -19,7 +19,7 @@ pub mod state;
 pub mod worker;
 
 pub use config::ServeConfig;
-pub use runtime::{Compute, DeviceChoice, RuntimeOptions};
+pub use runtime::{Compute, DeviceChoice, MeasuredProfile, RuntimeOptions};
 pub use server::{ServeOptions, Server, shutdown_signal};
 
 /// Why the server could not start or stopped with an error.

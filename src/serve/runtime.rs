@@ -3,8 +3,9 @@
 //! the zero-cost executor), the predicted power model for attribution, and the scheduling policy
 //! of `spec.policy` ([`crate::policy::build`]), built from *predicted* costs only: the GPU
 //! profile's layers profiled and the power model trained on them
-//! ([`crate::perf::cost_table::simulated`]), units merged for the switch latency measured on a
-//! spare GPU of the profile. No ground truth, oracle or physics floor is computed here. A network
+//! ([`crate::perf::cost_table::simulated`]), or a profile measured on the GPU (`--profile`,
+//! [`measured_costs`]) with its power model; units merged for the switch latency measured on
+//! the GPU (`--switch-latency`) or on a spare simulated GPU of the profile. No ground truth, oracle or physics floor is computed here. A network
 //! outside the zoo with `--compute cpu` is served by the CPU executor alone.
 
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ use crate::gpu::sim::{GpuProfile, SimGpu};
 use crate::k8s::crd::{InferenceService, Policy as SpecPolicy};
 use crate::model::Graph;
 use crate::perf::cost_table;
+use crate::perf::power_model::PowerModel;
+use crate::perf::profile::Profile;
 use crate::perf::profiler::spread_clocks;
 use crate::policy::baselines::{TritonConfig, TritonMaxClock};
 use crate::policy::build::{ModelCosts, PLAN_BATCHES, PolicyKind, TABLE_CLOCKS};
@@ -85,6 +88,19 @@ pub struct RuntimeOptions {
     /// The GPU's measured clock-switch latency, where known; else it is measured on a
     /// simulated GPU of the served profile.
     pub switch_latency: Option<crate::eali::SwitchLatency>,
+    /// Profiles measured on the GPU (`eali profile`): a served model with one (of the same
+    /// network) is planned from it instead of from a profiling of the simulated GPU.
+    pub profiles: Vec<MeasuredProfile>,
+    /// The layer power model (`eali fit`) that predicts the measured profiles' energy; without
+    /// one, a power model is fitted on each measured profile at start.
+    pub power_model: Option<Arc<PowerModel>>,
+}
+
+/// A profile file measured on the GPU, as loaded.
+#[derive(Debug, Clone)]
+pub struct MeasuredProfile {
+    pub path: PathBuf,
+    pub profile: Arc<Profile>,
 }
 
 /// A model ready to hand to a worker.
@@ -176,6 +192,68 @@ pub(crate) fn simulated_costs(
     Ok((costs, table))
 }
 
+/// What a served model's policies are built from with a measured profile `m` of its network:
+/// the table the power model (`power`, else one fitted on the profile now) predicts at the
+/// profile's measured clocks, and the GPU's switch latency `switch`. The GPU's default clock
+/// under load is taken as its highest (what boost clocks do under load).
+pub(crate) fn measured_costs(
+    graph: &Graph,
+    m: &MeasuredProfile,
+    power: Option<&PowerModel>,
+    max_batch: u32,
+    switch: crate::eali::SwitchLatency,
+) -> Result<(ModelCosts, crate::eali::costs::LayerCostTable), String> {
+    let p = &m.profile;
+    let same_layers = p.layers.len() == graph.layers.len()
+        && p.layers
+            .iter()
+            .zip(&graph.layers)
+            .all(|(a, b)| a.name == b.name);
+    if !same_layers {
+        return Err(format!(
+            "profile {} is of {} with {} layers; the served network {} has {} (profile it with `eali profile --model {}`)",
+            m.path.display(),
+            p.model,
+            p.layers.len(),
+            graph.name,
+            graph.layers.len(),
+            graph.name
+        ));
+    }
+    if let Some(pm) = power
+        && pm.gpu() != p.gpu.name
+    {
+        return Err(format!(
+            "the power model is for {}, profile {} is of {}",
+            pm.gpu(),
+            m.path.display(),
+            p.gpu.name
+        ));
+    }
+    let batches: Vec<u32> = PLAN_BATCHES
+        .iter()
+        .copied()
+        .filter(|&b| b <= max_batch)
+        .collect();
+    let started = std::time::Instant::now();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let table = cost_table::from_profile(p, power, &batches, &p.clocks_mhz, threads)
+        .map_err(|e| format!("predicting costs from profile {}: {e}", m.path.display()))?;
+    let f_max = p.gpu.max_clock_mhz;
+    let costs = ModelCosts::predicted(graph, &table, max_batch, f_max, f_max, switch)
+        .map_err(|e| format!("{} from profile {}: {e}", graph.name, m.path.display()))?;
+    tracing::info!(
+        model = %graph.name,
+        gpu = %p.gpu.name,
+        profile = %m.path.display(),
+        power_model = if power.is_some() { "given" } else { "fitted on the profile" },
+        predicted_s = started.elapsed().as_secs_f64(),
+        units = costs.eali_chain.0.len(),
+        "policy inputs ready (measured profile)"
+    );
+    Ok((costs, table))
+}
+
 /// Prepares service `isvc` as the `index`-th model of the server (its simulated GPU index).
 pub fn prepare(
     isvc: &InferenceService,
@@ -251,13 +329,37 @@ pub fn prepare(
         .clone()
         .unwrap_or_else(|| opts.default_gpu.clone());
     let profile = GpuProfile::load(&gpu).map_err(|e| setup(e.to_string()))?;
-    let (costs, predicted) = simulated_costs(
-        &graph,
-        &profile,
-        spec.max_batch_size,
-        opts.seed,
-        opts.switch_latency,
-    )
+    let measured = opts.profiles.iter().find(|m| m.profile.model == graph.name);
+    let planned_from = measured.map_or_else(
+        || format!("the simulated {}", profile.name()),
+        |m| m.path.display().to_string(),
+    );
+    let (costs, predicted) = match measured {
+        Some(m) => {
+            let switch = opts.switch_latency.unwrap_or_else(|| {
+                tracing::warn!(
+                    model = %name,
+                    "no --switch-latency: the switch latency is measured on a simulated {}, not on the GPU the profile was measured on",
+                    profile.name()
+                );
+                measure_simulated(&profile, opts.seed)
+            });
+            measured_costs(
+                &graph,
+                m,
+                opts.power_model.as_deref(),
+                spec.max_batch_size,
+                switch,
+            )
+        }
+        None => simulated_costs(
+            &graph,
+            &profile,
+            spec.max_batch_size,
+            opts.seed,
+            opts.switch_latency,
+        ),
+    }
     .map_err(setup)?;
     let graph = Arc::new(graph);
     let info = info(graph.clone());
@@ -289,6 +391,7 @@ pub fn prepare(
         tracing::warn!(
             model = %name,
             device = %serving.describe(),
+            planned_from = %planned_from,
             "batches are timed by the simulated {} of the profile, not run on this GPU (no GPU executor yet): the GPU's clocks follow the plan, its energy counter is attributed to units that ran in the simulation",
             profile_name
         );

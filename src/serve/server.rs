@@ -102,6 +102,18 @@ impl Server {
             );
             workers.push(handle);
         }
+        for m in &opts.runtime.profiles {
+            if !models
+                .values()
+                .any(|e| e.info.graph.name == m.profile.model)
+            {
+                tracing::warn!(
+                    profile = %m.path.display(),
+                    network = %m.profile.model,
+                    "the profile is of a network no service here serves; it is not used"
+                );
+            }
+        }
         let state = Arc::new(AppState {
             models,
             metrics,

@@ -545,7 +545,8 @@ impl Worker {
         let units = std::mem::take(&mut self.units);
         // The executor and the device are held outside the worker for the call, so the hook
         // can borrow the worker.
-        let mut exec = std::mem::replace(&mut self.executor, Box::new(crate::exec::ZeroCost::new()));
+        let mut exec =
+            std::mem::replace(&mut self.executor, Box::new(crate::exec::ZeroCost::new()));
         let device = self.device.take();
         let result = {
             let mut hook = Hook {

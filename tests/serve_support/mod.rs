@@ -56,6 +56,8 @@ pub fn options() -> ServeOptions {
             locations: Default::default(),
             device: DeviceChoice::Sim,
             switch_latency: None,
+            profiles: Vec::new(),
+            power_model: None,
         },
         queue_capacity: 256,
         deadline_factor: 2.0,

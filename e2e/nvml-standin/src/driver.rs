@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use eali::gpu::sim::{Fault, GpuProfile, SimGpu};
-use eali::gpu::{GpuBackend, GpuError, HealthEvent, LayerExecutor, LayerWork, WorkKind};
+use eali::gpu::{GpuBackend, GpuError, HealthEvent, LayerWork, WorkKind};
 use nvml_wrapper_sys::bindings::*;
 
 use crate::config::{Config, FaultKind, FaultSpec};

@@ -4,8 +4,8 @@
 
 use super::device::{ClockCmd, SimGpu};
 use crate::gpu::{
-    ClockChange, ClockState, GpuBackend, GpuError, GpuInfo, HealthEvent, LayerWork,
-    PowerLimit, PowerReading, PowerSemantics, Result, ThrottleReasons,
+    ClockChange, ClockState, GpuBackend, GpuError, GpuInfo, HealthEvent, LayerWork, PowerLimit,
+    PowerReading, PowerSemantics, Result, ThrottleReasons,
 };
 
 /// Noise of a repeated layer shrinks with the repetitions (kernel jitter averages out) down to a

@@ -4,9 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::gpu::{
-    GpuBackend, GpuError, HealthEvent, LayerWork, PowerSemantics, WorkKind,
-};
+use crate::gpu::{GpuBackend, GpuError, HealthEvent, LayerWork, PowerSemantics, WorkKind};
 
 fn quiet(name: &str) -> GpuProfile {
     let mut spec = GpuProfile::builtin(name).unwrap().spec().clone();

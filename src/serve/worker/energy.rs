@@ -4,9 +4,9 @@
 use std::ops::Range;
 
 use super::{TICK_S, Worker};
-use crate::serve::device::ServingDevice;
 use crate::control::proto::ServingWindow;
 use crate::exec::{UnitHook, UnitRecord};
+use crate::serve::device::ServingDevice;
 use crate::telemetry::Attribution;
 
 impl Worker {

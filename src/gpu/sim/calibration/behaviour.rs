@@ -3,10 +3,10 @@
 //! integrated power, and determinism under a seed.
 
 use super::{CalibrationCheck, CalibrationError, SEED, Tolerance, resnet50};
+use crate::gpu::GpuBackend;
 use crate::gpu::sim::device::SimGpu;
 use crate::gpu::sim::profile::GpuProfile;
 use crate::gpu::sim::span::SpanCost;
-use crate::gpu::GpuBackend;
 
 fn percentile(values: &[f64], p: f64) -> f64 {
     crate::stats::percentile_finite(values, p).unwrap_or(f64::NAN)
