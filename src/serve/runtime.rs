@@ -148,6 +148,15 @@ fn policy_kind(p: SpecPolicy) -> PolicyKind {
     }
 }
 
+/// The planner's batch sizes up to `max_batch`.
+fn plan_batches(max_batch: u32) -> Vec<u32> {
+    PLAN_BATCHES
+        .iter()
+        .copied()
+        .filter(|&b| b <= max_batch)
+        .collect()
+}
+
 /// What a served model's policies are built from on simulated GPU `profile`: its predicted
 /// costs (the table the power model predicts, also kept for attribution) and the switch latency
 /// measured on a spare GPU of the profile.
@@ -159,11 +168,7 @@ pub(crate) fn simulated_costs(
     measured_switch: Option<crate::eali::SwitchLatency>,
 ) -> Result<(ModelCosts, crate::eali::costs::LayerCostTable), String> {
     let clocks = spread_clocks(profile.supported_clocks_mhz(), TABLE_CLOCKS);
-    let batches: Vec<u32> = PLAN_BATCHES
-        .iter()
-        .copied()
-        .filter(|&b| b <= max_batch)
-        .collect();
+    let batches = plan_batches(max_batch);
     let started = std::time::Instant::now();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let table = cost_table::simulated(graph, profile, &batches, &clocks, threads)
@@ -230,11 +235,7 @@ pub(crate) fn measured_costs(
             p.gpu.name
         ));
     }
-    let batches: Vec<u32> = PLAN_BATCHES
-        .iter()
-        .copied()
-        .filter(|&b| b <= max_batch)
-        .collect();
+    let batches = plan_batches(max_batch);
     let started = std::time::Instant::now();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let table = cost_table::from_profile(p, power, &batches, &p.clocks_mhz, threads)
