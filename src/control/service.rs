@@ -9,7 +9,6 @@ use std::sync::{Arc, PoisonError};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
@@ -369,7 +368,7 @@ impl ControlServer {
         let task = tokio::spawn(
             Server::builder()
                 .add_service(GpuControlServer::new(service))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(uds::incoming(listener), async move {
                     let _ = rx.wait_for(|s| *s).await.map(|_| ());
                 }),
         );

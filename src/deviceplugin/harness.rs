@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
@@ -168,7 +167,7 @@ impl FakeKubelet {
         let handle = tokio::spawn(async move {
             let _ = Server::builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(uds::incoming(listener), async move {
                     let _ = stop_rx.wait_for(|s| *s).await;
                 })
                 .await;
@@ -312,7 +311,7 @@ impl FakePodResources {
         Ok(tokio::spawn(async move {
             let _ = Server::builder()
                 .add_service(svc)
-                .serve_with_incoming(UnixListenerStream::new(listener))
+                .serve_with_incoming(uds::incoming(listener))
                 .await;
         }))
     }

@@ -10,6 +10,7 @@
 //! - [`harness`]: a kubelet stand-in that speaks the API as the kubelet does (tests, smoke runs).
 //! - [`uds`]: gRPC over Unix sockets, shared with the control socket.
 
+pub mod authority;
 pub mod devices;
 pub mod harness;
 pub mod health;

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use super::devices::DeviceTable;
@@ -142,7 +141,7 @@ impl DevicePluginRunner {
             let server = tokio::spawn(
                 Server::builder()
                     .add_service(DevicePluginServer::new(svc))
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                    .serve_with_incoming_shutdown(uds::incoming(listener), async move {
                         let _ = stop_server.wait_for(|s| *s).await;
                     }),
             );

@@ -9,6 +9,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::DevicePluginError;
+use super::authority::AuthorityFix;
 
 /// Connects a gRPC channel to the Unix socket at `path` (connects eagerly, so a missing socket
 /// is an error now rather than at the first call).
@@ -57,4 +58,13 @@ pub fn remove(path: &Path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove socket"),
     }
+}
+
+/// The connections a gRPC server accepts on `listener`, each behind [`AuthorityFix`], so that
+/// clients that send the socket path as `:authority` are served (see `authority.rs`).
+pub fn incoming(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityFix<UnixStream>>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::UnixListenerStream::new(listener).map(|s| s.map(AuthorityFix::new))
 }
