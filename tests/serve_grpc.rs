@@ -21,7 +21,7 @@ fn infer(model: &str, shape: Vec<i64>, raw: Vec<u8>) -> pb::ModelInferRequest {
             parameters: Default::default(),
             contents: None,
         }],
-        raw_input_contents: vec![raw],
+        raw_input_contents: vec![raw.into()],
         ..Default::default()
     }
 }

@@ -16,8 +16,9 @@ pub struct Args {
     /// Model name on the server.
     #[arg(long, default_value = "resnet50")]
     pub model: String,
-    /// Arrival process: poisson, bursty, step, diurnal or trace:PATH (timestamps, one per line
-    /// or a CSV with a `timestamp` column).
+    /// Arrival process: poisson, bursty, step, step:L1,L2,…:SEGMENT_S (levels relative to each
+    /// other around the mean rate, e.g. step:4,1,1:10 is 2× the rate for 10 s then ½× for 20 s),
+    /// diurnal or trace:PATH (timestamps, one per line or a CSV with a `timestamp` column).
     #[arg(long, default_value = "poisson")]
     pub workload: String,
     /// Mean request rate (req/s).
@@ -40,6 +41,9 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also print a table per second of send time: sent, answered, refused, answered p99.
+    #[arg(long)]
+    pub timeline: bool,
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -69,6 +73,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{json}");
     } else {
         println!("{}", report.text());
+        if a.timeline {
+            print!("{}", report.timeline_text());
+        }
     }
     Ok(())
 }

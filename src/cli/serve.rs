@@ -111,9 +111,12 @@ pub struct Args {
     /// Samples each model's queue holds before answering 429.
     #[arg(long, default_value_t = 1024)]
     pub queue_capacity: usize,
-    /// Default request deadline as a multiple of the SLO latency (a request's `timeout`
-    /// parameter, in microseconds, can shorten it); requests that cannot make it get 503.
-    #[arg(long, default_value_t = 2.0)]
+    /// Request deadline as a multiple of the SLO latency, counted from the request's receipt (a
+    /// request's `timeout` parameter, in microseconds, can shorten it). A request predicted to
+    /// be answered after it is refused on arrival with 503 and Retry-After (gRPC UNAVAILABLE),
+    /// and none is answered late: the default 1 keeps every answer within the SLO; above 1,
+    /// clients that prefer a late answer to a refusal get one.
+    #[arg(long, default_value_t = 1.0)]
     pub deadline_factor: f64,
     /// Largest request body in MiB (413 beyond it).
     #[arg(long, default_value_t = 64)]

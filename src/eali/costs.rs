@@ -2,6 +2,8 @@
 //! (`perf`, which fills them from profiles and the power model) and the scheduler (which sums them
 //! into optimization units and plans over them).
 
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 
 /// Time and energy of every layer of one model on one GPU, over a grid of batch sizes and
@@ -74,9 +76,34 @@ impl LayerCostTable {
     /// Predicted time of a whole batch of `batch` at `clock_mhz`: every layer plus the batch's
     /// overhead (s).
     pub fn batch_time_s(&self, batch: u32, clock_mhz: u32) -> f64 {
-        let fi = self.clock_index(clock_mhz);
-        let layers: f64 = (0..self.layers.len())
-            .map(|l| self.layer_at(l, batch, fi).0)
+        // One unit of every layer.
+        let all = std::iter::once(0..self.layers.len()).collect::<Vec<_>>();
+        self.plan_time_s(&all, batch, &[Some(clock_mhz)])
+    }
+
+    /// Predicted time of a batch of `batch` over `units` where unit `i` runs at
+    /// `unit_clocks_mhz[i]` (a unit without a clock, or past the end, at the highest one), the
+    /// batch's overhead included (s).
+    pub fn plan_time_s(
+        &self,
+        units: &[Range<usize>],
+        batch: u32,
+        unit_clocks_mhz: &[Option<u32>],
+    ) -> f64 {
+        let top = self.clocks_mhz.len().saturating_sub(1);
+        let layers: f64 = units
+            .iter()
+            .enumerate()
+            .map(|(i, unit)| {
+                let fi = unit_clocks_mhz
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map_or(top, |mhz| self.clock_index(mhz));
+                unit.clone()
+                    .map(|l| self.layer_at(l, batch, fi).0)
+                    .sum::<f64>()
+            })
             .sum();
         let overhead = batch
             .checked_sub(1)

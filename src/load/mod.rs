@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::serve::oip::grpc::pb;
+use crate::serve::server::{GRPC_CONNECTION_WINDOW, GRPC_STREAM_WINDOW};
 use crate::sim::metrics::{percentile, slo_attainment};
 use crate::sim::workload::{Workload, WorkloadError};
 
@@ -83,10 +85,34 @@ pub struct LoadReport {
     pub slo_attainment: f64,
     /// Fraction of requests answered successfully within the SLO.
     pub within_slo: f64,
+    /// Requests the server refused (an HTTP or gRPC error status, not a timeout or a broken
+    /// connection) and how long each refusal took to arrive.
+    pub refused: usize,
+    pub refused_p50_ms: f64,
+    pub refused_p99_ms: f64,
+    /// Per second of send time: what was sent, answered and refused, and the answered p99.
+    pub timeline: Vec<Second>,
 }
 
-/// Per-request outcome: latency (s) or an error label.
-type Outcome = Result<f64, String>;
+/// One second of a run, by the requests' scheduled send times.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    pub t_s: u32,
+    pub sent: usize,
+    pub ok: usize,
+    pub refused: usize,
+    /// Answered requests' p99 (ms); NaN when none was answered.
+    pub p99_ms: f64,
+}
+
+/// Per-request outcome: latency (s), or an error label and the time it took to arrive (s).
+type Outcome = Result<f64, (String, f64)>;
+
+/// Whether an error label is a status the server sent, rather than the client giving up
+/// (`timeout`) or the connection failing (`transport`).
+fn is_refusal(label: &str) -> bool {
+    !matches!(label, "timeout" | "transport" | "panic") && !label.starts_with("request:")
+}
 
 /// An input of the model's shape, filled with seeded noise.
 struct Input {
@@ -117,16 +143,18 @@ pub async fn run(cfg: &LoadConfig) -> Result<LoadReport, LoadError> {
         let (s, b) = (sender.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            match tokio::time::timeout(timeout, s.send(&b)).await {
-                Ok(Ok(())) => Ok(at.elapsed().as_secs_f64()),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err("timeout".to_string()),
+            let r = tokio::time::timeout(timeout, s.send(&b)).await;
+            let took = at.elapsed().as_secs_f64();
+            match r {
+                Ok(Ok(())) => Ok(took),
+                Ok(Err(e)) => Err((e, took)),
+                Err(_) => Err(("timeout".to_string(), took)),
             }
         }));
     }
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(tasks.len());
     for t in tasks {
-        outcomes.push(t.await.unwrap_or_else(|_| Err("panic".into())));
+        outcomes.push(t.await.unwrap_or_else(|_| Err(("panic".into(), f64::NAN))));
     }
     let wall = start.elapsed().as_secs_f64();
     Ok(report(cfg, &arrivals, &outcomes, wall))
@@ -136,19 +164,51 @@ fn report(cfg: &LoadConfig, arrivals: &[f64], outcomes: &[Outcome], wall_s: f64)
     let slo_s = cfg.slo_ms / 1e3;
     let mut errors = BTreeMap::new();
     let mut ok = Vec::new();
+    let mut refused = Vec::new();
     let mut per_request = Vec::with_capacity(outcomes.len());
-    for o in outcomes {
+    let seconds = arrivals.last().map_or(0, |&a| a.max(0.0) as usize + 1);
+    let mut timeline: Vec<(Second, Vec<f64>)> = (0..seconds)
+        .map(|t| {
+            let second = Second {
+                t_s: t as u32,
+                sent: 0,
+                ok: 0,
+                refused: 0,
+                p99_ms: f64::NAN,
+            };
+            (second, Vec::new())
+        })
+        .collect();
+    for (o, &a) in outcomes.iter().zip(arrivals) {
+        // Arrivals are sorted and start at 0, so every one has its second.
+        let (second, answered) = &mut timeline[(a.max(0.0) as usize).min(seconds - 1)];
+        second.sent += 1;
         match o {
             Ok(l) => {
                 ok.push(*l);
                 per_request.push(*l);
+                answered.push(*l);
             }
-            Err(e) => {
+            Err((e, took)) => {
                 *errors.entry(e.clone()).or_insert(0) += 1;
                 per_request.push(f64::INFINITY);
+                if is_refusal(e) {
+                    refused.push(*took);
+                    second.refused += 1;
+                }
             }
         }
     }
+    let timeline = timeline
+        .into_iter()
+        .map(|(mut s, mut v)| {
+            s.ok = v.len();
+            if !v.is_empty() {
+                s.p99_ms = percentile(&mut v, 0.99) * 1e3;
+            }
+            s
+        })
+        .collect();
     let mean = ok.iter().sum::<f64>() / ok.len().max(1) as f64;
     let within = ok.iter().filter(|&&l| l <= slo_s).count();
     let (p50, p90, p99) = (
@@ -179,6 +239,10 @@ fn report(cfg: &LoadConfig, arrivals: &[f64], outcomes: &[Outcome], wall_s: f64)
         } else {
             within as f64 / outcomes.len() as f64
         },
+        refused: refused.len(),
+        refused_p50_ms: percentile(&mut refused, 0.5) * 1e3,
+        refused_p99_ms: percentile(&mut refused, 0.99) * 1e3,
+        timeline,
     }
 }
 
@@ -198,6 +262,7 @@ impl LoadReport {
             "{} {} {}: offered {:.1} req/s for {:.1} s, {} sent, {} ok ({:.1} req/s)\n\
              latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  mean {:.2}\n\
              SLO {} ms: {:.1} % within, {:.1} % of 10 s windows met p99\n\
+             refused by the server: {}{}\n\
              errors: {errors}",
             self.model,
             match self.protocol {
@@ -217,9 +282,42 @@ impl LoadReport {
             self.slo_ms,
             100.0 * self.within_slo,
             100.0 * self.slo_attainment,
+            self.refused,
+            if self.refused > 0 {
+                format!(
+                    ", answered in p50 {:.2} ms  p99 {:.2} ms",
+                    self.refused_p50_ms, self.refused_p99_ms
+                )
+            } else {
+                String::new()
+            },
         )
     }
+
+    /// The per-second table: sent, answered, refused and answered p99 by send time.
+    pub fn timeline_text(&self) -> String {
+        let mut t = String::from("   s   sent     ok  refused  p99 ms\n");
+        for s in &self.timeline {
+            let p99 = if s.p99_ms.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{:.1}", s.p99_ms)
+            };
+            t.push_str(&format!(
+                "{:>4} {:>6} {:>6} {:>8} {:>7}\n",
+                s.t_s, s.sent, s.ok, s.refused, p99
+            ));
+        }
+        t
+    }
 }
+
+type GrpcClient =
+    pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+/// gRPC connections the load is spread over: one HTTP/2 connection is one task on each side,
+/// and a single one carrying every request is what saturates first, not the server.
+const GRPC_CONNECTIONS: usize = 8;
 
 /// A request body ready to send many times.
 enum Body {
@@ -241,9 +339,9 @@ enum Sender {
         model: String,
     },
     Grpc {
-        client: pb::grpc_inference_service_client::GrpcInferenceServiceClient<
-            tonic::transport::Channel,
-        >,
+        /// One per connection, used in turn.
+        clients: Arc<[GrpcClient]>,
+        next: Arc<AtomicUsize>,
         model: String,
     },
 }
@@ -271,17 +369,24 @@ impl Sender {
             Protocol::Grpc => {
                 let endpoint = tonic::transport::Endpoint::from_shared(base.clone())
                     .map_err(|_| LoadError::Endpoint(base.clone()))?
-                    .tcp_nodelay(true);
-                let channel = endpoint.connect().await.map_err(|e| LoadError::Metadata {
-                    url: base.clone(),
-                    reason: e.to_string(),
-                })?;
-                let client =
-                    pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel)
-                        .max_decoding_message_size(256 << 20)
-                        .max_encoding_message_size(256 << 20);
+                    .tcp_nodelay(true)
+                    .initial_stream_window_size(GRPC_STREAM_WINDOW)
+                    .initial_connection_window_size(GRPC_CONNECTION_WINDOW);
+                let mut clients = Vec::with_capacity(GRPC_CONNECTIONS);
+                for _ in 0..GRPC_CONNECTIONS {
+                    let channel = endpoint.connect().await.map_err(|e| LoadError::Metadata {
+                        url: base.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    clients.push(
+                        pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel)
+                            .max_decoding_message_size(256 << 20)
+                            .max_encoding_message_size(256 << 20),
+                    );
+                }
                 Ok(Sender::Grpc {
-                    client,
+                    clients: clients.into(),
+                    next: Arc::new(AtomicUsize::new(0)),
                     model: cfg.model.clone(),
                 })
             }
@@ -325,8 +430,8 @@ impl Sender {
                     .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
                     .ok_or_else(|| fail("metadata has no input shape".into()))?
             }
-            Sender::Grpc { client, model } => {
-                let r = client
+            Sender::Grpc { clients, model, .. } => {
+                let r = clients[0]
                     .clone()
                     .model_metadata(pb::ModelMetadataRequest {
                         name: model.clone(),
@@ -385,9 +490,9 @@ impl Sender {
                     parameters: Default::default(),
                     contents: None,
                 }],
-                raw_input_contents: vec![
-                    input.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ],
+                raw_input_contents: vec![Bytes::from_iter(
+                    input.values.iter().flat_map(|v| v.to_le_bytes()),
+                )],
                 ..Default::default()
             })),
         }
@@ -420,12 +525,13 @@ impl Sender {
                     Err(status.as_u16().to_string())
                 }
             }
-            (Sender::Grpc { client, .. }, Body::Grpc(req)) => client
-                .clone()
-                .model_infer((**req).clone())
-                .await
-                .map(|_| ())
-                .map_err(|s| format!("{:?}", s.code())),
+            (Sender::Grpc { clients, next, .. }, Body::Grpc(req)) => clients
+                [next.fetch_add(1, Ordering::Relaxed) % clients.len()]
+            .clone()
+            .model_infer((**req).clone())
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}", s.code())),
             _ => Err("protocol mismatch".into()),
         }
     }
@@ -451,16 +557,21 @@ mod tests {
         let arrivals: Vec<f64> = (0..100).map(|i| f64::from(i) * 0.01).collect();
         let mut outcomes: Vec<Outcome> =
             (0..98).map(|i| Ok(0.001 * f64::from(i % 10 + 1))).collect();
-        outcomes.push(Err("429".into()));
-        outcomes.push(Err("429".into()));
+        outcomes.push(Err(("429".into(), 0.002)));
+        outcomes.push(Err(("timeout".into(), 1.0)));
         let r = report(&cfg, &arrivals, &outcomes, 2.0);
         assert_eq!((r.sent, r.ok), (100, 98));
-        assert_eq!(r.errors.get("429"), Some(&2));
+        assert_eq!(r.errors.get("429"), Some(&1));
+        // A timeout is the client giving up, not a refusal.
+        assert_eq!((r.refused, r.refused_p99_ms), (1, 2.0));
+        assert_eq!(r.timeline.len(), 1);
+        assert_eq!((r.timeline[0].sent, r.timeline[0].ok), (100, 98));
+        assert_eq!(r.timeline[0].refused, 1);
         assert_eq!(r.throughput_rps, 49.0);
         assert_eq!(r.p50_ms, 5.0);
         // Two failures of 100 put the window's p99 at infinity.
         assert_eq!(r.slo_attainment, 0.0);
         assert!((r.within_slo - 0.98).abs() < 1e-12);
-        assert!(r.text().contains("429: 2"));
+        assert!(r.text().contains("429: 1"));
     }
 }

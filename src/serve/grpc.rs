@@ -20,17 +20,24 @@ pub struct Service {
     pub state: Arc<AppState>,
 }
 
-/// The gRPC status of a protocol error.
+/// The gRPC status of a protocol error; a retry hint travels as `grpc-retry-pushback-ms`, the
+/// metadata gRPC's retry policies read.
 pub fn status_of(e: &OipError) -> Status {
     let m = e.message.clone();
-    match e.kind {
+    let mut status = match e.kind {
         ErrorKind::BadRequest => Status::invalid_argument(m),
         ErrorKind::NotFound => Status::not_found(m),
         ErrorKind::TooLarge | ErrorKind::QueueFull => Status::resource_exhausted(m),
         ErrorKind::DeadlineExceeded => Status::deadline_exceeded(m),
-        ErrorKind::Unavailable => Status::unavailable(m),
+        ErrorKind::Overloaded | ErrorKind::Unavailable => Status::unavailable(m),
         ErrorKind::Internal => Status::internal(m),
+    };
+    if let Some(s) = e.retry_after_s {
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", (s * 1000).into());
     }
+    status
 }
 
 fn version(v: &str) -> Option<&str> {
@@ -110,7 +117,11 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for Service {
         let r = r.into_inner();
         let model = r.model_name.clone();
         let ver = r.model_version.clone();
-        let req = match decode_request(r) {
+        let req = match self
+            .state
+            .refuse_early(&model, started)
+            .and_then(|()| decode_request(r))
+        {
             Ok(req) => req,
             Err(e) => {
                 self.state.count_refused(&model, &e);

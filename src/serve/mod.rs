@@ -4,6 +4,7 @@
 //! standalone configuration ([`config`]): InferenceService objects in YAML, the CRD's schema.
 //! [`crate::load`] is the matching open-loop load generator (`eali load`).
 
+pub mod admission;
 pub mod config;
 pub mod device;
 pub mod fetch;

@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, oneshot};
 
+use super::admission::Tail;
 use super::oip::OipError;
+use crate::eali::controller::{RateConfig, RateEstimator};
 
 /// What the worker reports for one finished sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,12 +122,15 @@ pub struct Job {
 }
 
 /// Why a submission was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SubmitError {
     /// The queue holds `queued` samples and cannot take the request's.
     Full { queued: usize },
     /// The server is shutting down.
     Draining,
+    /// Predicted to be answered at `finish_s`, after the request's deadline, behind `queued`
+    /// samples.
+    Late { queued: usize, finish_s: f64 },
 }
 
 /// Queue state under the lock.
@@ -133,9 +138,32 @@ pub struct State {
     pub jobs: VecDeque<Job>,
     /// Jobs at the back not yet reported to the policy as arrivals.
     pub unreported: usize,
+    /// The last batch the queued jobs are predicted to run in (admission's schedule, kept
+    /// by [`Queue::submit_by`] and re-made by the worker when it takes jobs).
+    pub tail: Tail,
+    /// Samples reaching the door, admitted or not, for admission's expected arrivals.
+    offered: RateEstimator,
     pub draining: bool,
     /// Threads in [`Queue::wait_until`] (submissions signal the condition variable only then).
     precise_waiters: usize,
+}
+
+/// Window of the rate requests reach the door at (s): short, so a burst counts at once.
+const OFFERED_RATE_WINDOW_S: f64 = 0.25;
+
+impl State {
+    /// Counts `n` samples reaching the door at `now_s`; the door's rate after them (per s).
+    pub fn arrive(&mut self, now_s: f64, n: usize) -> f64 {
+        for _ in 0..n {
+            self.offered.on_arrival(now_s);
+        }
+        self.offered_rate(now_s)
+    }
+
+    /// The rate samples reached the door at lately (per s).
+    pub fn offered_rate(&mut self, now_s: f64) -> f64 {
+        self.offered.window_rate(now_s)
+    }
 }
 
 /// A bounded FIFO of samples the worker is woken on.
@@ -152,6 +180,14 @@ impl Queue {
             state: Mutex::new(State {
                 jobs: VecDeque::new(),
                 unreported: 0,
+                tail: Tail::default(),
+                offered: RateEstimator::new(
+                    RateConfig {
+                        window_s: OFFERED_RATE_WINDOW_S,
+                        ..RateConfig::default()
+                    },
+                    0.0,
+                ),
                 draining: false,
                 precise_waiters: 0,
             }),
@@ -202,15 +238,32 @@ impl Queue {
 
     /// Adds all of a request's samples, or none.
     pub fn submit(&self, jobs: Vec<Job>) -> Result<(), SubmitError> {
+        let now = jobs.first().map_or(0.0, |j| j.arrival_s);
+        self.submit_by(jobs, now, |_, tail, _| Ok(tail))
+    }
+
+    /// [`submit`](Self::submit) at `now_s` through admission: `place` gets the samples queued
+    /// ahead, the schedule's tail and the rate samples reach the door at (per s), and returns
+    /// the tail with the request's samples in it, or when the request would be answered
+    /// (after its deadline) to refuse it. It runs under the queue's lock, so concurrent
+    /// requests each see the ones admitted before them.
+    pub fn submit_by(
+        &self,
+        jobs: Vec<Job>,
+        now_s: f64,
+        place: impl FnOnce(usize, Tail, f64) -> Result<Tail, f64>,
+    ) -> Result<(), SubmitError> {
         let mut s = self.lock();
+        let rate = s.arrive(now_s, jobs.len());
         if s.draining {
             return Err(SubmitError::Draining);
         }
-        if s.jobs.len() + jobs.len() > self.capacity {
-            return Err(SubmitError::Full {
-                queued: s.jobs.len(),
-            });
+        let queued = s.jobs.len();
+        if queued + jobs.len() > self.capacity {
+            return Err(SubmitError::Full { queued });
         }
+        s.tail = place(queued, s.tail, rate)
+            .map_err(|finish_s| SubmitError::Late { queued, finish_s })?;
         s.unreported += jobs.len();
         s.jobs.extend(jobs);
         let precise = s.precise_waiters > 0;
@@ -276,6 +329,31 @@ mod tests {
         let (c, _rc) = jobs(1);
         assert_eq!(q.submit(c), Err(SubmitError::Draining));
         assert!(q.is_draining());
+    }
+
+    #[test]
+    fn a_request_predicted_late_is_refused_with_what_is_ahead_of_it() {
+        let q = Queue::new(8);
+        let (a, _ra) = jobs(2);
+        // Admission sees what is queued and keeps the tail it returns.
+        let placed = Tail::empty(1.0);
+        q.submit_by(
+            a,
+            0.5,
+            |queued, _, _| if queued == 0 { Ok(placed) } else { Err(0.0) },
+        )
+        .unwrap();
+        assert_eq!(q.lock().tail, placed);
+        let (b, _rb) = jobs(1);
+        assert_eq!(
+            q.submit_by(b, 0.5, |queued, tail, _| Err(tail.send_s + queued as f64)),
+            Err(SubmitError::Late {
+                queued: 2,
+                finish_s: 3.0
+            })
+        );
+        assert_eq!(q.len(), 2, "nothing of the refused request is queued");
+        assert_eq!(q.lock().tail, placed, "nor is its place in the schedule");
     }
 
     #[test]

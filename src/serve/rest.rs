@@ -228,6 +228,8 @@ async fn infer_common(
             ),
         };
         let bytes = read_body(&s, &headers, body).await?;
+        // Read in full first, so the connection stays usable for the client's next request.
+        s.refuse_early(&name, started)?;
         decode_request(&bytes, header_len)
     }
     .await;

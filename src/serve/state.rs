@@ -98,6 +98,44 @@ impl AppState {
         self.metrics.request(label, outcome_of(err));
     }
 
+    /// `started` on the server's time axis (`now` if it is before the epoch).
+    fn arrival_s(&self, started: Instant, now: f64) -> f64 {
+        started
+            .checked_duration_since(self.timebase.epoch)
+            .map_or(now, |d| d.as_secs_f64())
+    }
+
+    /// Refuses a request received at `started` for `model` before its tensors are decoded, when
+    /// even one sample of it would be answered after the default deadline (a request's own
+    /// timeout only shortens it): under overload most requests are refused, and decoding
+    /// theirs would take the cores the admitted ones need. The caller counts the refusal
+    /// ([`count_refused`](Self::count_refused)).
+    pub fn refuse_early(&self, model: &str, started: Instant) -> Result<(), OipError> {
+        let Some(m) = self.models.get(model) else {
+            return Ok(());
+        };
+        let now = self.timebase.now_s();
+        let arrival = self.arrival_s(started, now);
+        let deadline = arrival + self.deadline_factor * m.info.slo_s;
+        let forecast = m.stats.forecast();
+        let mut q = m.queue.lock();
+        let queued = q.jobs.len();
+        let tail = if queued == 0 {
+            forecast.empty_tail(q.tail, now)
+        } else {
+            q.tail
+        };
+        // Counted at the door only when refused here; otherwise submitting counts it.
+        let rate = q.offered_rate(now);
+        match forecast.place(tail, now, 1, deadline, rate) {
+            Err(finish_s) => {
+                q.arrive(now, 1);
+                Err(overloaded(model, queued, finish_s, arrival, deadline))
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
     /// The request path shared by REST and gRPC. `started` is when the request was received.
     pub async fn infer(
         &self,
@@ -106,7 +144,7 @@ impl AppState {
         req: InferRequest,
         started: Instant,
     ) -> Result<InferResponse, OipError> {
-        let result = self.infer_inner(model, version, req).await;
+        let result = self.infer_inner(model, version, req, started).await;
         let label = if self.models.contains_key(model) {
             model
         } else {
@@ -132,6 +170,7 @@ impl AppState {
         model: &str,
         version: Option<&str>,
         req: InferRequest,
+        started: Instant,
     ) -> Result<InferResponse, OipError> {
         let m = self.model(model)?;
         m.info.check_version(version)?;
@@ -142,7 +181,10 @@ impl AppState {
         let timeout_s = req.timeout_us()?.map(|us| us as f64 / 1e6);
         let admitted = m.info.admit(req)?;
         let n = admitted.samples as usize;
-        let arrival = self.timebase.now_s();
+        // The deadline counts from when the request was received, its upload and decoding
+        // included: what the client waits for.
+        let now = self.timebase.now_s();
+        let arrival = self.arrival_s(started, now);
         let budget = self.deadline_factor * m.info.slo_s;
         let deadline = arrival + timeout_s.map_or(budget, |t| t.min(budget));
         let per = admitted.data.len() / n.max(1);
@@ -164,9 +206,21 @@ impl AppState {
             })
             .collect();
         data.clear();
-        match m.queue.submit(jobs) {
+        let forecast = m.stats.forecast();
+        let place = |queued: usize, tail, rate| {
+            let tail = if queued == 0 {
+                forecast.empty_tail(tail, now)
+            } else {
+                tail
+            };
+            forecast.place(tail, now, n, deadline, rate)
+        };
+        match m.queue.submit_by(jobs, now, place) {
             Ok(()) => {}
             Err(SubmitError::Draining) => return Err(draining()),
+            Err(SubmitError::Late { queued, finish_s }) => {
+                return Err(overloaded(model, queued, finish_s, arrival, deadline));
+            }
             Err(SubmitError::Full { queued }) => {
                 let rate = m.stats.throughput();
                 let wait = if rate > 0.0 {
@@ -214,6 +268,22 @@ impl AppState {
     }
 }
 
+/// A request refused on arrival: predicted to be answered at `finish_s`, after its deadline.
+fn overloaded(model: &str, queued: usize, finish_s: f64, arrival: f64, deadline: f64) -> OipError {
+    let mut e = OipError::new(
+        ErrorKind::Overloaded,
+        format!(
+            "model '{model}' is at capacity: behind {queued} queued samples this request would \
+             be answered {:.1} ms after its deadline ({:.1} ms); retry later",
+            (finish_s - deadline) * 1e3,
+            (deadline - arrival) * 1e3
+        ),
+    );
+    // The backlog ahead of it clears in about its predicted lateness.
+    e.retry_after_s = Some((finish_s - deadline).ceil().clamp(1.0, 60.0) as u64);
+    e
+}
+
 fn draining() -> OipError {
     OipError::new(ErrorKind::Unavailable, "the server is shutting down")
 }
@@ -226,6 +296,7 @@ pub fn outcome_of(e: &OipError) -> &'static str {
         ErrorKind::TooLarge => outcome::TOO_LARGE,
         ErrorKind::QueueFull => outcome::QUEUE_FULL,
         ErrorKind::DeadlineExceeded => outcome::DEADLINE,
+        ErrorKind::Overloaded => outcome::OVERLOADED,
         ErrorKind::Unavailable => outcome::DRAINING,
         ErrorKind::Internal => outcome::ERROR,
     }

@@ -17,9 +17,10 @@
 //! sleeping to GPU speed, the CPU computing) run on the blocking pool, and so do the
 //! sub-millisecond ends of waits for a batch to fill, which tokio's 1 ms timer cannot time.
 
+use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::Counter;
@@ -30,6 +31,7 @@ mod tests;
 
 use energy::Hook;
 
+use super::admission::Forecast;
 use super::device::ServingDevice;
 use super::model::ModelInfo;
 use super::oip::{ErrorKind, OipError};
@@ -93,6 +95,12 @@ pub struct WorkerStats {
     /// Served samples per second (EWMA, f64 bits), for Retry-After.
     throughput: AtomicU64,
     pub ready: AtomicBool,
+    /// When the running batch is predicted to end (f64 bits, s).
+    busy_until_s: AtomicU64,
+    /// How late batches recently ended against admission's schedule (f64 bits, s).
+    margin_s: AtomicU64,
+    /// Predicted batch times at the planned clocks, by batch size ([`Forecast::batch_s`]).
+    batch_s: Mutex<Arc<[f64]>>,
 }
 
 impl WorkerStats {
@@ -102,6 +110,28 @@ impl WorkerStats {
     fn set_throughput(&self, v: f64) {
         self.throughput.store(v.to_bits(), Ordering::Relaxed);
     }
+
+    /// What admission predicts a request's answer time from.
+    pub fn forecast(&self) -> Forecast {
+        Forecast {
+            busy_until_s: f64::from_bits(self.busy_until_s.load(Ordering::Relaxed)),
+            margin_s: f64::from_bits(self.margin_s.load(Ordering::Relaxed)),
+            batch_s: self
+                .batch_s
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+    fn set_margin(&self, s: f64) {
+        self.margin_s.store(s.to_bits(), Ordering::Relaxed);
+    }
+    fn set_busy_until(&self, s: f64) {
+        self.busy_until_s.store(s.to_bits(), Ordering::Relaxed);
+    }
+    fn set_batch_times(&self, times: Arc<[f64]>) {
+        *self.batch_s.lock().unwrap_or_else(|e| e.into_inner()) = times;
+    }
 }
 
 /// A started worker task.
@@ -109,6 +139,9 @@ pub struct WorkerHandle {
     pub task: tokio::task::JoinHandle<()>,
     pub stats: Arc<WorkerStats>,
 }
+
+/// Batches whose lateness against admission's schedule sets its margin.
+const LATENESS_BATCHES: usize = 32;
 
 /// Longest the loop sleeps without a look at the GPU's telemetry (s).
 const TICK_S: f64 = 0.1;
@@ -281,6 +314,12 @@ struct Worker {
     unit_clocks: Vec<u32>,
     /// Arrival times read under the queue's lock, reported to the policy after it (reused).
     arrivals: Vec<f64>,
+    /// The planned clocks admission's batch times were last published for.
+    forecast_clocks: Option<Vec<Option<u32>>>,
+    /// When admission's schedule has the batch taken last end (s).
+    scheduled_end_s: f64,
+    /// How late the last batches ended against it (s), newest last.
+    lateness_s: VecDeque<f64>,
     /// Every unit run, with its planned clock (tests).
     #[cfg(test)]
     ran: Vec<(crate::exec::UnitRecord, Option<u32>, u32)>,
@@ -371,9 +410,14 @@ impl Worker {
             capacity_rps,
             unit_clocks: Vec::new(),
             arrivals: Vec::new(),
+            forecast_clocks: None,
+            scheduled_end_s: f64::NEG_INFINITY,
+            lateness_s: VecDeque::with_capacity(LATENESS_BATCHES),
             #[cfg(test)]
             ran: Vec::new(),
         };
+        let clocks = w.policy.plan().unit_clocks.clone();
+        w.publish_forecast(&clocks);
         if let Some(target) = w.policy.initial_clock() {
             let now = w.now_s();
             w.set_clock(now, target);
@@ -452,6 +496,9 @@ impl Worker {
                 let (expired, kept): (Vec<Job>, Vec<Job>) =
                     q.jobs.drain(..).partition(|j| j.deadline_s < now);
                 q.jobs.extend(kept);
+                let forecast = self.stats.forecast();
+                let send = now.max(forecast.busy_until_s);
+                q.tail = forecast.schedule(send, now, q.jobs.iter().map(|j| j.deadline_s));
                 expired
             } else {
                 Vec::new()
@@ -479,15 +526,92 @@ impl Worker {
         match action {
             Action::WaitUntil(t) => Step::WaitUntil(t),
             Action::Dispatch { batch } => {
-                let mut q = self.queue.lock();
+                let queue = self.queue.clone();
+                let mut q = queue.lock();
                 let b = (batch as usize).clamp(1, n.min(max)).min(q.jobs.len());
-                Step::Dispatch {
-                    jobs: q.jobs.drain(..b).collect(),
-                    now,
-                    oldest,
-                }
+                let deadlines: Vec<f64> = q.jobs.iter().take(b).map(|j| j.deadline_s).collect();
+                let (step, ends) = match self.meetable_batch(now, &deadlines) {
+                    0 => {
+                        // The oldest cannot be answered in time even alone: refused, not run.
+                        let t1 = self.batch_time_s(1).unwrap_or(0.0);
+                        let k = deadlines.iter().take_while(|&&d| d < now + t1).count();
+                        (Step::Reject(q.jobs.drain(..k.max(1)).collect()), now)
+                    }
+                    b => {
+                        let t = self.batch_time_s(b as u32).unwrap_or(0.0);
+                        // Admission scheduled a batch whose samples waited through the last
+                        // one to start when that one was to end; otherwise now.
+                        let send = if oldest < self.scheduled_end_s {
+                            self.scheduled_end_s
+                        } else {
+                            now
+                        };
+                        self.scheduled_end_s = send + t;
+                        let jobs = q.jobs.drain(..b).collect();
+                        (Step::Dispatch { jobs, now, oldest }, now + t)
+                    }
+                };
+                // Admission places new requests behind what is left, from when this ends.
+                let forecast = self.stats.forecast();
+                q.tail = forecast.schedule(ends, now, q.jobs.iter().map(|j| j.deadline_s));
+                step
             }
         }
+    }
+
+    /// Predicted time (s) of a batch of `b` at the plan's clocks, by the cost model admission
+    /// predicts with, so the worker cuts batches where admission expects them.
+    fn batch_time_s(&self, b: u32) -> Option<f64> {
+        let p = self.power.as_ref()?;
+        Some(
+            p.table()
+                .plan_time_s(&self.units, b, &self.policy.plan().unit_clocks),
+        )
+    }
+
+    /// The largest batch of the oldest queued requests (of the `deadlines.len()` the policy
+    /// chose) that is predicted to answer each of them in time; 0 when not even the oldest
+    /// alone would be. Under overload the policy's batch can hold so many that its oldest
+    /// would be late: running fewer answers them and leaves the rest for the next batch,
+    /// where refusing the oldest and running the newest would throw away the requests that
+    /// waited longest. Without a prediction, the policy's batch.
+    fn meetable_batch(&self, now: f64, deadlines: &[f64]) -> usize {
+        let fits = |w: &Self, b: usize| match w.batch_time_s(b as u32) {
+            Some(t) => deadlines[..b].iter().all(|&d| d >= now + t),
+            None => true,
+        };
+        let b = deadlines.len();
+        // Batch time grows with the batch and the prefix's earliest deadline only falls, so
+        // whether a prefix fits is monotone: search for the largest that does.
+        if b == 0 || fits(self, b) {
+            return b;
+        }
+        let (mut lo, mut hi) = (0, b); // lo fits (or is 0), hi does not
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if fits(self, mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Records how late a batch ended against admission's schedule and publishes the margin
+    /// admission keeps: the latest of the last [`LATENESS_BATCHES`], so a delay that recurs
+    /// (a slower batch, a worker turn's overhead, a busy CPU) is planned for, and one that
+    /// passes is forgotten.
+    fn note_lateness(&mut self, late_s: f64) {
+        if !late_s.is_finite() {
+            return;
+        }
+        if self.lateness_s.len() == LATENESS_BATCHES {
+            self.lateness_s.pop_front();
+        }
+        self.lateness_s.push_back(late_s);
+        let margin = self.lateness_s.iter().copied().fold(0.0, f64::max);
+        self.stats.set_margin(margin);
     }
 
     /// After the drain: the GPU's clocks back to default, the last telemetry.
@@ -511,8 +635,25 @@ impl Worker {
         (requested != Some(target)).then_some((now, target))
     }
 
+    /// Publishes the predicted time of every batch size at `clocks` for admission, when they
+    /// are not the ones published already.
+    fn publish_forecast(&mut self, clocks: &[Option<u32>]) {
+        if self.forecast_clocks.as_deref() == Some(clocks) {
+            return;
+        }
+        let Some(p) = self.power.as_ref() else {
+            return;
+        };
+        let times: Arc<[f64]> = (1..=self.policy.max_batch())
+            .map(|b| p.table().plan_time_s(&self.units, b, clocks))
+            .collect();
+        self.stats.set_batch_times(times);
+        self.forecast_clocks = Some(clocks.to_vec());
+    }
+
     fn dispatch(&mut self, jobs: Vec<Job>, now: f64, oldest: f64) {
         let plan = self.policy.plan().clone();
+        self.publish_forecast(&plan.unit_clocks);
         // Requests the batch would finish too late for are answered 503 now.
         let finish = self
             .executor
@@ -528,6 +669,11 @@ impl Worker {
         }
         let batch = jobs.len() as u32;
         let start = self.now_s();
+        if let Some(p) = self.power.as_ref() {
+            self.stats.set_busy_until(
+                start + p.table().plan_time_s(&self.units, batch, &plan.unit_clocks),
+            );
+        }
         // The clock the GPU held while this batch waited (the idle power of the window's gap).
         let rest_mhz = self.device.as_ref().and_then(|d| d.clock_mhz());
         self.unit_clocks.clear();
@@ -569,6 +715,10 @@ impl Worker {
         self.executor = exec;
         self.device = device;
         self.units = units;
+        self.stats.set_busy_until(self.now_s());
+        if let Ok(run) = &result {
+            self.note_lateness(run.end_s - self.scheduled_end_s);
+        }
         let run = match result {
             Ok(run) => run,
             Err(e) => {

@@ -97,14 +97,16 @@ impl WorkloadKind {
         }
     }
 
-    /// Parses `poisson`, `bursty`, `diurnal`, `step` (default parameters) or `trace:PATH` (reads
-    /// the file).
+    /// Parses `poisson`, `bursty`, `diurnal`, `step` (default parameters), `step:L1,L2,…:SEG`
+    /// (levels relative to each other, each held SEG seconds; e.g. `step:4,1,1:10` with rate 700
+    /// is 1400 req/s for 10 s, then 350 req/s for 20 s) or `trace:PATH` (reads the file).
     pub fn parse(s: &str) -> Result<Self, WorkloadError> {
         match s {
             "poisson" => Ok(WorkloadKind::Poisson),
             "bursty" | "mmpp" => Ok(WorkloadKind::bursty()),
             "diurnal" => Ok(WorkloadKind::diurnal()),
             "step" => Ok(WorkloadKind::step()),
+            _ if s.starts_with("step:") => parse_step(&s["step:".len()..]),
             _ => match s.strip_prefix("trace:") {
                 Some(path) => {
                     let arrivals = read_trace(Path::new(path))?;
@@ -121,6 +123,30 @@ impl WorkloadKind {
             },
         }
     }
+}
+
+/// `L1,L2,…:SEG` of a `step:` workload.
+fn parse_step(spec: &str) -> Result<WorkloadKind, WorkloadError> {
+    let bad = |why: &str| {
+        WorkloadError::InvalidParameter(format!(
+            "step:{spec}: {why} (expected step:L1,L2,…:SEGMENT_S, e.g. step:4,1,1:10)"
+        ))
+    };
+    let (levels, seg) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| bad("no segment length"))?;
+    let segment_s: f64 = seg
+        .parse()
+        .map_err(|_| bad("segment length is not a number"))?;
+    let levels = levels
+        .split(',')
+        .map(|l| l.trim().parse::<f64>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| bad("a level is not a number"))?;
+    let kind = WorkloadKind::Step { levels, segment_s };
+    // The same checks a step workload from a config gets.
+    Workload::new(kind.clone(), 1.0, 1.0).validate()?;
+    Ok(kind)
 }
 
 impl fmt::Display for WorkloadKind {

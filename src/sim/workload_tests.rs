@@ -217,3 +217,36 @@ fn invalid_parameters_are_refused() {
         );
     }
 }
+
+#[test]
+fn step_with_levels_parses_and_runs_each_level_for_its_segment() {
+    let kind = WorkloadKind::parse("step:4,1,1:10").unwrap();
+    assert_eq!(
+        kind,
+        WorkloadKind::Step {
+            levels: vec![4.0, 1.0, 1.0],
+            segment_s: 10.0
+        }
+    );
+    // Mean 700: 1400 req/s for 10 s, then 350 req/s.
+    let a = Workload::new(kind, 700.0, 30.0).generate(3).unwrap();
+    let first = a.iter().filter(|&&t| t < 10.0).count() as f64 / 10.0;
+    let rest = a.iter().filter(|&&t| t >= 10.0).count() as f64 / 20.0;
+    assert!((first / 1400.0 - 1.0).abs() < 0.05, "{first}");
+    assert!((rest / 350.0 - 1.0).abs() < 0.05, "{rest}");
+    for bad in [
+        "step:4,1",
+        "step:4,x:10",
+        "step::10",
+        "step:-1,1:10",
+        "step:1,1:0",
+    ] {
+        assert!(
+            matches!(
+                WorkloadKind::parse(bad),
+                Err(WorkloadError::InvalidParameter(_))
+            ),
+            "{bad}"
+        );
+    }
+}

@@ -31,7 +31,10 @@ pub mod outcome {
     pub const NOT_FOUND: &str = "not_found";
     pub const TOO_LARGE: &str = "too_large";
     pub const QUEUE_FULL: &str = "queue_full";
+    /// Missed its deadline waiting in the queue (refused at dispatch).
     pub const DEADLINE: &str = "deadline";
+    /// Refused on arrival: predicted to be answered after its deadline.
+    pub const OVERLOADED: &str = "overloaded";
     pub const DRAINING: &str = "draining";
     pub const ERROR: &str = "error";
 }

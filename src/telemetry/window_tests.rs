@@ -41,6 +41,24 @@ fn batch_estimate_prices_each_unit_at_its_clock_and_all_at_the_highest() {
 }
 
 #[test]
+fn plan_time_is_each_unit_at_its_planned_clock() {
+    let m = model();
+    let t = m.table();
+    let units = [0..1, 1..2];
+    let max = m.batch_estimate(&units, 2, &[]).max_clock_time_s;
+    assert!(close(t.plan_time_s(&units, 2, &[None, None]), max));
+    assert!(close(t.plan_time_s(&units, 2, &[]), max));
+    // The first unit at the lower clock takes longer, the second is as at max.
+    let (slow, _) = m.layer(0, 2, 500);
+    let (second, _) = m.layer(1, 2, 1000);
+    assert!(close(
+        t.plan_time_s(&units, 2, &[Some(500), None]),
+        slow + second
+    ));
+    assert!(slow + second > max);
+}
+
+#[test]
 fn capacity_is_max_clock_triton_full_batches() {
     let m = model();
     // Max-clock batch times: b1 0.03, b2 0.05, b3 0.07, b4 0.09 s (linear between 1 and 4).

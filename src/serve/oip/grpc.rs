@@ -129,12 +129,18 @@ pub fn decode_request(req: pb::ModelInferRequest) -> Result<InferRequest, OipErr
 
 /// Encodes a response with raw output contents (what Triton sends).
 pub fn encode_response(resp: InferResponse) -> pb::ModelInferResponse {
-    let mut raw = Vec::with_capacity(resp.outputs.len());
+    let mut raw: Vec<bytes::Bytes> = Vec::with_capacity(resp.outputs.len());
     let outputs = resp
         .outputs
         .into_iter()
         .map(|o| {
-            raw.push(o.data.iter().flat_map(|v| v.to_le_bytes()).collect());
+            raw.push(
+                o.data
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect::<Vec<u8>>()
+                    .into(),
+            );
             pb::model_infer_response::InferOutputTensor {
                 name: o.name,
                 datatype: Datatype::Fp32.as_str().to_string(),
@@ -187,7 +193,7 @@ mod tests {
             id: "x".into(),
             parameters: params,
             inputs: vec![input(vec![1, 2], "FP32", None)],
-            raw_input_contents: vec![bytes],
+            raw_input_contents: vec![bytes.into()],
             ..Default::default()
         };
         let r = decode_request(req).unwrap();
@@ -231,17 +237,17 @@ mod tests {
             },
             pb::ModelInferRequest {
                 inputs: vec![input(vec![1], "FP32", None)],
-                raw_input_contents: vec![vec![0; 4], vec![0; 4]],
+                raw_input_contents: vec![vec![0; 4].into(), vec![0; 4].into()],
                 ..Default::default()
             },
             pb::ModelInferRequest {
                 inputs: vec![input(vec![2], "FP32", None)],
-                raw_input_contents: vec![vec![0; 4]],
+                raw_input_contents: vec![vec![0; 4].into()],
                 ..Default::default()
             },
             pb::ModelInferRequest {
                 inputs: vec![input(vec![1], "FP32", Some(typed))],
-                raw_input_contents: vec![vec![0; 4]],
+                raw_input_contents: vec![vec![0; 4].into()],
                 ..Default::default()
             },
         ];

@@ -200,6 +200,9 @@ pub enum ErrorKind {
     QueueFull,
     /// The request's deadline cannot be met: 503 / DEADLINE_EXCEEDED.
     DeadlineExceeded,
+    /// Refused on arrival, predicted to be answered after its deadline (the service is at
+    /// capacity): 503 with Retry-After / UNAVAILABLE with a retry pushback.
+    Overloaded,
     /// The server is draining or the model is not ready: 503 / UNAVAILABLE.
     Unavailable,
     /// Something broke inside the server: 500 / INTERNAL.
@@ -212,7 +215,8 @@ pub enum ErrorKind {
 pub struct OipError {
     pub kind: ErrorKind,
     pub message: String,
-    /// For [`ErrorKind::QueueFull`]: seconds after which a retry is likely to be accepted.
+    /// For [`ErrorKind::QueueFull`] and [`ErrorKind::Overloaded`]: seconds after which a retry
+    /// is likely to be accepted.
     pub retry_after_s: Option<u64>,
 }
 
@@ -241,7 +245,7 @@ impl OipError {
             ErrorKind::NotFound => 404,
             ErrorKind::TooLarge => 413,
             ErrorKind::QueueFull => 429,
-            ErrorKind::DeadlineExceeded | ErrorKind::Unavailable => 503,
+            ErrorKind::DeadlineExceeded | ErrorKind::Overloaded | ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
         }
     }
