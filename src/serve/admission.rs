@@ -1,6 +1,6 @@
 //! Admission at the door: whether a request joining the queue would be answered before its
 //! deadline, predicted from what the worker last published (until when the GPU is busy, and
-//! the predicted time of each batch size at the clocks the policy plans). A request predicted
+//! the predicted time of each batch size at the highest clocks). A request predicted
 //! to finish late is refused at once, with a reason and a retry hint, instead of waiting in the
 //! queue to be refused or answered late.
 //!

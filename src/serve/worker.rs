@@ -635,8 +635,8 @@ impl Worker {
         (requested != Some(target)).then_some((now, target))
     }
 
-    /// Publishes the predicted time of every batch size at `clocks` for admission, when they
-    /// are not the ones published already.
+    /// Publishes the predicted time of every batch size for admission when the plan's clocks
+    /// (`clocks`) changed.
     fn publish_forecast(&mut self, clocks: &[Option<u32>]) {
         if self.forecast_clocks.as_deref() == Some(clocks) {
             return;
@@ -644,8 +644,12 @@ impl Worker {
         let Some(p) = self.power.as_ref() else {
             return;
         };
+        // At the highest clock on every unit, what a policy runs under overload: admission
+        // refuses only what no clock would answer in time, and below capacity a policy that
+        // plans slower clocks keeps the requests it could still serve by speeding up.
+        let max = vec![Some(p.max_clock_mhz()); clocks.len()];
         let times: Arc<[f64]> = (1..=self.policy.max_batch())
-            .map(|b| p.table().plan_time_s(&self.units, b, clocks))
+            .map(|b| p.table().plan_time_s(&self.units, b, &max))
             .collect();
         self.stats.set_batch_times(times);
         self.forecast_clocks = Some(clocks.to_vec());
