@@ -318,6 +318,8 @@ struct Worker {
     forecast_clocks: Option<Vec<Option<u32>>>,
     /// When admission's schedule has the batch taken last end (s).
     scheduled_end_s: f64,
+    /// When admission's schedule, made at the last dispatch, sends the next batch (s).
+    next_send_s: f64,
     /// How late the last batches ended against it (s), newest last.
     lateness_s: VecDeque<f64>,
     /// Every unit run, with its planned clock (tests).
@@ -412,6 +414,7 @@ impl Worker {
             arrivals: Vec::new(),
             forecast_clocks: None,
             scheduled_end_s: f64::NEG_INFINITY,
+            next_send_s: f64::NEG_INFINITY,
             lateness_s: VecDeque::with_capacity(LATENESS_BATCHES),
             #[cfg(test)]
             ran: Vec::new(),
@@ -541,12 +544,15 @@ impl Worker {
                         let t = self.batch_time_s(b as u32).unwrap_or(0.0);
                         // Admission scheduled a batch whose samples waited through the last
                         // one to start when that one was to end; otherwise now.
-                        let send = if oldest < self.scheduled_end_s {
-                            self.scheduled_end_s
+                        let send = if oldest < self.next_send_s {
+                            self.next_send_s
                         } else {
                             now
                         };
                         self.scheduled_end_s = send + t;
+                        // Admission's schedule restarts from here (below), not from the
+                        // schedule before, so lateness does not add up over batches.
+                        self.next_send_s = now + t;
                         let jobs = q.jobs.drain(..b).collect();
                         (Step::Dispatch { jobs, now, oldest }, now + t)
                     }
