@@ -77,8 +77,8 @@ impl LayerCostTable {
     /// overhead (s).
     pub fn batch_time_s(&self, batch: u32, clock_mhz: u32) -> f64 {
         // One unit of every layer.
-        let all = std::iter::once(0..self.layers.len()).collect::<Vec<_>>();
-        self.plan_time_s(&all, batch, &[Some(clock_mhz)])
+        let all = 0..self.layers.len();
+        self.plan_time_s(std::slice::from_ref(&all), batch, &[Some(clock_mhz)])
     }
 
     /// Predicted time of a batch of `batch` over `units` where unit `i` runs at

@@ -146,6 +146,25 @@ impl Forecast {
         Ok(t)
     }
 
+    /// [`place`](Self::place) behind the `queued` samples whose schedule ends in `tail` (an
+    /// empty queue's tail restarts from when the GPU is free): what the request handlers ask.
+    pub fn admit(
+        &self,
+        queued: usize,
+        tail: Tail,
+        now_s: f64,
+        n: usize,
+        deadline_s: f64,
+        rate_per_s: f64,
+    ) -> Result<Tail, f64> {
+        let tail = if queued == 0 {
+            self.empty_tail(tail, now_s)
+        } else {
+            tail
+        };
+        self.place(tail, now_s, n, deadline_s, rate_per_s)
+    }
+
     /// The tail of `deadlines` (queued samples in order) scheduled from `send_s`, late ones
     /// included: what the worker recomputes after it takes a batch or refuses samples.
     pub fn schedule(&self, send_s: f64, now_s: f64, deadlines: impl Iterator<Item = f64>) -> Tail {
@@ -252,6 +271,22 @@ mod tests {
         // A second would end the batch at 10.003, inside the first one's margin: next batch.
         let t = f.place(t, 9.0, 1, 11.0, 0.0).unwrap();
         assert_eq!((t.send_s, t.size), (10.002, 1));
+    }
+
+    #[test]
+    fn an_empty_queue_restarts_the_schedule_from_when_the_gpu_is_free() {
+        let f = forecast();
+        // A tail left by batches already taken: with nothing queued it does not hold.
+        let stale = Tail {
+            send_s: 9.5,
+            size: 4,
+            deadline_s: 9.6,
+        };
+        let t = f.admit(0, stale, 9.0, 1, 11.0, 0.0).unwrap();
+        assert_eq!((t.send_s, t.size), (10.0, 1));
+        // With samples queued it is where the request goes behind.
+        let t = f.admit(4, stale, 9.0, 1, 11.0, 0.0).unwrap();
+        assert!((t.send_s - 9.505).abs() < 1e-9 && t.size == 1);
     }
 
     #[test]

@@ -120,14 +120,9 @@ impl AppState {
         let forecast = m.stats.forecast();
         let mut q = m.queue.lock();
         let queued = q.jobs.len();
-        let tail = if queued == 0 {
-            forecast.empty_tail(q.tail, now)
-        } else {
-            q.tail
-        };
         // Counted at the door only when refused here; otherwise submitting counts it.
         let rate = q.offered_rate(now);
-        match forecast.place(tail, now, 1, deadline, rate) {
+        match forecast.admit(queued, q.tail, now, 1, deadline, rate) {
             Err(finish_s) => {
                 q.arrive(now, 1);
                 Err(overloaded(model, queued, finish_s, arrival, deadline))
@@ -207,14 +202,7 @@ impl AppState {
             .collect();
         data.clear();
         let forecast = m.stats.forecast();
-        let place = |queued: usize, tail, rate| {
-            let tail = if queued == 0 {
-                forecast.empty_tail(tail, now)
-            } else {
-                tail
-            };
-            forecast.place(tail, now, n, deadline, rate)
-        };
+        let place = |queued, tail, rate| forecast.admit(queued, tail, now, n, deadline, rate);
         match m.queue.submit_by(jobs, now, place) {
             Ok(()) => {}
             Err(SubmitError::Draining) => return Err(draining()),

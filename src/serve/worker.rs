@@ -99,7 +99,7 @@ pub struct WorkerStats {
     busy_until_s: AtomicU64,
     /// How late batches recently ended against admission's schedule (f64 bits, s).
     margin_s: AtomicU64,
-    /// Predicted batch times at the planned clocks, by batch size ([`Forecast::batch_s`]).
+    /// Predicted batch times at the highest clock, by batch size ([`Forecast::batch_s`]).
     batch_s: Mutex<Arc<[f64]>>,
 }
 
@@ -314,8 +314,6 @@ struct Worker {
     unit_clocks: Vec<u32>,
     /// Arrival times read under the queue's lock, reported to the policy after it (reused).
     arrivals: Vec<f64>,
-    /// The planned clocks admission's batch times were last published for.
-    forecast_clocks: Option<Vec<Option<u32>>>,
     /// When admission's schedule has the batch taken last end (s).
     scheduled_end_s: f64,
     /// When admission's schedule, made at the last dispatch, sends the next batch (s).
@@ -412,15 +410,13 @@ impl Worker {
             capacity_rps,
             unit_clocks: Vec::new(),
             arrivals: Vec::new(),
-            forecast_clocks: None,
             scheduled_end_s: f64::NEG_INFINITY,
             next_send_s: f64::NEG_INFINITY,
             lateness_s: VecDeque::with_capacity(LATENESS_BATCHES),
             #[cfg(test)]
             ran: Vec::new(),
         };
-        let clocks = w.policy.plan().unit_clocks.clone();
-        w.publish_forecast(&clocks);
+        w.publish_forecast();
         if let Some(target) = w.policy.initial_clock() {
             let now = w.now_s();
             w.set_clock(now, target);
@@ -641,29 +637,22 @@ impl Worker {
         (requested != Some(target)).then_some((now, target))
     }
 
-    /// Publishes the predicted time of every batch size for admission when the plan's clocks
-    /// (`clocks`) changed.
-    fn publish_forecast(&mut self, clocks: &[Option<u32>]) {
-        if self.forecast_clocks.as_deref() == Some(clocks) {
-            return;
-        }
+    /// Publishes the predicted time of every batch size for admission, at the highest clock:
+    /// what a policy runs under overload, so admission refuses only what no clock would answer
+    /// in time, and below capacity a policy that plans slower clocks keeps the requests it could
+    /// still serve by speeding up. It depends only on the model, so it is published once.
+    fn publish_forecast(&self) {
         let Some(p) = self.power.as_ref() else {
             return;
         };
-        // At the highest clock on every unit, what a policy runs under overload: admission
-        // refuses only what no clock would answer in time, and below capacity a policy that
-        // plans slower clocks keeps the requests it could still serve by speeding up.
-        let max = vec![Some(p.max_clock_mhz()); clocks.len()];
         let times: Arc<[f64]> = (1..=self.policy.max_batch())
-            .map(|b| p.table().plan_time_s(&self.units, b, &max))
+            .map(|b| p.table().batch_time_s(b, p.max_clock_mhz()))
             .collect();
         self.stats.set_batch_times(times);
-        self.forecast_clocks = Some(clocks.to_vec());
     }
 
     fn dispatch(&mut self, jobs: Vec<Job>, now: f64, oldest: f64) {
         let plan = self.policy.plan().clone();
-        self.publish_forecast(&plan.unit_clocks);
         // Requests the batch would finish too late for are answered 503 now.
         let finish = self
             .executor
@@ -679,10 +668,8 @@ impl Worker {
         }
         let batch = jobs.len() as u32;
         let start = self.now_s();
-        if let Some(p) = self.power.as_ref() {
-            self.stats.set_busy_until(
-                start + p.table().plan_time_s(&self.units, batch, &plan.unit_clocks),
-            );
+        if let Some(t) = self.batch_time_s(batch) {
+            self.stats.set_busy_until(start + t);
         }
         // The clock the GPU held while this batch waited (the idle power of the window's gap).
         let rest_mhz = self.device.as_ref().and_then(|d| d.clock_mhz());
