@@ -99,6 +99,10 @@ pub struct Args {
     /// How long counter readings wait for the pods' unit timings before attribution (ms).
     #[arg(long, default_value_t = 2000)]
     pub attribution_lag_ms: u64,
+    /// How long an Unhealthy GPU must answer queries with no critical event before the device
+    /// plugin reports it Healthy again (s).
+    #[arg(long, default_value_t = 30.0)]
+    pub health_recovery_s: f64,
     /// Seconds between the node's InferenceService status writes (GPUs, pods, their reports).
     #[arg(long, default_value_t = 10)]
     pub status_secs: u64,
@@ -318,6 +322,11 @@ fn node_config(args: &Args) -> crate::agent::AgentNodeConfig {
                 host_control_root: args.control_root.clone(),
                 container_control_root: args.container_control_root.clone(),
                 cdi_kind: None,
+            },
+            health: crate::deviceplugin::HealthPolicy {
+                recovery_quiet: Duration::try_from_secs_f64(args.health_recovery_s)
+                    .unwrap_or(Duration::ZERO),
+                ..crate::deviceplugin::HealthPolicy::default()
             },
             ..NodeConfig::default()
         },

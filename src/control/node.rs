@@ -105,6 +105,7 @@ pub async fn run_node_with(
         if let Some(w) = &hooks.windows {
             svc = svc.with_windows(w.clone());
         }
+        svc = svc.with_health(table.clone());
         let uuid = crate::deviceplugin::health::shared_uuid(g);
         servers.push(ControlServer::spawn(&cfg.alloc.host_socket(&uuid), svc)?);
     }

@@ -10,11 +10,17 @@
 //! a newer one is due with it. Only a reset (the drain at shutdown) and dropping the actuator
 //! wait for the queue to empty, so that a pod that stops does not leave its GPU locked (the
 //! agent also resets it when the kubelet releases the GPU).
+//!
+//! Between calls the thread asks the agent for the GPU's status every [`HEALTH_POLL`]: a GPU
+//! the agent reports lost or Unhealthy is the serving device's fault ([`RemoteClock::fault`],
+//! requests answered 503 meanwhile); an agent it cannot reach is not (the GPU keeps the clocks
+//! in force and serving goes on). Once it reaches an agent again after losing it (a restarted
+//! agent resets the GPU's clocks at start), it makes the last set-call again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::client::{CONTROL_SOCKET_ENV, ControlClient, GPU_UUID_ENV};
@@ -37,10 +43,15 @@ pub struct RemoteClock {
     /// How long a set-call takes to reach the GPU through the agent (s, f64 bits): the longest
     /// of the recent calls' delays from their time to the agent's answer.
     path_latency: Arc<AtomicU64>,
+    /// Why the agent says the GPU cannot serve (None: it can, or the agent was not reached).
+    fault: Arc<Mutex<Option<String>>>,
 }
 
 /// Set-call round trips the path latency is taken over.
 const PATH_SAMPLES: usize = 32;
+
+/// How often the sender thread asks the agent for the GPU's health.
+pub const HEALTH_POLL: Duration = Duration::from_millis(250);
 
 impl RemoteClock {
     /// Starts the sender thread for socket `path` and GPU `uuid`; connects on first use.
@@ -48,15 +59,29 @@ impl RemoteClock {
         let (tx, rx) = channel();
         let id = uuid.clone();
         let path_latency = Arc::new(AtomicU64::new(0f64.to_bits()));
-        let latency = path_latency.clone();
+        let fault = Arc::new(Mutex::new(None));
+        let shared = Shared {
+            path_latency: path_latency.clone(),
+            fault: fault.clone(),
+        };
         std::thread::Builder::new()
             .name("eali-remote-clock".into())
-            .spawn(move || sender(rx, path, id, &latency))?;
+            .spawn(move || sender(rx, path, id, &shared))?;
         Ok(Self {
             tx,
             uuid,
             path_latency,
+            fault,
         })
+    }
+
+    /// Why the GPU cannot serve, as the agent last reported it (lost, or Unhealthy in the
+    /// device plugin's ListAndWatch); `None` while it can, or while the agent is unreachable.
+    pub fn fault(&self) -> Option<String> {
+        self.fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// How long a set-call takes from its time to the GPU, through this process's sender
@@ -150,7 +175,29 @@ fn on_agent<T>(
     })
 }
 
-fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String, path_latency: &AtomicU64) {
+/// What the sender thread publishes to the serving side.
+struct Shared {
+    path_latency: Arc<AtomicU64>,
+    fault: Arc<Mutex<Option<String>>>,
+}
+
+impl Shared {
+    fn set_fault(&self, fault: Option<String>) {
+        let mut f = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
+        if *f != fault {
+            match &fault {
+                Some(why) => {
+                    tracing::warn!(reason = %why, "the node agent reports the GPU cannot serve")
+                }
+                None => tracing::info!("the node agent reports the GPU healthy again"),
+            }
+            *f = fault;
+        }
+    }
+}
+
+fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String, shared: &Shared) {
+    let path_latency = &shared.path_latency;
     let mut round_trips: std::collections::VecDeque<f64> =
         std::collections::VecDeque::with_capacity(PATH_SAMPLES);
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -169,11 +216,18 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String, path_latency: &AtomicU
     let epoch = Instant::now();
     let secs = |t: Instant| t.saturating_duration_since(epoch).as_secs_f64();
     let mut calls = SetCallQueue::new();
+    // The last set-call made (to make again on reaching a restarted agent), whether the agent
+    // was lost since, and when its health was last asked.
+    let mut last_target: Option<ClockTarget> = None;
+    let mut lost_agent = false;
+    let mut polled = Instant::now();
     loop {
-        // Sleep until the next set-call is due or a command arrives.
-        let wait = calls.next_due().map_or(Duration::from_secs(3600), |due| {
-            Duration::from_secs_f64((due - secs(Instant::now())).clamp(0.0, 3600.0))
+        // Sleep until the next set-call or health poll is due or a command arrives.
+        let poll_in = HEALTH_POLL.saturating_sub(polled.elapsed()).as_secs_f64();
+        let wait = calls.next_due().map_or(poll_in, |due| {
+            (due - secs(Instant::now())).clamp(0.0, poll_in)
         });
+        let wait = Duration::from_secs_f64(wait);
         let first = match rx.recv_timeout(wait) {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,
@@ -206,6 +260,7 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String, path_latency: &AtomicU
             match result {
                 Ok(st) => {
                     failures = 0;
+                    last_target = Some(t);
                     // From the call's time to the agent's answer: this thread's wake-up, the
                     // socket and the agent. A call that had to connect first, or one made
                     // ahead of its time by a flush, says nothing about the next ones.
@@ -231,6 +286,9 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String, path_latency: &AtomicU
                         }
                     } else {
                         client = None;
+                        lost_agent = true;
+                        // Made again once the agent answers.
+                        last_target = Some(t);
                         if failures == 1 || failures.is_power_of_two() {
                             tracing::warn!(error = %e, ?t, "clock change through the node agent failed");
                         }
@@ -259,6 +317,56 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String, path_latency: &AtomicU
         }
         for a in acks {
             let _ = a.send(());
+        }
+        if polled.elapsed() >= HEALTH_POLL {
+            polled = Instant::now();
+            let was_connected = client.is_some();
+            match on_agent(&rt, &mut client, &path, &uuid, async |c| c.status().await) {
+                Ok(st) => {
+                    shared.set_fault(st.unhealthy.then(|| st.health_reason.clone()));
+                    if lost_agent || !was_connected {
+                        lost_agent = false;
+                        reassert(&rt, &mut client, &path, &uuid, last_target, &st);
+                    }
+                }
+                Err(e) => {
+                    if !matches!(&e, super::ControlError::Rpc(s) if s.code() == tonic::Code::PermissionDenied)
+                    {
+                        client = None;
+                        lost_agent = true;
+                    }
+                    tracing::debug!(error = %e, "GPU status from the node agent unavailable");
+                }
+            }
+        }
+    }
+}
+
+/// On reaching an agent again: makes the last set-call again where the GPU no longer holds
+/// it (a restarted agent resets the clocks at start).
+fn reassert(
+    rt: &tokio::runtime::Runtime,
+    client: &mut Option<ControlClient>,
+    path: &Path,
+    uuid: &str,
+    last: Option<ClockTarget>,
+    st: &super::proto::ClockStatus,
+) {
+    let Some((lo, hi)) = last.and_then(|t| t.graphics_range()) else {
+        return;
+    };
+    if (st.locked_min_mhz, st.locked_max_mhz) == (lo, hi) || st.unhealthy {
+        return;
+    }
+    match on_agent(rt, client, path, uuid, async |c| c.set_clocks(lo, hi).await) {
+        Ok(_) => tracing::info!(
+            min = lo,
+            max = hi,
+            "node agent reached again: the clocks in force before are set again"
+        ),
+        Err(e) => {
+            *client = None;
+            tracing::warn!(error = %e, "clocks not set again through the node agent");
         }
     }
 }

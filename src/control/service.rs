@@ -17,7 +17,7 @@ use super::ControlError;
 use super::authz::{Authorizer, Decision, PodName};
 use super::proto;
 use super::proto::gpu_control_server::{GpuControl, GpuControlServer};
-use crate::deviceplugin::{SharedGpu, uds};
+use crate::deviceplugin::{DeviceTable, Health, SharedGpu, uds};
 use crate::gpu::clockguard::{ClockGuard, LockEntry, LockKind};
 use crate::gpu::{ClockChange, GpuBackend, GpuError};
 
@@ -53,6 +53,8 @@ pub struct ControlService {
     timings: Option<mpsc::UnboundedSender<AttributedTiming>>,
     windows: Option<mpsc::UnboundedSender<AttributedWindow>>,
     observer: Option<Arc<dyn ClockObserver>>,
+    /// The device plugin's table, whose health GetStatus reports.
+    table: Option<DeviceTable>,
 }
 
 fn gpu_status(e: GpuError) -> Status {
@@ -159,6 +161,8 @@ fn read_status(
         // Parts without the counter (pre-Volta) report 0 and the power reading only.
         energy_mj: gpu.energy_mj().unwrap_or(0),
         power_w: gpu.power().map_or(0.0, |p| p.watts),
+        unhealthy: false,
+        health_reason: String::new(),
     })
 }
 
@@ -178,7 +182,14 @@ impl ControlService {
             timings,
             windows: None,
             observer: None,
+            table: None,
         }
+    }
+
+    /// Reports the device plugin's view of the GPU's health in GetStatus.
+    pub fn with_health(mut self, table: DeviceTable) -> Self {
+        self.table = Some(table);
+        self
     }
 
     /// Where the pods' serving windows go (without it they are acknowledged and dropped).
@@ -260,7 +271,27 @@ impl GpuControl for ControlService {
     ) -> Result<Response<proto::ClockStatus>, Status> {
         self.authorize(&request).await?;
         self.check_uuid(&request.get_ref().gpu_uuid)?;
-        let status = self.on_gpu(|g, _| read_status(g, None)).await?;
+        let read = self.on_gpu(|g, _| Ok(read_status(g, None))).await?;
+        // A GPU that cannot be read is the answer, not a failed call: the caller must tell a
+        // lost GPU (stop serving) from an agent it cannot reach (keep serving).
+        let mut status = match read {
+            Ok(s) => s,
+            Err(s) if s.code() == tonic::Code::Unavailable => proto::ClockStatus {
+                gpu_uuid: self.uuid.clone(),
+                unhealthy: true,
+                health_reason: s.message().to_string(),
+                ..proto::ClockStatus::default()
+            },
+            Err(s) => return Err(s),
+        };
+        let listed = self.table.as_ref().and_then(|t| t.get(&self.uuid));
+        if !status.unhealthy && listed.is_some_and(|d| d.health == Health::Unhealthy) {
+            status.unhealthy = true;
+            status.health_reason = format!(
+                "GPU {} is Unhealthy (a critical XID or ECC event; the node agent's log names it)",
+                self.uuid
+            );
+        }
         Ok(Response::new(status))
     }
 

@@ -172,6 +172,9 @@ impl AppState {
         if self.is_draining() {
             return Err(draining());
         }
+        if let Some(why) = m.stats.fault() {
+            return Err(OipError::new(ErrorKind::Unavailable, why));
+        }
         let id = req.id.clone();
         let timeout_s = req.timeout_us()?.map(|us| us as f64 / 1e6);
         let admitted = m.info.admit(req)?;

@@ -101,6 +101,8 @@ pub struct WorkerStats {
     margin_s: AtomicU64,
     /// Predicted batch times at the highest clock, by batch size ([`Forecast::batch_s`]).
     batch_s: Mutex<Arc<[f64]>>,
+    /// Why the device cannot serve now (see [`ServingDevice::fault`]).
+    fault: Mutex<Option<String>>,
 }
 
 impl WorkerStats {
@@ -123,6 +125,22 @@ impl WorkerStats {
                 .clone(),
         }
     }
+    /// Why the model's GPU cannot serve now; `None` while it can.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records the device's fault, the model not ready while there is one; whether it changed.
+    fn set_fault(&self, fault: Option<String>) -> bool {
+        let mut f = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        if *f == fault {
+            return false;
+        }
+        self.ready.store(fault.is_none(), Ordering::Relaxed);
+        *f = fault;
+        true
+    }
+
     fn set_margin(&self, s: f64) {
         self.margin_s.store(s.to_bits(), Ordering::Relaxed);
     }
@@ -176,6 +194,8 @@ enum Step {
     WaitUntil(f64),
     /// Requests past their deadline, to answer 503.
     Reject(Vec<Job>),
+    /// Requests the device cannot serve now, to answer 503 with the reason.
+    Unservable(Vec<Job>, String),
     Dispatch {
         jobs: Vec<Job>,
         now: f64,
@@ -221,6 +241,7 @@ async fn run_loop(mut w: Box<Worker>) -> Option<Box<Worker>> {
                 wait_for_arrival(&queue, Duration::from_secs_f64(wait)).await;
             }
             Step::Reject(jobs) => w.reject_late(jobs),
+            Step::Unservable(jobs, why) => w.reject_unservable(jobs, &why),
             Step::Dispatch { jobs, now, oldest } if blocking => {
                 w = on_blocking_pool(w, move |w| w.dispatch(jobs, now, oldest)).await?;
             }
@@ -468,11 +489,40 @@ impl Worker {
     /// device that may block).
     fn turn(&mut self) -> (Step, Option<(f64, ClockTarget)>) {
         self.tick(false);
+        if let Some(step) = self.fault_step() {
+            return (step, None);
+        }
         let step = self.next_step();
         let idle = matches!(step, Step::Idle | Step::WaitUntil(_))
             .then(|| self.idle_clock_change())
             .flatten();
         (step, idle)
+    }
+
+    /// While the device reports a fault: every queued request, to answer 503 with the reason
+    /// (the model is not ready meanwhile, so new requests are refused at the door). `None`
+    /// while it can serve.
+    fn fault_step(&mut self) -> Option<Step> {
+        let fault = self.device.as_ref().and_then(|d| d.fault());
+        if self.stats.set_fault(fault.clone()) {
+            match &fault {
+                Some(why) => tracing::error!(model = %self.info.name, reason = %why, "not serving"),
+                None => tracing::info!(model = %self.info.name, "the GPU can serve again"),
+            }
+        }
+        let why = fault?;
+        let now = self.now_s();
+        let mut q = self.queue.lock();
+        let jobs: Vec<Job> = q.jobs.drain(..).collect();
+        q.tail = self.stats.forecast().schedule(now, now, std::iter::empty());
+        self.queue_depth.set(0);
+        Some(if !jobs.is_empty() {
+            Step::Unservable(jobs, why)
+        } else if q.draining {
+            Step::Stop
+        } else {
+            Step::Idle
+        })
     }
 
     /// Reports new arrivals to the policy and decides the next step. The queue's lock, which
@@ -716,6 +766,11 @@ impl Worker {
         if let Ok(run) = &result {
             self.note_lateness(run.end_s - self.scheduled_end_s);
         }
+        // A GPU lost while the batch ran: its outputs are not to be trusted.
+        if let Some(why) = self.device.as_ref().and_then(|d| d.fault()) {
+            self.reject_unservable(jobs, &why);
+            return;
+        }
         let run = match result {
             Ok(run) => run,
             Err(e) => {
@@ -811,6 +866,16 @@ impl Worker {
         self.window.unanswered(&waited);
         for j in jobs {
             j.slot.fail(deadline_error());
+        }
+    }
+
+    /// Answers requests the device cannot serve 503 with the reason.
+    fn reject_unservable(&mut self, jobs: Vec<Job>, why: &str) {
+        let now = self.now_s();
+        let waited: Vec<f64> = jobs.iter().map(|j| now - j.arrival_s).collect();
+        self.window.unanswered(&waited);
+        for j in jobs {
+            j.slot.fail(OipError::new(ErrorKind::Unavailable, why));
         }
     }
 }

@@ -8,6 +8,7 @@
 //! | `EALI_NVML_FAULTS` | injected faults, see [`FaultSpec::parse`] | none |
 //! | `EALI_NVML_DRIVER_VERSION` | what `nvmlSystemGetDriverVersion` reports | `550.127.05` |
 //! | `EALI_NVML_STATE` | JSON file holding the driver state across processes (clock locks, power limits, energy base, an operation log) | in memory only |
+//! | `EALI_NVML_FAULT_FILE` | file listing the faults in force now (as `EALI_NVML_FAULTS`, without times; comma or newline separated); re-read when it changes, and emptying or removing it clears every fault, as a GPU reset would | none |
 //! | `EALI_NVML_LOAD_FILE` | file holding a utilisation (0..1, or one per GPU, comma separated) of a synthetic compute load; re-read when it changes | idle |
 //! | `EALI_NVML_POWER_FIELDS` | `0`: `nvmlDeviceGetFieldValues` has no power fields (older drivers) | `1` |
 //! | `EALI_NVML_REALTIME` | `0`: set-clock calls return at once instead of blocking for their simulated call latency | `1` |
@@ -37,6 +38,20 @@ pub enum FaultKind {
     CounterStuck,
     /// `nvmlInit` fails with `NVML_ERROR_DRIVER_NOT_LOADED` (kernel module not loaded).
     DriverNotLoaded,
+}
+
+/// The faults a fault file lists (see the module docs); unparsable items are reported and
+/// skipped, so a typo in a test's file does not take the library down.
+pub fn parse_fault_file(text: &str) -> Vec<FaultSpec> {
+    text.split([',', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter_map(|item| {
+            FaultSpec::parse(item)
+                .inspect_err(|e| eprintln!("nvml-standin: fault file: {e}"))
+                .ok()
+        })
+        .collect()
 }
 
 impl FaultSpec {
@@ -97,6 +112,7 @@ pub struct Config {
     pub driver_version: String,
     pub state_path: Option<PathBuf>,
     pub load_path: Option<PathBuf>,
+    pub fault_path: Option<PathBuf>,
     pub power_fields: bool,
     pub realtime: bool,
 }
@@ -154,6 +170,7 @@ impl Config {
             driver_version: get("EALI_NVML_DRIVER_VERSION").unwrap_or_else(|| "550.127.05".into()),
             state_path: get("EALI_NVML_STATE").map(PathBuf::from),
             load_path: get("EALI_NVML_LOAD_FILE").map(PathBuf::from),
+            fault_path: get("EALI_NVML_FAULT_FILE").map(PathBuf::from),
             power_fields: flag("EALI_NVML_POWER_FIELDS"),
             realtime: flag("EALI_NVML_REALTIME"),
         })
@@ -196,6 +213,16 @@ mod tests {
         assert!(FaultSpec::parse("melt").is_err());
         assert!(FaultSpec::parse("xidZ").is_err());
         assert!(FaultSpec::parse("lost@-1").is_err());
+    }
+
+    #[test]
+    fn fault_files_list_faults_and_skip_typos() {
+        let f = parse_fault_file("lost/0\n dbe, melt\n\n");
+        assert_eq!(
+            f.iter().map(|f| (f.kind, f.gpu)).collect::<Vec<_>>(),
+            [(FaultKind::Lost, Some(0)), (FaultKind::DoubleBitEcc, None)]
+        );
+        assert!(parse_fault_file("").is_empty());
     }
 
     #[test]

@@ -153,6 +153,13 @@ impl Slot {
         }
     }
 
+    /// Clears every fault in force, as a GPU reset would (faults still to come stay pending).
+    fn clear_faults(&mut self) {
+        self.sim.clear_faults();
+        self.lost = false;
+        self.no_permission = false;
+    }
+
     fn inject(&mut self, kind: FaultKind) {
         match kind {
             FaultKind::Lost => {
@@ -257,6 +264,8 @@ pub struct Driver {
     refcount: u32,
     state: Option<PersistedState>,
     load_seen: Option<(SystemTime, u64)>,
+    /// The fault file as last read (`Some(None)`: it was absent).
+    fault_seen: Option<Option<(SystemTime, u64)>>,
     sets: Vec<Option<EventSetState>>,
 }
 
@@ -355,6 +364,7 @@ impl Driver {
             refcount: 1,
             state,
             load_seen: None,
+            fault_seen: None,
             sets: Vec::new(),
         };
         for i in 0..d.gpus.len() {
@@ -380,6 +390,7 @@ impl Driver {
 
     fn sync_gpu(&mut self, i: usize) {
         self.refresh_load();
+        self.refresh_faults();
         let wall = self.wall_s();
         let slot = &mut self.gpus[i];
         slot.sync(wall);
@@ -421,6 +432,37 @@ impl Driver {
             let u = loads.get(i).or(loads.last()).copied().unwrap_or(0.0);
             slot.load = u;
             slot.next_busy_s = slot.sim.now();
+        }
+    }
+
+    /// Re-reads the fault file when it changed: the faults it lists are in force from now, and
+    /// every other one is cleared.
+    fn refresh_faults(&mut self) {
+        let Some(path) = self.cfg.fault_path.as_deref() else {
+            return;
+        };
+        let seen = std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        if self.fault_seen == Some(seen) {
+            return;
+        }
+        let first = self.fault_seen.is_none();
+        self.fault_seen = Some(seen);
+        let faults = std::fs::read_to_string(path)
+            .map(|t| crate::config::parse_fault_file(&t))
+            .unwrap_or_default();
+        if first && faults.is_empty() {
+            return;
+        }
+        let wall = self.wall_s();
+        for slot in &mut self.gpus {
+            slot.sync(wall);
+            slot.clear_faults();
+            let index = slot.index;
+            for f in faults.iter().filter(|f| f.applies_to(index)) {
+                slot.inject(f.kind);
+            }
         }
     }
 

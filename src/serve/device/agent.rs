@@ -98,6 +98,11 @@ impl ServingDevice for AgentServing {
     fn report_window(&self, window: ServingWindow) {
         self.remote.report_window(window);
     }
+    fn fault(&self) -> Option<String> {
+        self.remote
+            .fault()
+            .map(|why| format!("GPU {} cannot serve: {why}", self.uuid))
+    }
 }
 
 impl Drop for AgentServing {

@@ -81,6 +81,11 @@ pub trait ServingDevice: Send {
     /// A closed serving window, for the agent's report in the InferenceService's status
     /// (ignored outside a pod).
     fn report_window(&self, _window: ServingWindow) {}
+    /// Why the GPU cannot serve now (lost, or Unhealthy in the device plugin's view); the
+    /// worker answers requests 503 with it meanwhile. `None` while it can.
+    fn fault(&self) -> Option<String> {
+        None
+    }
     /// Runs one batch on `exec`, unit by unit, on this device: `hook` and the returned run see
     /// unit records with the device's clock and energy-counter readings (see the module docs).
     fn run_batch(

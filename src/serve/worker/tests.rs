@@ -42,6 +42,17 @@ fn fast_switch_v100() -> GpuProfile {
 
 /// A worker serving `model` on a virtual-time simulated GPU of `profile` under `kind`.
 fn bench(model: &str, profile: GpuProfile, kind: PolicyKind, slo_s: f64) -> Bench {
+    bench_on(model, profile, kind, slo_s, |d| Box::new(d))
+}
+
+/// [`bench`] with the serving device made from the simulated one by `wrap`.
+fn bench_on(
+    model: &str,
+    profile: GpuProfile,
+    kind: PolicyKind,
+    slo_s: f64,
+    wrap: impl FnOnce(SimServing) -> Box<dyn ServingDevice>,
+) -> Bench {
     let graph = Arc::new(zoo::build(model).unwrap());
     let max_batch = 32;
     let (costs, table) =
@@ -62,7 +73,7 @@ fn bench(model: &str, profile: GpuProfile, kind: PolicyKind, slo_s: f64) -> Benc
         queue: queue.clone(),
         metrics: Metrics::new().unwrap(),
         executor: Box::new(SimExecutor::new(device.clone(), graph)),
-        device: Some(Box::new(SimServing::new(device.clone()))),
+        device: Some(wrap(SimServing::new(device.clone()))),
         power: Some(LayerPowerModel::new(table)),
         policy: Box::new(move || {
             let policy = costs
@@ -141,6 +152,7 @@ impl Bench {
                 Step::Idle => self.advance(next.unwrap_or(self.now() + TICK_S)),
                 Step::WaitUntil(t) => self.advance(next.map_or(t, |n| n.min(t)).max(self.now())),
                 Step::Reject(jobs) => self.worker.reject_late(jobs),
+                Step::Unservable(jobs, why) => self.worker.reject_unservable(jobs, &why),
                 Step::Dispatch { jobs, now, oldest } => self.worker.dispatch(jobs, now, oldest),
             }
         }
@@ -259,4 +271,91 @@ fn drain_answers_everything_queued_and_resets_the_clocks() {
     let t = b.now() + 1.0;
     b.advance(t);
     assert_eq!(b.device.lock().clocks().unwrap().locked, None);
+}
+
+/// The simulated GPU, lost from device time `from_s` until `to_s` (as the node agent reports a
+/// GPU lost and brought back).
+struct LostBetween {
+    inner: SimServing,
+    from_s: f64,
+    to_s: f64,
+}
+
+impl ServingDevice for LostBetween {
+    fn label(&self) -> &str {
+        self.inner.label()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn now_s(&self) -> f64 {
+        self.inner.now_s()
+    }
+    fn unix_s(&self, t_s: f64) -> f64 {
+        self.inner.unix_s(t_s)
+    }
+    fn set_clock_at(
+        &mut self,
+        at_s: f64,
+        target: ClockTarget,
+    ) -> Result<bool, crate::gpu::GpuError> {
+        self.inner.set_clock_at(at_s, target)
+    }
+    fn requested(&self) -> Option<ClockTarget> {
+        self.inner.requested()
+    }
+    fn reset_clocks(&mut self) -> Result<(), crate::gpu::GpuError> {
+        self.inner.reset_clocks()
+    }
+    fn clock_mhz(&self) -> Option<u32> {
+        self.inner.clock_mhz()
+    }
+    fn read(&self) -> crate::serve::device::Reading {
+        self.inner.read()
+    }
+    fn fault(&self) -> Option<String> {
+        let t = self.now_s();
+        (self.from_s..self.to_s)
+            .contains(&t)
+            .then(|| "GPU-test is lost".to_string())
+    }
+}
+
+#[test]
+fn a_lost_gpu_answers_503_with_the_reason_and_serving_resumes_when_it_is_back() {
+    let mut b = bench_on(
+        "resnet50",
+        GpuProfile::builtin("v100-sxm2").unwrap(),
+        PolicyKind::MaxClock,
+        0.05,
+        |inner| {
+            Box::new(LostBetween {
+                inner,
+                from_s: 1.5,
+                to_s: 2.5,
+            })
+        },
+    );
+    let arrivals = steady(300.0, 3.0, 0.05);
+    let answers = b.run(&arrivals);
+    let (mut before, mut during, mut after) = (Vec::new(), Vec::new(), Vec::new());
+    for ((t, _), mut a) in arrivals.iter().zip(answers) {
+        let r = a.try_recv().expect("every request is answered");
+        match *t {
+            t if t < 1.45 => before.push(r),
+            t if (1.5..2.5).contains(&t) => during.push(r),
+            t if t > 2.55 => after.push(r),
+            _ => {}
+        }
+    }
+    assert!(before.iter().all(Result::is_ok), "before the loss");
+    assert!(after.iter().all(Result::is_ok), "after the GPU is back");
+    assert!(!during.is_empty());
+    for r in &during {
+        let e = r.as_ref().expect_err("served while the GPU was lost");
+        assert_eq!(e.kind, ErrorKind::Unavailable);
+        assert!(e.message.contains("GPU-test is lost"), "{}", e.message);
+    }
+    assert!(b.worker.stats.fault().is_none());
+    assert!(b.worker.stats.ready.load(Ordering::Relaxed));
 }
