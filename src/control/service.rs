@@ -349,6 +349,19 @@ impl GpuControl for ControlService {
     }
 }
 
+/// The control socket's message decoders on arbitrary bytes, with the checks the service runs
+/// on what they decode: the entry point of the fuzz target `control_messages` (`fuzz/`) and of
+/// its stand-in `tests/decoders_fuzz.rs`. None may panic.
+pub fn fuzz_messages(data: &[u8]) {
+    use prost::Message;
+    let _ = proto::SetClocksRequest::decode(data);
+    let _ = proto::StatusRequest::decode(data);
+    let _ = proto::UnitTiming::decode(data);
+    if let Ok(w) = proto::ServingWindow::decode(data) {
+        let _ = window_problem(&w);
+    }
+}
+
 /// Why a serving window is refused, if it is: figures the status could not carry (the API
 /// server refuses NaN and infinities) or that describe no window at all.
 fn window_problem(w: &proto::ServingWindow) -> Option<String> {

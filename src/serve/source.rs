@@ -190,6 +190,14 @@ fn is_graph_json(format: Option<ModelFormat>, path: &Path, bytes: &[u8]) -> bool
     }
 }
 
+/// The model-file decoders, graph JSON and safetensors, on arbitrary bytes: the entry point of
+/// the fuzz target `model_files` (`fuzz/`) and of its stand-in `tests/decoders_fuzz.rs`. Each
+/// refuses what it cannot read; none may panic.
+pub fn fuzz_model_file(data: &[u8]) {
+    let _ = parse_graph(data);
+    let _ = from_safetensors(data);
+}
+
 fn parse_graph(bytes: &[u8]) -> Result<Graph, String> {
     let g: Graph = serde_json::from_slice(bytes).map_err(|e| format!("not an EALI graph: {e}"))?;
     g.validate().map_err(|e| e.to_string())?;

@@ -323,6 +323,7 @@ struct Worker {
     gpu_label: String,
     queue_depth: prometheus::IntGauge,
     batch_size: prometheus::Histogram,
+    decision_seconds: prometheus::Histogram,
     timebase: Timebase,
     stats: Arc<WorkerStats>,
     last_tick_s: f64,
@@ -412,6 +413,7 @@ impl Worker {
         let mut w = Self {
             queue_depth: m.queue_depth.with_label_values(&[&s.info.name]),
             batch_size: m.batch_size.with_label_values(&[&s.info.name]),
+            decision_seconds: m.decision_seconds.with_label_values(&[&s.info.name]),
             info: s.info,
             queue: s.queue,
             metrics: s.metrics,
@@ -570,7 +572,10 @@ impl Worker {
                 batch: n.min(max) as u32,
             }
         } else {
-            self.policy.next_action(now, n, oldest)
+            let t0 = Instant::now();
+            let a = self.policy.next_action(now, n, oldest);
+            self.decision_seconds.observe(t0.elapsed().as_secs_f64());
+            a
         };
         match action {
             Action::WaitUntil(t) => Step::WaitUntil(t),
@@ -836,7 +841,9 @@ impl Worker {
             latencies_s: &latencies,
             unit_starts_s: &unit_starts,
         };
+        let t0 = Instant::now();
         self.policy.on_batch_done(&done);
+        self.decision_seconds.observe(t0.elapsed().as_secs_f64());
         self.window.saturated(self.policy.saturated());
         self.metrics
             .saturated

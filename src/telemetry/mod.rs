@@ -46,6 +46,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_seconds: HistogramVec,
     pub batch_size: HistogramVec,
+    pub decision_seconds: HistogramVec,
     pub queue_depth: IntGaugeVec,
     pub slo_seconds: GaugeVec,
     pub slo_percentile: GaugeVec,
@@ -93,6 +94,14 @@ impl Metrics {
             batch_size: HistogramVec::new(
                 HistogramOpts::new("eali_batch_size", "Requests per executed batch.")
                     .buckets(batch_buckets),
+                model,
+            )?,
+            decision_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "eali_policy_decision_seconds",
+                    "Time the policy took per decision (next action, batch done; re-plans included).",
+                )
+                .buckets(prometheus::exponential_buckets(1e-6, 4.0, 10)?),
                 model,
             )?,
             queue_depth: IntGaugeVec::new(
@@ -172,6 +181,7 @@ impl Metrics {
         r.register(Box::new(self.requests.clone()))?;
         r.register(Box::new(self.request_seconds.clone()))?;
         r.register(Box::new(self.batch_size.clone()))?;
+        r.register(Box::new(self.decision_seconds.clone()))?;
         r.register(Box::new(self.queue_depth.clone()))?;
         r.register(Box::new(self.slo_seconds.clone()))?;
         r.register(Box::new(self.slo_percentile.clone()))?;
