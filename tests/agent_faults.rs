@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_support::*;
-use eali::deviceplugin::harness::{FakeKubelet, FakePodResources, KubeletEvent};
+use eali::deviceplugin::harness::{FakeKubelet, KubeletEvent};
 use serde_json::Value;
 
 /// Each test runs a server, an agent and a load generator on two cores: one at a time.
@@ -87,44 +87,6 @@ fn wait_lock(dir: &Path, want: Option<(u64, u64)>, timeout: Duration) -> Duratio
     t0.elapsed()
 }
 
-/// The serving pod on a registered agent: (kubelet, pod-resources, its task, agent, GPU UUID,
-/// Allocate's environment).
-struct Node {
-    kubelet: FakeKubelet,
-    pods: FakePodResources,
-    pr: tokio::task::JoinHandle<()>,
-    agent: Agent,
-    uuid: String,
-    envs: std::collections::HashMap<String, String>,
-}
-
-async fn start_node(dir: &Path, agent_args: &[&str]) -> Node {
-    let mut kubelet = FakeKubelet::start(&dir.join("dp")).await.expect("kubelet");
-    let pods = FakePodResources::default();
-    let pr = pods.serve(&dir.join("pr.sock")).expect("pod-resources");
-    let agent = spawn_agent(dir, agent_args);
-    let (ids, _) = wait_registered(&mut kubelet).await;
-    let uuid = ids[0].clone();
-    std::fs::write(
-        dir.join("pods.json"),
-        format!("{{\"{POD_UID}\": \"serving/alexnet-0\"}}"),
-    )
-    .expect("pod directory");
-    pods.set(
-        "eali.dev/gpu",
-        &[("serving", "alexnet-0", vec![uuid.clone()])],
-    );
-    let envs = allocate_envs(&kubelet, &uuid).await;
-    Node {
-        kubelet,
-        pods,
-        pr,
-        agent,
-        uuid,
-        envs,
-    }
-}
-
 fn spawn_agent(dir: &Path, extra: &[&str]) -> Agent {
     let mut cmd = agent_command(dir, &[&["--authz-cache-ms", "0"], extra].concat());
     cmd.env("EALI_NVML_FAULT_FILE", dir.join("faults"));
@@ -135,7 +97,7 @@ fn spawn_agent(dir: &Path, extra: &[&str]) -> Agent {
 async fn agent_restart_under_load_loses_nothing_and_a_killed_pod_is_reset() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = scratch();
-    let mut node = start_node(&dir, &[]).await;
+    let mut node = start_node(&dir, "alexnet-0", || spawn_agent(&dir, &[])).await;
     let mut s = Serve::spawn(&dir, &node.envs, POD_UID, SERVE_ARGS);
     let http = s.http_addr(Duration::from_secs(60));
     let t0 = Instant::now();
@@ -224,7 +186,10 @@ async fn wait_health(kubelet: &mut FakeKubelet, want: &str, timeout: Duration) -
 async fn a_gpu_lost_mid_serving_answers_503_and_serving_resumes_when_it_is_back() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = scratch();
-    let mut node = start_node(&dir, &["--health-recovery-s", "2"]).await;
+    let mut node = start_node(&dir, "alexnet-0", || {
+        spawn_agent(&dir, &["--health-recovery-s", "2"])
+    })
+    .await;
     let mut s = Serve::spawn(&dir, &node.envs, POD_UID, SERVE_ARGS);
     let http = s.http_addr(Duration::from_secs(60));
     let url = |p: &str| format!("http://{http}{p}");
@@ -388,7 +353,7 @@ async fn raw_call(socket: &Path, method: &str, message: Vec<u8>) -> tonic::Statu
 async fn malformed_and_oversized_control_messages_are_refused_and_the_agent_goes_on() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = scratch();
-    let node = start_node(&dir, &[]).await;
+    let node = start_node(&dir, "alexnet-0", || spawn_agent(&dir, &[])).await;
     make_holder(&dir, &node.pods, &node.uuid);
     let socket = dir.join("control").join(&node.uuid).join("control.sock");
 

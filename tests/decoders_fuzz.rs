@@ -4,6 +4,9 @@
 //! random bytes, and valid inputs with random bytes changed, cut or appended. None may panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
+mod fuzz_support;
+
+use fuzz_support::mutate;
 use std::collections::HashMap;
 
 use eali::control::proto;
@@ -69,18 +72,6 @@ fn fuzz_yaml(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = eali::serve::config::ServeConfig::from_yaml(&text);
     let _ = eali::k8s::crd::InferenceServiceSpec::from_yaml(&text);
-}
-
-fn mutate(mut base: Vec<u8>, edits: &[(usize, u8)], cut: usize, tail: &[u8]) -> Vec<u8> {
-    for &(at, b) in edits {
-        if !base.is_empty() {
-            let i = at % base.len();
-            base[i] = b;
-        }
-    }
-    base.truncate(base.len().saturating_sub(cut));
-    base.extend_from_slice(tail);
-    base
 }
 
 proptest! {

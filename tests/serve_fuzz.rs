@@ -3,8 +3,11 @@
 //! gRPC requests with random bytes changed, cut or appended. None may panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
+mod fuzz_support;
+
 use eali::serve::oip::fuzz_decoders;
 use eali::serve::oip::grpc::pb;
+use fuzz_support::mutate;
 use proptest::prelude::*;
 use prost::Message as _;
 
@@ -38,18 +41,6 @@ fn grpc() -> Vec<u8> {
         ..Default::default()
     }
     .encode_to_vec()
-}
-
-fn mutate(mut base: Vec<u8>, edits: &[(usize, u8)], cut: usize, tail: &[u8]) -> Vec<u8> {
-    for &(at, b) in edits {
-        if !base.is_empty() {
-            let i = at % base.len();
-            base[i] = b;
-        }
-    }
-    base.truncate(base.len().saturating_sub(cut));
-    base.extend_from_slice(tail);
-    base
 }
 
 proptest! {

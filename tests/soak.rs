@@ -18,7 +18,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use agent_support::*;
-use eali::deviceplugin::harness::{FakeKubelet, FakePodResources};
 use serde_json::Value;
 
 /// Max-clock capacity of ResNet-50 on the simulated V100 at a 50 ms SLO (req/s), measured with
@@ -94,24 +93,10 @@ async fn thirty_minutes_at_seventy_percent_without_drift() {
         "the checks compare minutes 5-10 with the last five"
     );
     let dir = scratch();
-    let mut kubelet = FakeKubelet::start(&dir.join("dp")).await.expect("kubelet");
-    let pods = FakePodResources::default();
-    let pr = pods.serve(&dir.join("pr.sock")).expect("pod-resources");
-    let agent = Agent::spawn(&dir, &[]);
-    let (ids, _) = wait_registered(&mut kubelet).await;
-    let uuid = ids[0].clone();
-    std::fs::write(
-        dir.join("pods.json"),
-        format!("{{\"{POD_UID}\": \"serving/resnet50-0\"}}"),
-    )
-    .expect("pod directory");
-    pods.set(
-        "eali.dev/gpu",
-        &[("serving", "resnet50-0", vec![uuid.clone()])],
-    );
-    let envs = allocate_envs(&kubelet, &uuid).await;
+    let node = start_node(&dir, "resnet50-0", || Agent::spawn(&dir, &[])).await;
+    let (agent, envs) = (&node.agent, &node.envs);
     let args = ["--model", "resnet50", "--policy", "eali", "--slo-ms", "50"];
-    let mut s = Serve::spawn(&dir, &envs, POD_UID, &args);
+    let mut s = Serve::spawn(&dir, envs, POD_UID, &args);
     let http = s.http_addr(Duration::from_secs(120));
     let rate = 0.7 * CAPACITY_RPS;
 
@@ -212,9 +197,9 @@ async fn thirty_minutes_at_seventy_percent_without_drift() {
         .args(["-TERM", &s.child.id().to_string()])
         .status();
     let _ = s.child.wait();
-    let status = agent.stop();
+    let status = node.agent.stop();
     assert!(status.success(), "{status:?}");
-    pr.abort();
+    node.pr.abort();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failed.is_empty(), "{failed:?}");
 }

@@ -53,6 +53,9 @@ const PATH_SAMPLES: usize = 32;
 /// How often the sender thread asks the agent for the GPU's health.
 pub const HEALTH_POLL: Duration = Duration::from_millis(250);
 
+/// How far off the next set-call must be for a health poll to go first (s).
+const POLL_CLEARANCE_S: f64 = 0.005;
+
 impl RemoteClock {
     /// Starts the sender thread for socket `path` and GPU `uuid`; connects on first use.
     pub fn start(path: PathBuf, uuid: String) -> std::io::Result<Self> {
@@ -318,7 +321,12 @@ fn sender(rx: Receiver<Cmd>, path: PathBuf, uuid: String, shared: &Shared) {
         for a in acks {
             let _ = a.send(());
         }
-        if polled.elapsed() >= HEALTH_POLL {
+        // A poll takes a round trip: not while a set-call is about to come due (unless polls
+        // have been put off that way for long), so it never makes a planned call late.
+        let clear = calls
+            .next_due()
+            .is_none_or(|due| due - secs(Instant::now()) > POLL_CLEARANCE_S);
+        if polled.elapsed() >= HEALTH_POLL && (clear || polled.elapsed() >= 4 * HEALTH_POLL) {
             polled = Instant::now();
             let was_connected = client.is_some();
             match on_agent(&rt, &mut client, &path, &uuid, async |c| c.status().await) {

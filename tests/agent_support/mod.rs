@@ -388,3 +388,40 @@ pub async fn allocate_envs(
         .into_inner();
     resp.container_responses[0].envs.clone()
 }
+
+/// A node with a registered agent and one serving pod, `serving/<pod>`, holding its GPU.
+pub struct Node {
+    pub kubelet: FakeKubelet,
+    pub pods: FakePodResources,
+    pub pr: tokio::task::JoinHandle<()>,
+    pub agent: Agent,
+    pub uuid: String,
+    /// What Allocate gives the pod's container.
+    pub envs: std::collections::HashMap<String, String>,
+}
+
+/// Starts the kubelet side and `agent` (spawned by the caller once the kubelet listens), waits
+/// for it to register, and files pod `serving/<pod>` as the GPU's holder.
+pub async fn start_node(dir: &Path, pod: &str, agent: impl FnOnce() -> Agent) -> Node {
+    let mut kubelet = FakeKubelet::start(&dir.join("dp")).await.expect("kubelet");
+    let pods = FakePodResources::default();
+    let pr = pods.serve(&dir.join("pr.sock")).expect("pod-resources");
+    let agent = agent();
+    let (ids, _) = wait_registered(&mut kubelet).await;
+    let uuid = ids[0].clone();
+    std::fs::write(
+        dir.join("pods.json"),
+        format!("{{\"{POD_UID}\": \"serving/{pod}\"}}"),
+    )
+    .expect("pod directory");
+    pods.set("eali.dev/gpu", &[("serving", pod, vec![uuid.clone()])]);
+    let envs = allocate_envs(&kubelet, &uuid).await;
+    Node {
+        kubelet,
+        pods,
+        pr,
+        agent,
+        uuid,
+        envs,
+    }
+}

@@ -99,9 +99,8 @@ impl ServingDevice for AgentServing {
         self.remote.report_window(window);
     }
     fn fault(&self) -> Option<String> {
-        self.remote
-            .fault()
-            .map(|why| format!("GPU {} cannot serve: {why}", self.uuid))
+        // The agent's reasons name the GPU already.
+        self.remote.fault()
     }
 }
 
