@@ -61,3 +61,80 @@ fn energy_counter_steps_and_agreement() {
 fn deterministic_under_seed() {
     check("Determinism", calibration::determinism().unwrap());
 }
+
+#[test]
+fn h100_profile_is_the_fit_of_our_h100_measurements() {
+    let fit = calibration::fit_h100_power().unwrap();
+    println!(
+        "fit of e2e/results/h100-2026-11-26 (VGG-16 and batch 8 held out): busy_w {:.1}, \
+         dynamic_w_at_fmax {:.1}, memory_activity {:.2}{}; rms power error fitted {:.1} %, \
+         held out {:.1} %",
+        fit.busy_w,
+        fit.dynamic_w_at_fmax,
+        fit.memory_activity,
+        if fit.memory_activity_at_bound {
+            " (at its bound)"
+        } else {
+            ""
+        },
+        fit.fit_rms * 100.0,
+        fit.held_out_rms * 100.0
+    );
+    for (run, ratio) in &fit.ratios {
+        let tag = if run.held_out() { "held out" } else { "fitted" };
+        println!(
+            "  {:13} b{:<4} sim/real power {ratio:.2}  ({tag})",
+            run.model, run.batch
+        );
+    }
+    let profile = eali::gpu::sim::GpuProfile::builtin("h100-sxm").unwrap();
+    let spec = profile.spec();
+    let k = &spec.kinds;
+    let mut pinned = vec![
+        ("busy_w", spec.power.busy_w, fit.busy_w, 0.5),
+        (
+            "dynamic_w_at_fmax",
+            spec.power.dynamic_w_at_fmax,
+            fit.dynamic_w_at_fmax,
+            0.5,
+        ),
+    ];
+    for (kind, p) in [
+        ("conv", &k.conv),
+        ("depthwise_conv", &k.depthwise_conv),
+        ("linear", &k.linear),
+        ("pool", &k.pool),
+        ("elementwise", &k.elementwise),
+        ("data_movement", &k.data_movement),
+    ] {
+        pinned.push((kind, p.memory_activity, fit.memory_activity, 0.005));
+    }
+    for (what, toml, fitted, tol) in pinned {
+        assert!(
+            (toml - fitted).abs() <= tol,
+            "profiles/gpus/h100-sxm.toml has {what} = {toml}, the fit gives {fitted:.3}"
+        );
+    }
+    assert!(fit.fit_rms <= 0.08, "fit rms {:.3}", fit.fit_rms);
+    assert!(
+        fit.held_out_rms <= 0.18,
+        "held-out rms {:.3}",
+        fit.held_out_rms
+    );
+}
+
+#[test]
+fn h100_against_our_h100_measurements() {
+    check(
+        "H100 SXM, own measurements (e2e/results/h100-2026-11-26), 1980 MHz",
+        calibration::h100_measured_power().unwrap(),
+    );
+}
+
+#[test]
+fn b200_switches_within_the_published_blackwell_range() {
+    check(
+        "Clock switch latency (b200, 3000 transitions)",
+        calibration::b200_switch_latency().unwrap(),
+    );
+}

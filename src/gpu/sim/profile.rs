@@ -33,6 +33,7 @@ const BUILTIN: &[(&str, &str)] = &[
         "h100-sxm",
         include_str!("../../../profiles/gpus/h100-sxm.toml"),
     ),
+    ("b200", include_str!("../../../profiles/gpus/b200.toml")),
 ];
 
 /// Short names accepted by [`GpuProfile::builtin`] besides the canonical ones.
@@ -46,7 +47,7 @@ const ALIASES: &[(&str, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error(
-        "unknown GPU profile `{0}` (built-in: m40, v100-sxm2, v100-pcie, t4, a100-sxm4, h100-sxm)"
+        "unknown GPU profile `{0}` (built-in: m40, v100-sxm2, v100-pcie, t4, a100-sxm4, h100-sxm, b200)"
     )]
     Unknown(String),
     #[error("cannot read GPU profile {path}: {source}")]

@@ -40,7 +40,8 @@ fn builtin_profiles_load_with_aliases() {
             "v100-pcie",
             "t4",
             "a100-sxm4",
-            "h100-sxm"
+            "h100-sxm",
+            "b200"
         ]
     );
     for n in GpuProfile::names() {

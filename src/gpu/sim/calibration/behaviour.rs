@@ -19,37 +19,12 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 pub fn switch_latency() -> Result<Vec<CalibrationCheck>, CalibrationError> {
     const SRC: &str = "DVFS latency tool, DVFS CSV reports (V100)";
     const POINTS: [u32; 6] = [135, 412, 690, 975, 1252, 1530];
-    const POLL_S: f64 = 1e-4;
-    let mut gpu = SimGpu::new(GpuProfile::builtin("v100-sxm2")?, 0, SEED);
-    let (mut call, mut after, mut total) = (Vec::new(), Vec::new(), Vec::new());
-    let mut early = 0u32;
-    for i in 0..3000usize {
-        let target = gpu
-            .profile()
-            .floor_clock_mhz(POINTS[(i * 7 + 1) % POINTS.len()]);
-        let current = POINTS[(i * 7) % POINTS.len()];
-        let current = gpu.profile().floor_clock_mhz(current);
-        // Start from a settled, different clock.
-        let ch = gpu.set_locked_clocks(current, current)?;
-        gpu.advance_to(ch.effective_at_s);
-        let issued = gpu.now_s();
-        let ch = gpu.set_locked_clocks(target, target)?;
-        let returned = gpu.now_s();
-        // Poll the clock reading until it shows the target (the tool's method).
-        while gpu.clocks()?.graphics_mhz != target && gpu.now_s() < returned + 1.0 {
-            gpu.idle(POLL_S)?;
-        }
-        let seen = gpu.now_s();
-        if seen + 1e-9 < ch.effective_at_s {
-            early += 1;
-        }
-        call.push((returned - issued) * 1e3);
-        after.push((seen - returned) * 1e3);
-        total.push((seen - issued) * 1e3);
-    }
-    for v in [&mut call, &mut after, &mut total] {
-        v.sort_by(f64::total_cmp);
-    }
+    let Switches {
+        call,
+        after,
+        total,
+        early,
+    } = measure_switches("v100-sxm2", &POINTS, 1e-4)?;
     let range = |lo: f64, hi: f64| Tolerance::Within(lo * 0.95, hi * 1.05);
     Ok(vec![
         CalibrationCheck::new(
@@ -105,6 +80,95 @@ pub fn switch_latency() -> Result<Vec<CalibrationCheck>, CalibrationError> {
             "property: old clock in force until then",
             0.0,
             f64::from(early),
+            "count",
+            Tolerance::Absolute(0.0),
+        ),
+    ])
+}
+
+/// Switch timings of 3000 locked-clock transitions between `points` (ms), each measured like the
+/// DVFS latency tool does: from a settled clock, the call, then polling the clock every `poll_s`
+/// until it reads the target. Sorted.
+struct Switches {
+    call: Vec<f64>,
+    after: Vec<f64>,
+    total: Vec<f64>,
+    /// Transitions whose new clock showed before the call and settle time had passed.
+    early: u32,
+}
+
+fn measure_switches(
+    profile: &str,
+    points: &[u32],
+    poll_s: f64,
+) -> Result<Switches, CalibrationError> {
+    let mut gpu = SimGpu::new(GpuProfile::builtin(profile)?, 0, SEED);
+    let (mut call, mut after, mut total) = (Vec::new(), Vec::new(), Vec::new());
+    let mut early = 0u32;
+    for i in 0..3000usize {
+        let target = gpu
+            .profile()
+            .floor_clock_mhz(points[(i * 7 + 1) % points.len()]);
+        let current = points[(i * 7) % points.len()];
+        let current = gpu.profile().floor_clock_mhz(current);
+        // Start from a settled, different clock.
+        let ch = gpu.set_locked_clocks(current, current)?;
+        gpu.advance_to(ch.effective_at_s);
+        let issued = gpu.now_s();
+        let ch = gpu.set_locked_clocks(target, target)?;
+        let returned = gpu.now_s();
+        while gpu.clocks()?.graphics_mhz != target && gpu.now_s() < returned + 1.0 {
+            gpu.idle(poll_s)?;
+        }
+        let seen = gpu.now_s();
+        if seen + 1e-9 < ch.effective_at_s {
+            early += 1;
+        }
+        call.push((returned - issued) * 1e3);
+        after.push((seen - returned) * 1e3);
+        total.push((seen - issued) * 1e3);
+    }
+    for v in [&mut call, &mut after, &mut total] {
+        v.sort_by(f64::total_cmp);
+    }
+    Ok(Switches {
+        call,
+        after,
+        total,
+        early,
+    })
+}
+
+/// The fast-switching `b200` profile moves to a new clock within the published ≈10–100 µs of
+/// Blackwell (`/work/shared/reference/eali.md` §2.1; PowerWeave on B200, second-hand), polled
+/// every 1 µs.
+pub fn b200_switch_latency() -> Result<Vec<CalibrationCheck>, CalibrationError> {
+    const SRC: &str = "PowerWeave on B200 (via eali.md §2.1): 10–100 µs";
+    const POINTS: [u32; 6] = [345, 660, 990, 1320, 1650, 1980];
+    let s = measure_switches("b200", &POINTS, 1e-6)?;
+    let us = |v: &[f64], p: f64| percentile(v, p) * 1e3;
+    Ok(vec![
+        CalibrationCheck::new(
+            "switch/b200-total-p50",
+            SRC,
+            55.0,
+            us(&s.total, 0.5),
+            "µs",
+            Tolerance::Within(10.0, 100.0),
+        ),
+        CalibrationCheck::new(
+            "switch/b200-total-p99",
+            SRC,
+            100.0,
+            us(&s.total, 0.99),
+            "µs",
+            Tolerance::Within(10.0, 100.0),
+        ),
+        CalibrationCheck::new(
+            "switch/b200-new-clock-before-call+settle",
+            "property: old clock in force until then",
+            0.0,
+            f64::from(s.early),
             "count",
             Tolerance::Absolute(0.0),
         ),

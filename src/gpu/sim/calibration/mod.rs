@@ -17,9 +17,13 @@ use crate::gpu::{GpuBackend, GpuError, LayerWork};
 use crate::model::{ModelError, zoo};
 
 mod behaviour;
+mod measured;
 mod published;
 
-pub use behaviour::{determinism, energy_counter, switch_latency};
+pub use behaviour::{b200_switch_latency, determinism, energy_counter, switch_latency};
+pub use measured::{
+    ModelRun, PowerFit, fit_h100_power, h100_idle_power_w, h100_measured_power, h100_runs,
+};
 pub use published::{idle_power, layer_clock_scaling, tang_best_clock, zeus_power_limit_sweep};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +34,9 @@ pub enum CalibrationError {
     Gpu(#[from] GpuError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A recorded measurement that cannot be read or explained.
+    #[error("measurement: {0}")]
+    Measurement(String),
 }
 
 /// How close the simulated figure must be.
@@ -151,8 +158,10 @@ pub fn run_all() -> Result<Vec<CalibrationCheck>, CalibrationError> {
     all.extend(zeus_power_limit_sweep()?);
     all.extend(tang_best_clock()?);
     all.extend(idle_power()?);
+    all.extend(h100_measured_power()?);
     all.extend(layer_clock_scaling()?);
     all.extend(switch_latency()?);
+    all.extend(b200_switch_latency()?);
     all.extend(energy_counter()?);
     all.extend(determinism()?);
     Ok(all)
