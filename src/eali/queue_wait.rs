@@ -85,11 +85,7 @@ pub fn max_service_s(batch: u32, rate: f64, q: f64, fill_at_sqrt_q_s: f64, room_
         return 0.0;
     }
     let fits = |t: f64| pre_service_quantile_s(batch, rate, t, q, fill_at_sqrt_q_s) + t <= room_s;
-    let cap = if rate > 0.0 {
-        room_s.min(f64::from(batch) / rate)
-    } else {
-        room_s
-    };
+    let cap = service_cap_s(batch, rate, room_s);
     let (mut lo, mut hi) = (0.0, cap);
     if fits(hi) {
         return hi;
@@ -106,6 +102,33 @@ pub fn max_service_s(batch: u32, rate: f64, q: f64, fill_at_sqrt_q_s: f64, room_
         }
     }
     lo
+}
+
+/// The most [`max_service_s`] can return: the room, and a batch's arrival time at `rate`.
+fn service_cap_s(batch: u32, rate: f64, room_s: f64) -> f64 {
+    if rate > 0.0 {
+        room_s.min(f64::from(batch) / rate)
+    } else {
+        room_s
+    }
+}
+
+/// Whether a service time of `service_s` keeps the latency quantile within `room_s`, i.e.
+/// whether [`max_service_s`] would be at least `service_s`, without its bisection: one
+/// evaluation, so a planner can rule a batch size out before searching its budget.
+pub fn service_fits(
+    batch: u32,
+    rate: f64,
+    q: f64,
+    fill_at_sqrt_q_s: f64,
+    room_s: f64,
+    service_s: f64,
+) -> bool {
+    if room_s.is_nan() || room_s <= 0.0 || fill_at_sqrt_q_s >= room_s {
+        return service_s <= 0.0;
+    }
+    service_s <= service_cap_s(batch, rate, room_s)
+        && pre_service_quantile_s(batch, rate, service_s, q, fill_at_sqrt_q_s) + service_s <= room_s
 }
 
 #[cfg(test)]

@@ -253,6 +253,15 @@ impl Instance {
         }
     }
 
+    /// Σ over units of the unit's least time at any clock (s): a lower bound on the time of every
+    /// plan, switches left out.
+    pub fn fastest_time_s(&self) -> f64 {
+        self.t
+            .chunks(self.nf.max(1))
+            .map(|unit| unit.iter().copied().fold(INF, f64::min))
+            .sum()
+    }
+
     /// Live (unpruned) clocks of unit `i`.
     pub fn live(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
         (0..self.nf).filter(move |&k| self.t[self.at(i, k)].is_finite())

@@ -315,7 +315,7 @@ impl Planner {
 
     pub(super) fn budgets(&self, bi: usize, req: &PlanRequest) -> (f64, f64, f64) {
         let b = self.costs.batches[bi];
-        let overhead = self.costs.batch_overhead_s[bi] * req.corrections.time;
+        let overhead = self.overhead_s(bi, req);
         // A request waits for the rest of its batch to arrive and for the batches before it to
         // finish, then runs (the GPU is busy T_o + T_x per batch): the longest service whose
         // tail latency stays within the target.
@@ -326,12 +326,44 @@ impl Planner {
             req.fill_wait_s(&self.fill_split, b),
             (1.0 - req.margin) * self.config.slo_s,
         ) - overhead;
-        let stable = if req.rate_upper > 0.0 {
-            f64::from(b) / req.rate_upper - overhead
+        (latency, self.stable_s(bi, req), overhead)
+    }
+
+    /// Whether batch index `bi` can meet the latency target at all: its fastest execution (each
+    /// unit at its fastest clock, no switches) within the latency budget. The same answer as
+    /// comparing with [`Planner::budgets`]' latency budget, for one queueing evaluation instead
+    /// of a bisection.
+    pub(super) fn latency_allows(&self, bi: usize, req: &PlanRequest) -> bool {
+        let fastest: f64 = self
+            .costs
+            .time_s
+            .iter()
+            .map(|unit| unit[bi].iter().copied().fold(INF, f64::min))
+            .sum::<f64>()
+            * req.corrections.time;
+        let b = self.costs.batches[bi];
+        super::queue_wait::service_fits(
+            b,
+            req.rate_upper.max(req.rate),
+            self.config.percentile,
+            req.fill_wait_s(&self.fill_split, b),
+            (1.0 - req.margin) * self.config.slo_s,
+            fastest + self.overhead_s(bi, req),
+        )
+    }
+
+    /// The fixed per-batch overhead T_o (s), corrected: the cheap part of [`Planner::budgets`].
+    pub(super) fn overhead_s(&self, bi: usize, req: &PlanRequest) -> f64 {
+        self.costs.batch_overhead_s[bi] * req.corrections.time
+    }
+
+    /// The stability budget of [`Planner::budgets`] alone (no latency search).
+    pub(super) fn stable_s(&self, bi: usize, req: &PlanRequest) -> f64 {
+        if req.rate_upper > 0.0 {
+            f64::from(self.costs.batches[bi]) / req.rate_upper - self.overhead_s(bi, req)
         } else {
             INF
-        };
-        (latency, stable, overhead)
+        }
     }
 
     pub(super) fn entry(&self, req: &PlanRequest) -> Entry {

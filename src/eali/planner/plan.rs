@@ -87,7 +87,7 @@ impl PlanSet {
 
 impl Planner {
     pub(super) fn to_plan(&self, c: &Choice, req: &PlanRequest, feasible: bool) -> Plan {
-        let (_, _, overhead) = self.budgets(c.bi, req);
+        let overhead = self.overhead_s(c.bi, req);
         let inst: &Instance = &self.instance(c.bi, req, c.budget, overhead);
         let ev = inst.eval(&c.clocks);
         let (busy, cycle) = inst.exact_energy(&c.clocks);

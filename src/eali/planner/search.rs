@@ -133,6 +133,9 @@ impl Planner {
         sc: &mut lagrange::Scratch,
         cutoff_per_req: f64,
     ) -> Option<BatchResult> {
+        if !self.latency_allows(bi, req) {
+            return None;
+        }
         let (latency, stable, overhead) = self.budgets(bi, req);
         let budget_uniform = latency.min(stable);
         if budget_uniform.is_nan() || budget_uniform < 0.0 {
@@ -159,7 +162,10 @@ impl Planner {
         if let Some(clocks) = best_uniform(&uniform) {
             consider(&mut r.best, bi, clocks, &uniform);
         }
-        if budget_any >= 0.0 && uniform.n > 1 {
+        // Every plan takes at least each unit's fastest time (switches only add to it), so when
+        // even that misses the budget no multi-clock plan fits: this is what makes a search that
+        // finds nothing (the first half of the dispatch-deadline fallback) cheap.
+        if budget_any >= 0.0 && uniform.n > 1 && uniform.fastest_time_s() <= budget_any {
             let mut inst = self.instance(bi, req, budget_any, overhead);
             inst.prune();
             // J ≤ exact energy, so multi-clock plans whose bound cannot beat the best so far (per
@@ -178,7 +184,7 @@ impl Planner {
 
     /// Phase 2: the exact DP on one batch size's multi-clock search.
     fn repair(&self, r: &mut BatchResult, req: &PlanRequest) {
-        let (_, _, overhead) = self.budgets(r.bi, req);
+        let overhead = self.overhead_s(r.bi, req);
         let mut inst = self.instance(r.bi, req, r.budget_any, overhead);
         inst.prune_for_dp(self.config.dp_steps);
         if let Some((clocks, _)) = dp::solve(&inst, self.config.dp_steps) {
@@ -213,7 +219,7 @@ impl Planner {
     pub(super) fn saturated_plan(&self, req: &PlanRequest) -> Plan {
         let fm = self.costs.max_clock_index();
         let stable_bi = self.candidates.iter().rev().copied().find(|&bi| {
-            let (_, stable, _) = self.budgets(bi, req);
+            let stable = self.stable_s(bi, req);
             self.costs.total_time_s(bi, fm) * req.corrections.time <= stable
         });
         let bi = stable_bi.or(self.candidates.last().copied()).unwrap_or(0);
