@@ -239,7 +239,10 @@ fn write_plots(suite: &SuiteResult, dir: &std::path::Path) -> anyhow::Result<usi
         let title = format!("{} timeline: {}", p.name(), c.label());
         let svg = plot::timeline_chart(&title, tl, start, start + 1.0);
         std::fs::write(dir.join("timeline.svg"), svg).context("writing timeline.svg")?;
-        written += 1;
+        // The same run as data: every batch, the clock of each of its units, every set-call.
+        let json = serde_json::to_vec(tl).context("encoding timeline.json")?;
+        std::fs::write(dir.join("timeline.json"), json).context("writing timeline.json")?;
+        written += 2;
     }
     Ok(written)
 }

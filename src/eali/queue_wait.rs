@@ -232,6 +232,38 @@ mod tests {
         }
     }
 
+    /// The planner rules batch sizes out with `service_fits` instead of the bisection: both must
+    /// give the same answer away from the bisection's tolerance, over rates, batches, fill waits
+    /// and rooms, including the edges (no room, a fill wait that takes it all, no arrivals).
+    #[test]
+    fn service_fits_agrees_with_the_bisection() {
+        let mut checked = 0;
+        for batch in [1u32, 2, 4, 16, 64] {
+            for rate in [0.0, 5.0, 50.0, 400.0, 3000.0] {
+                for fill in [0.0, 0.004, 0.02, 0.05] {
+                    for room in [0.0, 0.01, 0.045, 0.09] {
+                        let max = max_service_s(batch, rate, 0.99, fill, room);
+                        for k in 1..40 {
+                            let s = 0.0025 * f64::from(k);
+                            if (s - max).abs() <= 1e-5 * room.max(1e-3) {
+                                continue;
+                            }
+                            let fits = service_fits(batch, rate, 0.99, fill, room, s);
+                            assert_eq!(
+                                fits,
+                                s <= max,
+                                "batch {batch} rate {rate} fill {fill} room {room} service {s} \
+                                 (max {max})"
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+
     #[test]
     fn max_service_is_the_boundary_and_shrinks_with_load() {
         let room = 0.045;
