@@ -1,13 +1,15 @@
 //! `eali serve --device nvml:0` standalone on a machine's GPU, through the NVML code path (the
 //! stand-in `libnvidia-ml`, `e2e/nvml-standin`): the server sets the GPU's clocks through the
 //! clock guard, attributes that GPU's energy counter to its units and layers, and leaves the GPU
-//! unlocked when it stops; without permission to set clocks it serves read-only.
+//! unlocked when it stops; without permission to set clocks it serves read-only; a GPU lost
+//! mid-serving answers 503 with the reason, and serving resumes when it is back.
 //!
 //! Needs the stand-in built first: `cargo build -p nvml-standin`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 mod agent_support;
 mod nvml_support;
+mod serve_support;
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -124,5 +126,59 @@ fn without_permission_a_local_gpu_is_served_read_only() {
     println!("{report}");
     assert!(report.contains("errors: none"), "{report}");
     assert_eq!(lock_of_gpu0(&dir), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_gpu_lost_answers_503_and_serving_resumes_when_it_is_back() {
+    let dir = scratch();
+    let args = args(&dir);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut env = envs(&dir, None);
+    let faults = dir.join("faults");
+    env.insert("EALI_NVML_FAULT_FILE".into(), faults.display().to_string());
+    let mut s = Serve::spawn(&dir, &env, POD_UID, &args);
+    s.wait_log("model ready", Duration::from_secs(60));
+    let http = s.http_addr(Duration::from_secs(10));
+    let url = |p: &str| format!("http://{http}{p}");
+    let body = serve_support::infer_body(&[1, 3, 224, 224], 0.5);
+    let r = serve_support::post_json(&url("/v2/models/alexnet/infer"), &body).await;
+    assert_eq!(r.status, 200);
+
+    std::fs::write(&faults, "lost").expect("fault file");
+    let lost_at = Instant::now();
+    let refused = loop {
+        let r = serve_support::post_json(&url("/v2/models/alexnet/infer"), &body).await;
+        if r.status == 503 {
+            break r;
+        }
+        assert_eq!(r.status, 200);
+        assert!(
+            lost_at.elapsed() < Duration::from_secs(10),
+            "still serving on a lost GPU"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reason = String::from_utf8_lossy(&refused.body).to_string();
+    println!("GPU lost: 503 after {:?}: {reason}", lost_at.elapsed());
+    assert!(reason.contains("lost"), "{reason}");
+    let ready = serve_support::get(&url("/v2/health/ready")).await;
+    assert_eq!(ready.status, 503, "ready while the GPU is lost");
+
+    std::fs::write(&faults, "").expect("clear the fault file");
+    let back_at = Instant::now();
+    loop {
+        let r = serve_support::post_json(&url("/v2/models/alexnet/infer"), &body).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            back_at.elapsed() < Duration::from_secs(10),
+            "not serving after the GPU came back: {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("GPU back: serving again after {:?}", back_at.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,8 @@
 //! lock before making it and resets every lock when the process ends (a later start resets what
 //! a killed one left, from the record). Where the process may not set clocks (not root, no
 //! administrator grant) the first refusal turns the device read-only: the plan still runs at
-//! whatever clock the GPU holds, and the energy counter is still attributed.
+//! whatever clock the GPU holds, and the energy counter is still attributed. A GPU that NVML
+//! reports lost is a fault: requests are answered 503 with the reason until it answers again.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +35,13 @@ pub struct NvmlServing {
     time: RealGpuTime,
     /// Set at the first refusal for lack of permission (seen by any call, reads included).
     read_only: std::cell::Cell<bool>,
+    /// The last health check: when it ran, and why the GPU could not serve then.
+    health: std::cell::RefCell<(Option<Instant>, Option<String>)>,
 }
+
+/// How often [`ServingDevice::fault`] asks the GPU (the worker asks at every step; a pod asks
+/// its agent as often).
+const HEALTH_CHECK: Duration = Duration::from_millis(250);
 
 impl NvmlServing {
     /// Opens GPU `opts.index`, resets what an earlier server left locked (its record), and
@@ -68,6 +75,7 @@ impl NvmlServing {
             index: opts.index,
             time: RealGpuTime::new(epoch, model),
             read_only: std::cell::Cell::new(false),
+            health: std::cell::RefCell::new((None, None)),
         })
     }
 
@@ -148,5 +156,17 @@ impl ServingDevice for NvmlServing {
     }
     fn energy_mj(&self) -> Option<u64> {
         self.gpu.energy_mj().ok()
+    }
+    fn fault(&self) -> Option<String> {
+        let mut h = self.health.borrow_mut();
+        if h.0.is_none_or(|at| at.elapsed() >= HEALTH_CHECK) {
+            // A lost GPU fails every call with GPU_IS_LOST; other errors are not a fault.
+            h.1 = match self.gpu.clocks() {
+                Err(e @ GpuError::GpuLost { .. }) => Some(e.to_string()),
+                _ => None,
+            };
+            h.0 = Some(Instant::now());
+        }
+        h.1.clone()
     }
 }
