@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project (the README's test command). First it builds what the tests
-# need, each step cached: the real Kubernetes control plane from the Go module proxy, the stand-in
-# libnvidia-ml, and a Python environment with the real tritonclient; then the Rust test suites and
-# the tritonclient/curl tests against `eali serve`.
+# need, each step cached: the real Kubernetes control plane and node (containerd) from the Go
+# module proxy, the stand-in libnvidia-ml, the container images, and a Python environment with the
+# real tritonclient; then the Rust test suites (the real-node test among them) and the
+# tritonclient/curl tests against `eali serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each step prints its title; the previous step's duration is printed when the next starts
@@ -19,6 +20,10 @@ export EALI_E2E_REQUIRE=1
 
 step "stand-in libnvidia-ml for the nvml_* tests (e2e/nvml-standin)"
 cargo build --release --locked -p nvml-standin
+
+step "container images: eali (release binary + its shared libraries) and pause, as OCI archives (e2e/image/build.sh)"
+cargo build --release --locked --bin eali
+bash e2e/image/build.sh
 
 step "Python tritonclient, onnx, onnxruntime, pytest and curl for the serving tests (installed once)"
 command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }

@@ -218,7 +218,12 @@ fn chart_installs_with_least_privilege_rbac_and_agent_checks_explain_fixes() {
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["priorityClassName"], "system-node-critical");
     assert_eq!(pod["serviceAccountName"], "eali");
-    assert_eq!(pod["containers"][0]["securityContext"]["privileged"], true);
+    // Not privileged: root with every capability dropped but SYS_ADMIN (NVML's clock setters).
+    let sc = &pod["containers"][0]["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["capabilities"]["add"], serde_json::json!(["SYS_ADMIN"]));
     // The node side runs by default, wired to the mounted kubelet and socket directories, with
     // host PIDs to identify control-socket callers.
     assert_eq!(pod["hostPID"], true);

@@ -53,9 +53,12 @@ const fn perm(
     }
 }
 
-/// Everything the controller calls, and nothing more. The Helm chart's RBAC grants exactly this
+/// Everything the agent calls, and nothing more. The Helm chart's RBAC grants exactly this
 /// (tests compare `kubectl auth can-i --list` against it).
 pub const PERMISSIONS: &[Permission] = &[
+    // The node side: which pod of this node a control-socket caller is (`control/authz.rs`,
+    // a list with `spec.nodeName`).
+    perm("", "pods", &["list"]),
     perm(
         "eali.dev",
         "inferenceservices",

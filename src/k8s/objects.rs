@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -53,6 +54,9 @@ pub const MODEL_CACHE_DIR: &str = "/var/cache/eali/models";
 pub const MODEL_CACHE_LIMIT: &str = "4Gi";
 /// [`MODEL_CACHE_LIMIT`] in bytes.
 pub const MODEL_CACHE_LIMIT_BYTES: u64 = 4 << 30;
+/// User and group serving pods run as: the image's `nonroot` user (`e2e/image/build-image.py`,
+/// `Containerfile`).
+pub const SERVE_UID: i64 = 65532;
 
 /// Settings that come from the agent, not the InferenceService.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,6 +204,7 @@ pub fn deployment(
         }),
         readiness_probe: Some(http_probe("/v2/health/ready", 5)),
         liveness_probe: Some(http_probe("/v2/health/live", 10)),
+        security_context: Some(restricted_container()),
         ..Default::default()
     };
     let tolerations = [GPU_RESOURCE, "nvidia.com/gpu"]
@@ -234,6 +239,7 @@ pub fn deployment(
                     volumes: (!volumes.is_empty()).then_some(volumes),
                     node_selector: (!node_selector.is_empty()).then_some(node_selector),
                     tolerations: Some(tolerations),
+                    security_context: Some(restricted_pod()),
                     ..Default::default()
                 }),
             },
@@ -241,6 +247,38 @@ pub fn deployment(
         }),
         status: None,
     })
+}
+
+/// The pod half of the Pod Security Standard `restricted`: a non-root user and the runtime's
+/// default seccomp filter. Serving needs no privilege: clocks are set by the agent through the
+/// control socket, which is mode 0666 (`control/service.rs`).
+fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(SERVE_UID),
+        run_as_group: Some(SERVE_UID),
+        fs_group: Some(SERVE_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The container half of `restricted`, plus a read-only root filesystem (models are read from
+/// the image, a read-only claim or the cache emptyDir).
+fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        ..Default::default()
+    }
 }
 
 /// The volumes a model's `uri` needs in the serving pod: its claim, read-only, for `pvc://`; a
@@ -395,6 +433,23 @@ mod tests {
         assert!(
             env.iter()
                 .any(|e| e.name == "EALI_GPU_PROFILE" && e.value.as_deref() == Some("v100-sxm2"))
+        );
+        // Pod Security Standard `restricted`.
+        let psc = pod.security_context.as_ref().expect("pod security context");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        let sc = c
+            .security_context
+            .as_ref()
+            .expect("container security context");
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
         );
         // The selector is a subset of the pod labels.
         let sel = spec.selector.match_labels.expect("selector");

@@ -28,6 +28,17 @@ pub struct ControlPlane {
 }
 
 static PLANE: OnceLock<Option<ControlPlane>> = OnceLock::new();
+static CLUSTER: OnceLock<Option<ControlPlane>> = OnceLock::new();
+
+/// What runs beside etcd and kube-apiserver.
+#[derive(Clone, Copy, PartialEq)]
+enum Components {
+    /// The API server alone: no pods are ever made, no service-account tokens.
+    ApiOnly,
+    /// Also kube-controller-manager and kube-scheduler, and the ServiceAccount admission plugin:
+    /// Deployments and DaemonSets get pods, pods get nodes and tokens, deletion collects garbage.
+    Full,
+}
 
 /// Directory holding the control-plane binaries.
 pub fn bin_dir() -> PathBuf {
@@ -39,35 +50,52 @@ pub fn bin_dir() -> PathBuf {
 
 /// The shared control plane, or `None` (after a loud message) when the binaries are missing.
 pub fn control_plane() -> Option<&'static ControlPlane> {
-    PLANE
-        .get_or_init(|| {
-            let bin = bin_dir();
-            let missing: Vec<&str> = ["etcd", "kube-apiserver", "kubectl", "helm"]
-                .into_iter()
-                .filter(|b| !bin.join(b).is_file())
-                .collect();
-            if !missing.is_empty() {
-                let msg = format!(
-                    "control-plane binaries missing in {} ({}); run e2e/build-control-plane.sh",
-                    bin.display(),
-                    missing.join(", ")
-                );
-                if std::env::var("EALI_E2E_REQUIRE").as_deref() == Ok("1") {
-                    panic!("{msg} (EALI_E2E_REQUIRE=1)");
-                }
-                eprintln!(
-                    "\n{}\n!!! SKIPPING real-control-plane test: {msg}\n{}\n",
-                    "!".repeat(100),
-                    "!".repeat(100)
-                );
-                return None;
+    shared(&PLANE, Components::ApiOnly)
+}
+
+/// A whole control plane (with kube-controller-manager and kube-scheduler), or `None` (after a
+/// loud message) when the binaries are missing.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn full_control_plane() -> Option<&'static ControlPlane> {
+    shared(&CLUSTER, Components::Full)
+}
+
+fn shared(
+    cell: &'static OnceLock<Option<ControlPlane>>,
+    components: Components,
+) -> Option<&'static ControlPlane> {
+    cell.get_or_init(|| {
+        let bin = bin_dir();
+        let mut needed = vec!["etcd", "kube-apiserver", "kubectl", "helm"];
+        if components == Components::Full {
+            needed.extend(["kube-controller-manager", "kube-scheduler"]);
+        }
+        let missing: Vec<&str> = needed
+            .into_iter()
+            .filter(|b| !bin.join(b).is_file())
+            .collect();
+        if !missing.is_empty() {
+            let msg = format!(
+                "control-plane binaries missing in {} ({}); run e2e/build-control-plane.sh",
+                bin.display(),
+                missing.join(", ")
+            );
+            if std::env::var("EALI_E2E_REQUIRE").as_deref() == Ok("1") {
+                panic!("{msg} (EALI_E2E_REQUIRE=1)");
             }
-            Some(
-                ControlPlane::start(bin)
-                    .unwrap_or_else(|e| panic!("control plane failed to start: {e}")),
-            )
-        })
-        .as_ref()
+            eprintln!(
+                "\n{}\n!!! SKIPPING real-control-plane test: {msg}\n{}\n",
+                "!".repeat(100),
+                "!".repeat(100)
+            );
+            return None;
+        }
+        Some(
+            ControlPlane::start(bin, components)
+                .unwrap_or_else(|e| panic!("control plane failed to start: {e}")),
+        )
+    })
+    .as_ref()
 }
 
 fn free_port() -> u16 {
@@ -128,7 +156,9 @@ fn make_certs(dir: &Path) -> Result<(), String> {
     )?;
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        // 10.0.0.1: the `kubernetes` Service's ClusterIP in --service-cluster-ip-range.
+        "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n\
+         extendedKeyUsage=serverAuth\n",
     )
     .map_err(|e| e.to_string())?;
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")
@@ -209,7 +239,7 @@ impl ControlPlane {
         });
     }
 
-    fn start(bin: PathBuf) -> Result<ControlPlane, String> {
+    fn start(bin: PathBuf, components: Components) -> Result<ControlPlane, String> {
         let dir =
             std::env::temp_dir().join(format!("eali-e2e-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(dir.join("etcd")).map_err(|e| e.to_string())?;
@@ -235,8 +265,8 @@ impl ControlPlane {
             .spawn()
             .map_err(|e| format!("etcd: {e}"))?;
         let server = format!("https://127.0.0.1:{api_port}");
-        let api = Command::new(bin.join("kube-apiserver"))
-            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+        let mut api = Command::new(bin.join("kube-apiserver"));
+        api.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
             .arg(format!("--cert-dir={}", dir.display()))
             .arg(format!(
                 "--tls-cert-file={}",
@@ -263,12 +293,13 @@ impl ControlPlane {
                 "--service-account-signing-key-file={}",
                 dir.join("sa.key").display()
             ))
-            // No kube-controller-manager runs, so nothing would fill in service-account tokens.
-            .arg("--disable-admission-plugins=ServiceAccount")
             .stdout(Stdio::null())
-            .stderr(log("apiserver.log")?)
-            .spawn()
-            .map_err(|e| format!("kube-apiserver: {e}"))?;
+            .stderr(log("apiserver.log")?);
+        if components == Components::ApiOnly {
+            // No kube-controller-manager runs, so nothing would fill in service-account tokens.
+            api.arg("--disable-admission-plugins=ServiceAccount");
+        }
+        let api = api.spawn().map_err(|e| format!("kube-apiserver: {e}"))?;
         let plane = ControlPlane {
             kubeconfig: dir.join("kubeconfig"),
             dir,
@@ -277,10 +308,60 @@ impl ControlPlane {
             apiserver_pid: api.id(),
             etcd_pid: etcd.id(),
         };
-        plane.spawn_watchdog(&[etcd, api])?;
+        let mut children = vec![etcd, api];
         plane.write_kubeconfig(&plane.kubeconfig, "admin")?;
+        if components == Components::Full {
+            children.extend(plane.start_controllers()?);
+        }
+        plane.spawn_watchdog(&children)?;
         plane.wait_ready()?;
         Ok(plane)
+    }
+
+    /// kube-controller-manager (every default controller; service-account tokens signed with the
+    /// API server's key, the CA published to every namespace) and kube-scheduler, both with the
+    /// admin kubeconfig, no leader election, health ports on loopback.
+    fn start_controllers(&self) -> Result<Vec<Child>, String> {
+        let log =
+            |name: &str| std::fs::File::create(self.dir.join(name)).map_err(|e| e.to_string());
+        let kc = format!("--kubeconfig={}", self.kubeconfig.display());
+        let cm = Command::new(self.bin.join("kube-controller-manager"))
+            .arg(&kc)
+            .args(["--leader-elect=false", "--bind-address=127.0.0.1"])
+            .arg(format!("--secure-port={}", free_port()))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                self.dir.join("sa.key").display()
+            ))
+            .arg(format!(
+                "--root-ca-file={}",
+                self.dir.join("ca.crt").display()
+            ))
+            .arg("--use-service-account-credentials=false")
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            // Pods that lose their node are not waited for (tests kill nodes on purpose).
+            .arg("--node-monitor-grace-period=20s")
+            .stdout(Stdio::null())
+            .stderr(log("controller-manager.log")?)
+            .spawn()
+            .map_err(|e| format!("kube-controller-manager: {e}"))?;
+        let sched = Command::new(self.bin.join("kube-scheduler"))
+            .arg(&kc)
+            .arg(format!(
+                "--authentication-kubeconfig={}",
+                self.kubeconfig.display()
+            ))
+            .arg(format!(
+                "--authorization-kubeconfig={}",
+                self.kubeconfig.display()
+            ))
+            .args(["--leader-elect=false", "--bind-address=127.0.0.1"])
+            .arg(format!("--secure-port={}", free_port()))
+            .stdout(Stdio::null())
+            .stderr(log("scheduler.log")?)
+            .spawn()
+            .map_err(|e| format!("kube-scheduler: {e}"))?;
+        Ok(vec![cm, sched])
     }
 
     /// Kills the servers and removes the directory once the test process is gone.

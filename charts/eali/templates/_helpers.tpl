@@ -29,6 +29,11 @@ app.kubernetes.io/component: agent
 {{- end -}}
 {{- end -}}
 
+{{/* repository@digest when image.digest is set (it wins over the tag), else repository:tag. */}}
 {{- define "eali.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}

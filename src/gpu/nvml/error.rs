@@ -6,7 +6,7 @@ use nvml_wrapper::error::NvmlError;
 use crate::gpu::{Architecture, GpuError};
 
 /// The fix for NVML_ERROR_NO_PERMISSION on setters.
-pub const NO_PERMISSION_FIX: &str = "run the agent as root or with CAP_SYS_ADMIN (a privileged DaemonSet); \
+pub const NO_PERMISSION_FIX: &str = "run the agent as root with CAP_SYS_ADMIN (the chart's agent.securityContext); \
      for application clocks `nvidia-smi -acp UNRESTRICTED` lifts the restriction";
 
 /// Context of an NVML call, for the error message.

@@ -1,0 +1,3 @@
+module eali.dev/e2e/image/pause
+
+go 1.26.0
