@@ -309,6 +309,30 @@ fn ready_serving_pod(cp: &ControlPlane) -> Option<(String, String)> {
     })
 }
 
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Seconds since the epoch of an RFC 3339 time (`date -d` parses it).
+fn unix_of(t: &str) -> Option<f64> {
+    let out = Command::new("date")
+        .args(["-u", "-d", t, "+%s.%N"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
 /// `eali load --json` against `http` for `secs` at `rate` req/s.
 fn load(http: &str, rate: u32, secs: u32) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_eali"))
@@ -540,6 +564,87 @@ metrics:
     let r = under_load.join().expect("load");
     println!("eali load 40 req/s for 40 s: {}", summary(&r));
     assert!(r["ok"].as_u64().unwrap_or(0) > 1400, "{}", summary(&r));
+
+    // The API server unreachable for 60 s: stopped, so that connections hang as in a partition.
+    // The node goes on (serving answers, the serving pod's clock control is not refused, no pod
+    // restarts); afterwards status writes and the agent's Lease resume without a restart.
+    let locks_before = ops(&standin)
+        .iter()
+        .filter(|o| o.starts_with("lock"))
+        .count();
+    let during = std::thread::spawn({
+        let http = http.clone();
+        move || load(&http, 20, 70)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    signal(cp.apiserver_pid, "-STOP");
+    let stopped = Instant::now();
+    while stopped.elapsed() < Duration::from_secs(60) {
+        node.still_running();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    signal(cp.apiserver_pid, "-CONT");
+    let resumed = unix_now();
+    let locks_during = ops(&standin)
+        .iter()
+        .filter(|o| o.starts_with("lock"))
+        .count()
+        - locks_before;
+    let r = during.join().expect("load across the outage");
+    println!(
+        "API server stopped for 60 s under load (20 req/s, 70 s): {}; set-calls that reached the \
+         driver meanwhile: {locks_during}",
+        summary(&r)
+    );
+    assert_eq!(
+        r["ok"],
+        r["sent"],
+        "serving faltered without the API server: {}",
+        summary(&r)
+    );
+    let refusals = walk(&node.work.join("pod-logs"))
+        .iter()
+        .filter(|f| f.to_string_lossy().contains("serving_"))
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .map(|t| {
+            t.matches("refused clock control").count()
+                + t.matches("serving window not delivered").count()
+        })
+        .sum::<usize>();
+    assert_eq!(
+        refusals, 0,
+        "the agent refused the serving pod's control calls (set-calls, serving windows)"
+    );
+    eventually(
+        60,
+        "a status report written after the API server is back",
+        || {
+            let s = get_json(cp, &["eisvc", "alexnet", "-n", APP_NS])?;
+            let latest = s["status"]["reports"]
+                .as_array()?
+                .iter()
+                .filter_map(|r| unix_of(r["time"].as_str()?))
+                .fold(f64::MIN, f64::max);
+            (latest > resumed).then_some(())
+        },
+    );
+    eventually(
+        60,
+        "the agent's Lease renewed after the API server is back",
+        || {
+            let l = get_json(cp, &["lease", "eali-controller", "-n", NS])?;
+            (unix_of(l["spec"]["renewTime"].as_str()?)? > resumed).then_some(())
+        },
+    );
+    let agent_restarts = get_json(cp, &["pod", &agent_pod, "-n", NS]).expect("agent pod")["status"]
+        ["containerStatuses"][0]["restartCount"]
+        .as_u64();
+    assert_eq!(
+        agent_restarts,
+        Some(0),
+        "the agent restarted during the outage"
+    );
+    snapshot(cp, "API server back after 60 s", t0);
 
     // Kill the agent pod: the DaemonSet makes a new one, which resets clocks and registers again.
     let resets_before = ops(&standin)

@@ -198,12 +198,12 @@ async fn agent(args: Args) -> anyhow::Result<()> {
             } else {
                 let node_name = env_or(args.node_name.clone(), "NODE_NAME")
                     .context("--device-plugin needs the node name (--node-name or $NODE_NAME)")?;
-                std::sync::Arc::new(crate::control::authz::KubePodDirectory {
-                    client: client
+                std::sync::Arc::new(crate::control::authz::KubePodDirectory::new(
+                    client
                         .clone()
                         .context("the pod directory needs API access or --pod-directory")?,
-                    node: node_name,
-                })
+                    node_name,
+                ))
             };
             Some(tokio::spawn(run_node_side(
                 prepared,

@@ -99,15 +99,39 @@ impl PodDirectory for FilePodDirectory {
     }
 }
 
-/// The pods of this node from the API server (`spec.nodeName=<node>`).
+/// The pods of this node from the API server (`spec.nodeName=<node>`), remembered by UID.
+///
+/// A pod's UID names one pod for its whole life, so a UID seen once never needs the API server
+/// again: while the API server is unreachable, the pods already serving keep their clock control
+/// (whether a pod may control a GPU is still asked of the kubelet's pod-resources at every
+/// decision). Only a UID not seen yet lists the node's pods; that list replaces what is
+/// remembered, so pods that are gone are forgotten.
 pub struct KubePodDirectory {
-    pub client: kube::Client,
-    pub node: String,
+    client: kube::Client,
+    node: String,
+    known: Mutex<HashMap<String, PodName>>,
+}
+
+impl KubePodDirectory {
+    pub fn new(client: kube::Client, node: String) -> Self {
+        Self {
+            client,
+            node,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodName>> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl PodDirectory for KubePodDirectory {
     fn lookup<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Option<PodName>, ControlError>> {
         Box::pin(async move {
+            if let Some(name) = self.known().get(uid) {
+                return Ok(Some(name.clone()));
+            }
             use k8s_openapi::api::core::v1::Pod;
             let api: kube::Api<Pod> = kube::Api::all(self.client.clone());
             let lp =
@@ -116,13 +140,23 @@ impl PodDirectory for KubePodDirectory {
                 .list(&lp)
                 .await
                 .map_err(|e| ControlError::Directory(e.to_string()))?;
-            Ok(pods.items.into_iter().find_map(|p| {
-                let m = p.metadata;
-                (m.uid.as_deref() == Some(uid)).then(|| PodName {
-                    namespace: m.namespace.unwrap_or_default(),
-                    name: m.name.unwrap_or_default(),
+            let listed: HashMap<String, PodName> = pods
+                .items
+                .into_iter()
+                .filter_map(|p| {
+                    let m = p.metadata;
+                    Some((
+                        m.uid?,
+                        PodName {
+                            namespace: m.namespace.unwrap_or_default(),
+                            name: m.name.unwrap_or_default(),
+                        },
+                    ))
                 })
-            }))
+                .collect();
+            let found = listed.get(uid).cloned();
+            *self.known() = listed;
+            Ok(found)
         })
     }
 }
