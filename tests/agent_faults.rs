@@ -41,36 +41,7 @@ const SERVE_ARGS: &[&str] = &[
 /// `eali load --json` against `http` in a thread (started now); its report.
 fn load_in_background(http: &str, rate: u32, secs: u32) -> std::thread::JoinHandle<Value> {
     let http = http.to_string();
-    std::thread::spawn(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_eali"))
-            .args([
-                "load",
-                "--url",
-                &format!("http://{http}"),
-                "--model",
-                "alexnet",
-            ])
-            .args(["--rate", &rate.to_string(), "--duration", &secs.to_string()])
-            .args(["--slo-ms", "200", "--timeout", "5", "--json"])
-            .output()
-            .expect("eali load");
-        assert!(
-            out.status.success(),
-            "eali load: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("load report")
-    })
-}
-
-fn summary(r: &Value) -> String {
-    format!(
-        "sent {} ok {} errors {} p99 {:.1} ms",
-        r["sent"],
-        r["ok"],
-        r["errors"],
-        r["p99_ms"].as_f64().unwrap_or(f64::NAN)
-    )
+    std::thread::spawn(move || load_json(&http, "alexnet", rate, secs, 200))
 }
 
 /// Waits until the driver's lock on GPU 0 is `want`.

@@ -89,15 +89,6 @@ impl Drop for Agent {
     }
 }
 
-fn get_json(cp: &ControlPlane, args: &[&str]) -> Option<Value> {
-    let mut a = vec!["get"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["-o", "json"]);
-    cp.kubectl(&a)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-}
-
 fn condition(isvc: &Value, ty: &str) -> Option<(String, String)> {
     isvc["status"]["conditions"]
         .as_array()?
@@ -133,17 +124,15 @@ fn report(cp: &ControlPlane, ns: &str, name: &str, reports: Value) {
 }
 
 fn events(cp: &ControlPlane, ns: &str, name: &str) -> Vec<(String, String, String)> {
-    let v = get_json(
-        cp,
-        &[
+    let v = cp
+        .get_json(&[
             "events.v1.events.k8s.io",
             "-n",
             ns,
             "--field-selector",
             &format!("regarding.name={name}"),
-        ],
-    )
-    .unwrap_or(Value::Null);
+        ])
+        .unwrap_or(Value::Null);
     v["items"]
         .as_array()
         .map(|items| {
@@ -174,9 +163,11 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
 
     // Deployment: one replica, one eali.dev/gpu, owned by the InferenceService.
     let d = eventually(60, "Deployment resnet50", || {
-        get_json(cp, &["deployment", "resnet50", "-n", &ns])
+        cp.get_json(&["deployment", "resnet50", "-n", &ns])
     });
-    let isvc = get_json(cp, &["eisvc", "resnet50", "-n", &ns]).expect("isvc");
+    let isvc = cp
+        .get_json(&["eisvc", "resnet50", "-n", &ns])
+        .expect("isvc");
     assert_eq!(d["spec"]["replicas"], 1);
     let owner = &d["metadata"]["ownerReferences"][0];
     assert_eq!(owner["kind"], "InferenceService");
@@ -213,11 +204,9 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
         serde_json::from_value::<InferenceServiceSpec>(isvc["spec"].clone()).expect("spec")
     );
     // Managed by server-side apply under one field manager.
-    let full = get_json(
-        cp,
-        &["deployment", "resnet50", "-n", &ns, "--show-managed-fields"],
-    )
-    .expect("deployment");
+    let full = cp
+        .get_json(&["deployment", "resnet50", "-n", &ns, "--show-managed-fields"])
+        .expect("deployment");
     let managers: Vec<&str> = full["metadata"]["managedFields"]
         .as_array()
         .expect("managedFields")
@@ -227,7 +216,7 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
     assert!(managers.contains(&"eali-controller"), "{managers:?}");
 
     let s = eventually(30, "Service resnet50", || {
-        get_json(cp, &["service", "resnet50", "-n", &ns])
+        cp.get_json(&["service", "resnet50", "-n", &ns])
     });
     let ports: Vec<(String, i64)> = s["spec"]["ports"]
         .as_array()
@@ -255,7 +244,7 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
 
     // Status: finalizer, observedGeneration, endpoint, Ready False (no pods run here), SLO unknown.
     let isvc = eventually(30, "status written", || {
-        get_json(cp, &["eisvc", "resnet50", "-n", &ns])
+        cp.get_json(&["eisvc", "resnet50", "-n", &ns])
             .filter(|v| v["status"]["observedGeneration"].is_i64())
     });
     assert_eq!(isvc["metadata"]["finalizers"], json!(["eali.dev/cleanup"]));
@@ -292,13 +281,13 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
     ])
     .expect("deployment status");
     eventually(30, "Ready True", || {
-        get_json(cp, &["eisvc", "resnet50", "-n", &ns])
+        cp.get_json(&["eisvc", "resnet50", "-n", &ns])
             .filter(|v| condition(v, "Ready") == Some(("True".into(), "Available".into())))
     });
 
     // Idempotent: requeues every 2 s change nothing while nothing changes.
     let rv = |kind: &str| {
-        get_json(cp, &[kind, "resnet50", "-n", &ns])
+        cp.get_json(&[kind, "resnet50", "-n", &ns])
             .map(|v| v["metadata"]["resourceVersion"].clone())
     };
     let before = (rv("deployment"), rv("service"), rv("eisvc"));
@@ -319,7 +308,8 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
         "saturated": true}]),
     );
     let isvc = eventually(30, "scale to 2", || {
-        get_json(cp, &["eisvc", "resnet50", "-n", &ns]).filter(|v| v["status"]["replicas"] == 2)
+        cp.get_json(&["eisvc", "resnet50", "-n", &ns])
+            .filter(|v| v["status"]["replicas"] == 2)
     });
     assert_eq!(isvc["status"]["p99Ms"].as_f64(), Some(41.5));
     assert_eq!(isvc["status"]["joulesPerRequest"].as_f64(), Some(0.62));
@@ -332,7 +322,8 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
     // The reports stay: the controller's apply does not own them.
     assert_eq!(isvc["status"]["reports"].as_array().map(Vec::len), Some(1));
     eventually(30, "Deployment at 2 replicas", || {
-        get_json(cp, &["deployment", "resnet50", "-n", &ns]).filter(|d| d["spec"]["replicas"] == 2)
+        cp.get_json(&["deployment", "resnet50", "-n", &ns])
+            .filter(|d| d["spec"]["replicas"] == 2)
     });
     println!(
         "{}",
@@ -350,7 +341,7 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
         {"pod": "resnet50-b", "time": now(), "p99Ms": 55.0, "requestsPerSecond": 20.0, "joulesPerRequest": 1.1, "loadRatio": 0.2}]),
     );
     let isvc = eventually(30, "SLO violated and scaled in", || {
-        get_json(cp, &["eisvc", "resnet50", "-n", &ns]).filter(|v| {
+        cp.get_json(&["eisvc", "resnet50", "-n", &ns]).filter(|v| {
             condition(v, "SloMet").is_some_and(|c| c.0 == "False") && v["status"]["replicas"] == 1
         })
     });
@@ -386,17 +377,18 @@ fn inference_service_yields_deployment_and_service_and_status_follows_reports() 
     ])
     .expect("delete");
     assert!(
-        get_json(cp, &["deployment", "resnet50", "-n", &ns]).is_none(),
+        cp.get_json(&["deployment", "resnet50", "-n", &ns])
+            .is_none(),
         "Deployment left behind"
     );
     assert!(
-        get_json(cp, &["service", "resnet50", "-n", &ns]).is_none(),
+        cp.get_json(&["service", "resnet50", "-n", &ns]).is_none(),
         "Service left behind"
     );
 }
 
 fn lease_holder(cp: &ControlPlane, ns: &str) -> Option<String> {
-    let l = get_json(cp, &["lease", "eali-controller", "-n", ns])?;
+    let l = cp.get_json(&["lease", "eali-controller", "-n", ns])?;
     l["spec"]["holderIdentity"].as_str().map(String::from)
 }
 
@@ -430,7 +422,7 @@ fn only_the_lease_holder_reconciles_and_the_other_takes_over() {
 
     apply_isvc(cp, &ns, "first");
     eventually(60, "Deployment first", || {
-        get_json(cp, &["deployment", "first", "-n", &ns])
+        cp.get_json(&["deployment", "first", "-n", &ns])
     });
     // Give the follower several renew periods to (wrongly) act.
     std::thread::sleep(std::time::Duration::from_secs(3));
@@ -445,7 +437,7 @@ fn only_the_lease_holder_reconciles_and_the_other_takes_over() {
     });
     apply_isvc(cp, &ns, "second");
     eventually(60, "Deployment second", || {
-        get_json(cp, &["deployment", "second", "-n", &ns])
+        cp.get_json(&["deployment", "second", "-n", &ns])
     });
     eventually(30, "event from agent-two", || {
         (reconcilers(cp, &ns, "second") == ["agent-two"]).then_some(())
@@ -457,11 +449,13 @@ fn only_the_lease_holder_reconciles_and_the_other_takes_over() {
     eventually(60, "agent-three leads", || {
         (lease_holder(cp, &ns).as_deref() == Some("agent-three")).then_some(())
     });
-    let lease = get_json(cp, &["lease", "eali-controller", "-n", &ns]).expect("lease");
+    let lease = cp
+        .get_json(&["lease", "eali-controller", "-n", &ns])
+        .expect("lease");
     assert_eq!(lease["spec"]["leaseTransitions"], 2, "{lease}");
     apply_isvc(cp, &ns, "third");
     eventually(60, "Deployment third", || {
-        get_json(cp, &["deployment", "third", "-n", &ns])
+        cp.get_json(&["deployment", "third", "-n", &ns])
     });
     eventually(30, "event from agent-three", || {
         (reconcilers(cp, &ns, "third") == ["agent-three"]).then_some(())
@@ -478,7 +472,7 @@ fn a_model_on_a_persistent_volume_claim_is_mounted_read_only_into_the_serving_po
     cp.kubectl(&["apply", "-n", &ns, "-f", sample.to_str().expect("utf-8")])
         .expect("apply the PVC sample");
     let d = eventually(60, "Deployment custom-onnx", || {
-        get_json(cp, &["deployment", "custom-onnx", "-n", &ns])
+        cp.get_json(&["deployment", "custom-onnx", "-n", &ns])
     });
     let pod = &d["spec"]["template"]["spec"];
     // As the API server stored it, for the record.

@@ -171,15 +171,6 @@ impl Drop for Node {
     }
 }
 
-fn get_json(cp: &ControlPlane, args: &[&str]) -> Option<Value> {
-    let mut a = vec!["get"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["-o", "json"]);
-    cp.kubectl(&a)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-}
-
 fn gpu_pod(cp: &ControlPlane, ns: &str, name: &str, node: &str, gpus: u32) {
     // spec.nodeName set directly: no kube-scheduler runs, and the kubelet's own admission (where
     // the device manager calls Allocate) is what this test is about.
@@ -192,7 +183,7 @@ fn gpu_pod(cp: &ControlPlane, ns: &str, name: &str, node: &str, gpus: u32) {
 }
 
 fn pod_phase(cp: &ControlPlane, ns: &str, name: &str) -> Option<(String, String, String)> {
-    let p = get_json(cp, &["pod", name, "-n", ns])?;
+    let p = cp.get_json(&["pod", name, "-n", ns])?;
     let s = |k: &str| p["status"][k].as_str().unwrap_or_default().to_string();
     Some((s("phase"), s("reason"), s("message")))
 }
@@ -248,7 +239,7 @@ fn real_kubelet_registers_the_device_plugin_and_admits_gpu_pods() {
     // The kubelet registers the Node and reports Ready on the fake runtime.
     eventually(90, "Node Ready", || {
         node.still_running();
-        let n = get_json(cp, &["node", &node_name])?;
+        let n = cp.get_json(&["node", &node_name])?;
         n["status"]["conditions"]
             .as_array()?
             .iter()
@@ -260,7 +251,7 @@ fn real_kubelet_registers_the_device_plugin_and_admits_gpu_pods() {
     // The agent registered with the kubelet's device-plugin socket: capacity and allocatable.
     let n = eventually(60, "eali.dev/gpu capacity", || {
         node.still_running();
-        let n = get_json(cp, &["node", &node_name])?;
+        let n = cp.get_json(&["node", &node_name])?;
         (n["status"]["allocatable"]["eali.dev/gpu"] == GPUS.to_string().as_str()).then_some(n)
     });
     let capacity_s = t0.elapsed().as_secs_f64();

@@ -16,28 +16,23 @@
 //! skips loudly without them unless `EALI_E2E_REQUIRE=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
+mod agent_support;
 mod k8s_env;
+mod nvml_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agent_support::{load_json, summary};
 use k8s_env::{ControlPlane, bin_dir, eventually, full_control_plane, repo};
+use nvml_support::standin_lib;
 use serde_json::Value;
 
 const NODE: &str = "gpu-node-1";
 const GPUS: usize = 2;
 const NS: &str = "eali-system";
 const APP_NS: &str = "serving";
-
-/// The stand-in libnvidia-ml of this build profile (`target/<profile>/libnvml_standin.so`).
-fn standin_lib() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("libnvml_standin.so"))
-        .unwrap_or_default()
-}
 
 fn missing_prerequisite() -> Option<String> {
     let bin = bin_dir();
@@ -232,15 +227,6 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn get_json(cp: &ControlPlane, args: &[&str]) -> Option<Value> {
-    let mut a = vec!["get"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["-o", "json"]);
-    cp.kubectl(&a)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-}
-
 /// What `kubectl get nodes,pods,eisvc -A -o wide` shows now, printed under a heading.
 fn snapshot(cp: &ControlPlane, step: &str, t0: Instant) {
     let nodes = cp
@@ -257,7 +243,7 @@ fn snapshot(cp: &ControlPlane, step: &str, t0: Instant) {
 
 /// The agent DaemonSet's pod (name, uid) once it runs and is Ready.
 fn ready_agent_pod(cp: &ControlPlane) -> Option<(String, String)> {
-    let pods = get_json(cp, &["pods", "-n", NS, "-l", "app.kubernetes.io/name=eali"])?;
+    let pods = cp.get_json(&["pods", "-n", NS, "-l", "app.kubernetes.io/name=eali"])?;
     pods["items"].as_array()?.iter().find_map(|p| {
         let ready = p["status"]["conditions"]
             .as_array()?
@@ -275,7 +261,7 @@ fn ready_agent_pod(cp: &ControlPlane) -> Option<(String, String)> {
 
 /// The node's allocatable `eali.dev/gpu`.
 fn allocatable_gpus(cp: &ControlPlane) -> Option<u64> {
-    let node = get_json(cp, &["node", NODE])?;
+    let node = cp.get_json(&["node", NODE])?;
     node["status"]["allocatable"]["eali.dev/gpu"]
         .as_str()?
         .parse()
@@ -284,16 +270,13 @@ fn allocatable_gpus(cp: &ControlPlane) -> Option<u64> {
 
 /// The serving pod that runs and is Ready: (name, pod IP).
 fn ready_serving_pod(cp: &ControlPlane) -> Option<(String, String)> {
-    let pods = get_json(
-        cp,
-        &[
-            "pods",
-            "-n",
-            APP_NS,
-            "-l",
-            "eali.dev/inferenceservice=alexnet",
-        ],
-    )?;
+    let pods = cp.get_json(&[
+        "pods",
+        "-n",
+        APP_NS,
+        "-l",
+        "eali.dev/inferenceservice=alexnet",
+    ])?;
     pods["items"].as_array()?.iter().find_map(|p| {
         let ready = p["status"]["conditions"]
             .as_array()?
@@ -331,38 +314,6 @@ fn unix_of(t: &str) -> Option<f64> {
         .output()
         .ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-/// `eali load --json` against `http` for `secs` at `rate` req/s.
-fn load(http: &str, rate: u32, secs: u32) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_eali"))
-        .args([
-            "load",
-            "--url",
-            &format!("http://{http}"),
-            "--model",
-            "alexnet",
-        ])
-        .args(["--rate", &rate.to_string(), "--duration", &secs.to_string()])
-        .args(["--slo-ms", "200", "--timeout", "5", "--json"])
-        .output()
-        .expect("eali load");
-    assert!(
-        out.status.success(),
-        "eali load: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("load report")
-}
-
-fn summary(r: &Value) -> String {
-    format!(
-        "sent {} ok {} errors {} p99 {:.1} ms",
-        r["sent"],
-        r["ok"],
-        r["errors"],
-        r["p99_ms"].as_f64().unwrap_or(f64::NAN)
-    )
 }
 
 /// The stand-in driver's shared state (clock locks per GPU, operation log), written by every
@@ -410,7 +361,7 @@ fn helm_install_runs_the_whole_product_on_a_real_node() {
     let mut node = Node::start(cp, &[&eali_image, &pause_image]);
     let ready = eventually(120, "the node Ready on containerd", || {
         node.still_running();
-        let n = get_json(cp, &["node", NODE])?;
+        let n = cp.get_json(&["node", NODE])?;
         let ok = n["status"]["conditions"]
             .as_array()?
             .iter()
@@ -490,8 +441,9 @@ metrics:
         "agent pod {agent_pod} Ready, node allocatable eali.dev/gpu = {gpus}, {:.1} s after helm install",
         t0.elapsed().as_secs_f64()
     );
-    let image = get_json(cp, &["pod", &agent_pod, "-n", NS]).expect("agent pod")["spec"]
-        ["containers"][0]["image"]
+    let image = cp
+        .get_json(&["pod", &agent_pod, "-n", NS])
+        .expect("agent pod")["spec"]["containers"][0]["image"]
         .clone();
     assert_eq!(image.as_str(), Some(&*format!("eali/eali@{digest}")));
     snapshot(cp, "helm install: agent Ready, GPUs registered", t0);
@@ -519,7 +471,7 @@ metrics:
     });
     let http = format!("{pod_ip}:8080");
     let first = eventually(60, "a first 200 from the serving pod", || {
-        let r = load(&http, 5, 1);
+        let r = load_json(&http, "alexnet", 5, 1, 200);
         (r["ok"].as_u64().unwrap_or(0) > 0).then_some(r)
     });
     println!(
@@ -540,10 +492,10 @@ metrics:
     // agent's energy counter.
     let under_load = std::thread::spawn({
         let http = http.clone();
-        move || load(&http, 40, 40)
+        move || load_json(&http, "alexnet", 40, 25, 200)
     });
     eventually(120, "eisvc READY with p99 and J/req", || {
-        let s = get_json(cp, &["eisvc", "alexnet", "-n", APP_NS])?;
+        let s = cp.get_json(&["eisvc", "alexnet", "-n", APP_NS])?;
         let ready = s["status"]["conditions"]
             .as_array()?
             .iter()
@@ -562,8 +514,8 @@ metrics:
     );
     snapshot(cp, "under load: eisvc READY with p99 and J/req", t0);
     let r = under_load.join().expect("load");
-    println!("eali load 40 req/s for 40 s: {}", summary(&r));
-    assert!(r["ok"].as_u64().unwrap_or(0) > 1400, "{}", summary(&r));
+    println!("eali load 40 req/s for 25 s: {}", summary(&r));
+    assert!(r["ok"].as_u64().unwrap_or(0) > 900, "{}", summary(&r));
 
     // The API server unreachable for 60 s: stopped, so that connections hang as in a partition.
     // The node goes on (serving answers, the serving pod's clock control is not refused, no pod
@@ -574,7 +526,7 @@ metrics:
         .count();
     let during = std::thread::spawn({
         let http = http.clone();
-        move || load(&http, 20, 70)
+        move || load_json(&http, "alexnet", 20, 70, 200)
     });
     std::thread::sleep(Duration::from_secs(3));
     signal(cp.apiserver_pid, "-STOP");
@@ -619,7 +571,7 @@ metrics:
         60,
         "a status report written after the API server is back",
         || {
-            let s = get_json(cp, &["eisvc", "alexnet", "-n", APP_NS])?;
+            let s = cp.get_json(&["eisvc", "alexnet", "-n", APP_NS])?;
             let latest = s["status"]["reports"]
                 .as_array()?
                 .iter()
@@ -632,12 +584,13 @@ metrics:
         60,
         "the agent's Lease renewed after the API server is back",
         || {
-            let l = get_json(cp, &["lease", "eali-controller", "-n", NS])?;
+            let l = cp.get_json(&["lease", "eali-controller", "-n", NS])?;
             (unix_of(l["spec"]["renewTime"].as_str()?)? > resumed).then_some(())
         },
     );
-    let agent_restarts = get_json(cp, &["pod", &agent_pod, "-n", NS]).expect("agent pod")["status"]
-        ["containerStatuses"][0]["restartCount"]
+    let agent_restarts = cp
+        .get_json(&["pod", &agent_pod, "-n", NS])
+        .expect("agent pod")["status"]["containerStatuses"][0]["restartCount"]
         .as_u64();
     assert_eq!(
         agent_restarts,
@@ -666,7 +619,7 @@ metrics:
     let t_kill = Instant::now();
     let during = std::thread::spawn({
         let http = http.clone();
-        move || load(&http, 20, 15)
+        move || load_json(&http, "alexnet", 20, 10, 200)
     });
     let (new_agent, _) = eventually(120, "a new agent pod Ready", || {
         node.still_running();
@@ -694,7 +647,7 @@ metrics:
     });
     let r = during.join().expect("load during the agent restart");
     println!(
-        "load across the agent restart (20 req/s, 15 s): {}",
+        "load across the agent restart (20 req/s, 10 s): {}",
         summary(&r)
     );
     assert!(
@@ -703,8 +656,9 @@ metrics:
         summary(&r)
     );
     snapshot(cp, "agent pod killed and replaced", t0);
-    let restarts = get_json(cp, &["pod", &serve_pod, "-n", APP_NS]).expect("serving pod")["status"]
-        ["containerStatuses"][0]["restartCount"]
+    let restarts = cp
+        .get_json(&["pod", &serve_pod, "-n", APP_NS])
+        .expect("serving pod")["status"]["containerStatuses"][0]["restartCount"]
         .as_u64();
     assert_eq!(restarts, Some(0), "the serving pod restarted");
 
@@ -712,7 +666,7 @@ metrics:
     cp.kubectl(&["delete", "eisvc", "alexnet", "-n", APP_NS, "--wait=true"])
         .expect("delete eisvc");
     eventually(120, "the serving pods gone", || {
-        let pods = get_json(cp, &["pods", "-n", APP_NS])?;
+        let pods = cp.get_json(&["pods", "-n", APP_NS])?;
         pods["items"].as_array()?.is_empty().then_some(())
     });
     eventually(60, "every GPU clock reset after the pod left", || {

@@ -371,6 +371,33 @@ pub fn load(http: &str, model: &str, rate: u32, secs: u32, slo_ms: u32) -> Strin
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `eali load --json` (5 s request timeout) against the REST server at `http`; its report.
+pub fn load_json(http: &str, model: &str, rate: u32, secs: u32, slo_ms: u32) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_eali"))
+        .args(["load", "--url", &format!("http://{http}"), "--model", model])
+        .args(["--rate", &rate.to_string(), "--duration", &secs.to_string()])
+        .args(["--slo-ms", &slo_ms.to_string(), "--timeout", "5", "--json"])
+        .output()
+        .expect("eali load");
+    assert!(
+        out.status.success(),
+        "eali load: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("load report")
+}
+
+/// One line of a `load_json` report.
+pub fn summary(r: &Value) -> String {
+    format!(
+        "sent {} ok {} errors {} p99 {:.1} ms",
+        r["sent"],
+        r["ok"],
+        r["errors"],
+        r["p99_ms"].as_f64().unwrap_or(f64::NAN)
+    )
+}
+
 /// Allocate of one GPU, as the kubelet asks it: the environment the container gets.
 pub async fn allocate_envs(
     kubelet: &FakeKubelet,

@@ -55,7 +55,6 @@ pub fn control_plane() -> Option<&'static ControlPlane> {
 
 /// A whole control plane (with kube-controller-manager and kube-scheduler), or `None` (after a
 /// loud message) when the binaries are missing.
-#[allow(dead_code)] // not every test binary that includes this module uses it
 pub fn full_control_plane() -> Option<&'static ControlPlane> {
     shared(&CLUSTER, Components::Full)
 }
@@ -451,6 +450,16 @@ impl ControlPlane {
     /// Runs kubectl; Ok(stdout) on success, Err(stdout+stderr) on failure.
     pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         run(self.kubectl_cmd().args(args))
+    }
+
+    /// `kubectl get ARGS -o json`, parsed; `None` when kubectl fails (e.g. not found yet).
+    pub fn get_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        self.kubectl(&a)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
     }
 
     /// Runs kubectl with `stdin` fed from a string.
