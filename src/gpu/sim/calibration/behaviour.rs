@@ -140,10 +140,10 @@ fn measure_switches(
 }
 
 /// The fast-switching `b200` profile moves to a new clock within the published ≈10–100 µs of
-/// Blackwell (`/work/shared/reference/eali.md` §2.1; PowerWeave on B200, second-hand), polled
+/// Blackwell (`docs/sources.md` §5; PowerWeave on B200, second-hand), polled
 /// every 1 µs.
 pub fn b200_switch_latency() -> Result<Vec<CalibrationCheck>, CalibrationError> {
-    const SRC: &str = "PowerWeave on B200 (via eali.md §2.1): 10–100 µs";
+    const SRC: &str = "PowerWeave on B200 (docs/sources.md §5): 10–100 µs";
     const POINTS: [u32; 6] = [345, 660, 990, 1320, 1650, 1980];
     let s = measure_switches("b200", &POINTS, 1e-6)?;
     let us = |v: &[f64], p: f64| percentile(v, p) * 1e3;
