@@ -70,38 +70,12 @@ cri="unix://$work/cri.sock"
 pids+=($!)
 for _ in $(seq 50); do [ -S "$work/cri.sock" ] && break; sleep 0.1; done
 
-# KubeletConfiguration for a container without systemd, swap checks or a real runtime: cgroupfs
-# without per-QoS cgroups, no eviction (CI disks are often fuller than the default thresholds),
-# no local-storage accounting, anonymous/AlwaysAllow on a loopback port (test only).
-cat >"$work/kubelet.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-containerRuntimeEndpoint: $cri
-cgroupDriver: cgroupfs
-cgroupsPerQOS: false
-enforceNodeAllocatable: []
-failSwapOn: false
-failCgroupV1: false
-localStorageCapacityIsolation: false
-protectKernelDefaults: false
-evictionHard: {}
-evictionSoft: {}
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-resolvConf: ""
-readOnlyPort: 0
-healthzPort: 0
-port: ${EALI_KUBELET_PORT:-$(free_port)}
-address: 127.0.0.1
-authentication:
-  anonymous: {enabled: true}
-  webhook: {enabled: false}
-authorization: {mode: AlwaysAllow}
-registerNode: true
-nodeStatusUpdateFrequency: 2s
-nodeStatusReportFrequency: 2s
-syncFrequency: 5s
-EOF
+# The shared KubeletConfiguration, without per-QoS cgroups (nothing runs on the fake runtime).
+. "$here/kubelet-config.sh"
+{
+    kubelet_config "$cri" "${EALI_KUBELET_PORT:-$(free_port)}"
+    echo "cgroupsPerQOS: false"
+} >"$work/kubelet.yaml"
 
 start_kubelet() {
     log_from=$(($(stat -c %s "$work/kubelet.log" 2>/dev/null || echo 0) + 1))

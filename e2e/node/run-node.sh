@@ -229,41 +229,17 @@ ctr images ls 2>/dev/null | awk 'NR > 1 && $1 !~ /^sha256:/ && $1 !~ /@/ {print 
     done
 ctr images ls -q >>"$work/images.log" 2>&1 || true
 
-# The kubelet on containerd: cgroupfs with per-QoS cgroups (the agent identifies control-socket
-# callers by their /kubepods/... cgroup), no eviction or swap checks (CI disks are often fuller
-# than the default thresholds), anonymous/AlwaysAllow on a loopback port (test only).
-cat >"$work/kubelet.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-containerRuntimeEndpoint: unix://$sock
-cgroupDriver: cgroupfs
-cgroupsPerQOS: true
-cgroupRoot: /$cg_root
-enforceNodeAllocatable: []
-failSwapOn: false
-failCgroupV1: false
-localStorageCapacityIsolation: false
-protectKernelDefaults: false
-evictionHard: {}
-evictionSoft: {}
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-resolvConf: ""
-readOnlyPort: 0
-healthzPort: 0
-port: ${EALI_KUBELET_PORT:-$(free_port)}
-address: 127.0.0.1
-authentication:
-  anonymous: {enabled: true}
-  webhook: {enabled: false}
-authorization: {mode: AlwaysAllow}
-registerNode: true
-nodeStatusUpdateFrequency: 2s
-nodeStatusReportFrequency: 2s
-syncFrequency: 5s
-podLogsDir: /var/log/pods
-serializeImagePulls: false
-EOF
+# The shared KubeletConfiguration (e2e/kubelet/kubelet-config.sh) on containerd, with per-QoS
+# cgroups under the harness's root: the agent identifies control-socket callers by their
+# .../kubepods/.../pod<uid>/... cgroup.
+. "$here/../kubelet/kubelet-config.sh"
+{
+    kubelet_config "unix://$sock" "${EALI_KUBELET_PORT:-$(free_port)}"
+    echo "cgroupsPerQOS: true"
+    echo "cgroupRoot: /$cg_root"
+    echo "podLogsDir: /var/log/pods"
+    echo "serializeImagePulls: false"
+} >"$work/kubelet.yaml"
 
 start_kubelet() {
     "$bin/kubelet" --config="$work/kubelet.yaml" --kubeconfig="$kubeconfig" \

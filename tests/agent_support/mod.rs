@@ -355,12 +355,14 @@ impl Serve {
     }
 }
 
-/// `eali load` at `rate` req/s for `secs` against the REST server at `http`; its report.
-pub fn load(http: &str, model: &str, rate: u32, secs: u32, slo_ms: u32) -> String {
+/// Runs `eali load` at `rate` req/s for `secs` against the REST server at `http`, with `extra`
+/// flags; its standard output.
+fn run_load(http: &str, model: &str, rate: u32, secs: u32, slo_ms: u32, extra: &[&str]) -> Vec<u8> {
     let out = Command::new(env!("CARGO_BIN_EXE_eali"))
         .args(["load", "--url", &format!("http://{http}"), "--model", model])
         .args(["--rate", &rate.to_string(), "--duration", &secs.to_string()])
         .args(["--slo-ms", &slo_ms.to_string()])
+        .args(extra)
         .output()
         .expect("eali load");
     assert!(
@@ -368,23 +370,25 @@ pub fn load(http: &str, model: &str, rate: u32, secs: u32, slo_ms: u32) -> Strin
         "eali load: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out.stdout
+}
+
+/// `eali load` at `rate` req/s for `secs` against the REST server at `http`; its report.
+pub fn load(http: &str, model: &str, rate: u32, secs: u32, slo_ms: u32) -> String {
+    String::from_utf8_lossy(&run_load(http, model, rate, secs, slo_ms, &[])).into_owned()
 }
 
 /// `eali load --json` (5 s request timeout) against the REST server at `http`; its report.
 pub fn load_json(http: &str, model: &str, rate: u32, secs: u32, slo_ms: u32) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_eali"))
-        .args(["load", "--url", &format!("http://{http}"), "--model", model])
-        .args(["--rate", &rate.to_string(), "--duration", &secs.to_string()])
-        .args(["--slo-ms", &slo_ms.to_string(), "--timeout", "5", "--json"])
-        .output()
-        .expect("eali load");
-    assert!(
-        out.status.success(),
-        "eali load: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_load(
+        http,
+        model,
+        rate,
+        secs,
+        slo_ms,
+        &["--timeout", "5", "--json"],
     );
-    serde_json::from_slice(&out.stdout).expect("load report")
+    serde_json::from_slice(&out).expect("load report")
 }
 
 /// One line of a `load_json` report.
