@@ -24,10 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_support::{load_json, summary};
+use agent_support::{driver_state, load_json, summary};
 use k8s_env::{ControlPlane, bin_dir, eventually, full_control_plane, repo};
 use nvml_support::standin_lib;
-use serde_json::Value;
 
 const NODE: &str = "gpu-node-1";
 const GPUS: usize = 2;
@@ -314,20 +313,6 @@ fn unix_of(t: &str) -> Option<f64> {
         .output()
         .ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-/// The stand-in driver's shared state (clock locks per GPU, operation log), written by every
-/// process that loads the library with the same `EALI_NVML_STATE`.
-fn driver_state(dir: &Path) -> Value {
-    for _ in 0..200 {
-        if let Ok(bytes) = std::fs::read(dir.join("driver.json"))
-            && let Ok(v) = serde_json::from_slice(&bytes)
-        {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("stand-in driver state unreadable in {}", dir.display());
 }
 
 /// GPUs whose graphics clock is locked now.
