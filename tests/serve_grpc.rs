@@ -145,3 +145,61 @@ async fn eali_policy_serves_and_attributes_energy_to_every_layer() {
     assert!(attributed <= s.state.metrics.gpu_energy_j());
     s.stop().await;
 }
+
+/// A `ModelInfer` that admission refuses is answered UNAVAILABLE, with the reason and a retry
+/// hint, from the first bytes of its message; one it admits is served as before, on the same
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_from_the_start_of_the_message() {
+    let mut opts = options();
+    opts.deadline_factor = 1.0;
+    // No batch of ResNet-50 answers within 1 ms: admission refuses every request.
+    let s = start(
+        "r50",
+        spec("resnet50", 1, 8, Policy::MaxPerformance),
+        opts.clone(),
+    )
+    .await;
+    let mut c = GrpcInferenceServiceClient::connect(format!("http://{}", s.grpc))
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20);
+    let image = vec![0u8; 3 * 224 * 224 * 4];
+    for _ in 0..3 {
+        let e = c
+            .model_infer(infer("r50", vec![1, 3, 224, 224], image.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("at capacity"), "{e:?}");
+        assert!(
+            e.metadata().get("grpc-retry-pushback-ms").is_some(),
+            "{e:?}"
+        );
+    }
+    let metrics = String::from_utf8(get(&s.url("/metrics")).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("eali_requests_total{model=\"r50\",outcome=\"overloaded\"} 3"),
+        "{metrics}"
+    );
+    s.stop().await;
+    let s = start(
+        "r50",
+        spec("resnet50", 1000, 8, Policy::MaxPerformance),
+        opts,
+    )
+    .await;
+    let mut c = GrpcInferenceServiceClient::connect(format!("http://{}", s.grpc))
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20);
+    for _ in 0..3 {
+        let r = c
+            .model_infer(infer("r50", vec![1, 3, 224, 224], image.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.model_name, "r50");
+    }
+    s.stop().await;
+}

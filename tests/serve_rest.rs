@@ -330,3 +330,146 @@ async fn a_measured_profile_plans_the_served_model_and_a_wrong_one_is_refused() 
         "{err}"
     );
 }
+
+/// The head (with `Expect: 100-continue` when `expect`) and the body of a binary-extension
+/// infer request for one ResNet-50 image.
+fn binary_infer(model: &str, expect: bool) -> (Vec<u8>, Vec<u8>) {
+    let n = 3 * 224 * 224;
+    let header = json!({"inputs": [{"name": "input", "shape": IMAGE, "datatype": "FP32",
+                           "parameters": {"binary_data_size": n * 4}}]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.resize(header.len() + n * 4, 0);
+    let head = format!(
+        "POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\
+         Inference-Header-Content-Length: {}\r\n{}\r\n",
+        body.len(),
+        header.len(),
+        if expect {
+            "Expect: 100-continue\r\n"
+        } else {
+            ""
+        }
+    );
+    (head.into_bytes(), body)
+}
+
+/// Reads from `conn` until a whole response (head and `Content-Length` body) is in; the bytes.
+async fn read_response(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut chunk))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before a whole response: {text:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_from_the_headers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut opts = options();
+    opts.deadline_factor = 1.0;
+    // No batch of ResNet-50 answers within 1 ms: admission refuses every request, which is
+    // what it does to most of them under overload.
+    let s = start("r50", spec("resnet50", 1, 8, Policy::MaxPerformance), opts).await;
+    let (head, body) = binary_infer("r50", true);
+    // With `Expect: 100-continue` the refusal comes without `100 Continue`: no body is asked
+    // for, none sent, and the server closes the connection it left mid-request.
+    let mut conn = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    conn.write_all(&head).await.unwrap();
+    let answer = read_response(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("at capacity") && answer.to_ascii_lowercase().contains("retry-after"),
+        "{answer}"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        conn.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+    // Without it, the body is read and dropped, the refusal follows, and the connection
+    // carries the next request.
+    let (head, body_plain) = binary_infer("r50", false);
+    assert_eq!(body.len(), body_plain.len());
+    let mut conn = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    conn.write_all(&head).await.unwrap();
+    conn.write_all(&body_plain).await.unwrap();
+    let answer = read_response(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    conn.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut conn).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "same connection after the body: {answer}"
+    );
+    let metrics = String::from_utf8(get(&s.url("/metrics")).await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("eali_requests_total{model=\"r50\",outcome=\"overloaded\"} 2"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
+/// `eali load --expect-continue` against a server that admits and one that refuses: its
+/// client sends the body when asked, and takes a refusal without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generators_expect_continue_client_is_answered_either_way() {
+    use eali::load::{LoadConfig, Protocol, run};
+    use eali::sim::workload::{Workload, WorkloadKind};
+    let cfg = |s: &Running| LoadConfig {
+        url: format!("http://{}", s.http),
+        protocol: Protocol::Rest,
+        model: "r50".into(),
+        workload: Workload::new(WorkloadKind::Poisson, 40.0, 1.0),
+        seed: 2,
+        slo_ms: 1000.0,
+        binary: true,
+        timeout_s: 10.0,
+        expect_continue: true,
+    };
+    let mut opts = options();
+    opts.deadline_factor = 1.0;
+    let s = start(
+        "r50",
+        spec("resnet50", 1000, 8, Policy::MaxPerformance),
+        opts.clone(),
+    )
+    .await;
+    let r = run(&cfg(&s)).await.unwrap();
+    assert!(r.sent > 10, "{r:?}");
+    assert_eq!(r.ok, r.sent, "every request answered: {r:?}");
+    s.stop().await;
+    let s = start("r50", spec("resnet50", 1, 8, Policy::MaxPerformance), opts).await;
+    let r = run(&cfg(&s)).await.unwrap();
+    assert_eq!(r.ok, 0, "{r:?}");
+    assert_eq!(
+        r.errors.get("503"),
+        Some(&r.sent),
+        "every request refused, none lost: {r:?}"
+    );
+    s.stop().await;
+}

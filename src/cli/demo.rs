@@ -124,6 +124,7 @@ async fn run_policy(a: &Args, policy: &str, rate: f64) -> anyhow::Result<Run> {
         slo_ms: f64::from(a.slo_ms),
         binary: true,
         timeout_s: 10.0,
+        expect_continue: false,
     };
     let e0 = state.metrics.gpu_energy_j();
     let l0 = state.metrics.layer_energy_j();

@@ -35,6 +35,11 @@ pub struct Args {
     /// REST: send tensors as JSON arrays instead of the binary tensor data extension.
     #[arg(long)]
     pub json_tensors: bool,
+    /// REST: send each request's body only after the server answers `100 Continue` to its
+    /// headers (`Expect: 100-continue`, as curl does for large bodies), so that a request the
+    /// server refuses from its headers costs no body.
+    #[arg(long)]
+    pub expect_continue: bool,
     /// Per-request timeout (s).
     #[arg(long, default_value_t = 10.0, value_parser = super::serve::positive_secs)]
     pub timeout: f64,
@@ -60,6 +65,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         slo_ms: a.slo_ms,
         binary: !a.json_tensors,
         timeout_s: a.timeout,
+        expect_continue: a.expect_continue,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,6 +3,8 @@
 //! replay); each request is sent at its scheduled time whether or not earlier ones have
 //! returned, and its latency counts from that scheduled time (no coordinated omission).
 
+mod h1;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,6 +61,9 @@ pub struct LoadConfig {
     pub binary: bool,
     /// Give up on a request after this long (s).
     pub timeout_s: f64,
+    /// REST: announce each body with `Expect: 100-continue` and send it only when the server
+    /// asks for it (see `h1`).
+    pub expect_continue: bool,
 }
 
 /// What a run measured.
@@ -334,6 +339,8 @@ enum Body {
 enum Sender {
     Rest {
         client: Client<HttpConnector, Full<Bytes>>,
+        /// Set with `expect_continue`: infer requests go through it instead of `client`.
+        continuing: Option<Arc<h1::ContinueClient>>,
         infer: hyper::Uri,
         base: String,
         model: String,
@@ -356,11 +363,27 @@ impl Sender {
                 let client = Client::builder(TokioExecutor::new())
                     .pool_max_idle_per_host(4096)
                     .build(conn);
-                let infer = format!("{base}/v2/models/{}/infer", cfg.model)
+                let infer: hyper::Uri = format!("{base}/v2/models/{}/infer", cfg.model)
                     .parse()
                     .map_err(|_| LoadError::Endpoint(base.clone()))?;
+                let continuing = match (cfg.expect_continue, infer.authority()) {
+                    (false, _) => None,
+                    (true, Some(a)) if infer.scheme_str() == Some("http") => {
+                        let port = infer.port_u16().unwrap_or(80);
+                        Some(Arc::new(h1::ContinueClient::new(&format!(
+                            "{}:{port}",
+                            a.host()
+                        ))))
+                    }
+                    (true, _) => {
+                        return Err(LoadError::Config(format!(
+                            "--expect-continue needs an http:// URL, not {base}"
+                        )));
+                    }
+                };
                 Ok(Sender::Rest {
                     client,
+                    continuing,
                     infer,
                     base,
                     model: cfg.model.clone(),
@@ -500,6 +523,25 @@ impl Sender {
 
     async fn send(&self, body: &Body) -> Result<(), String> {
         match (self, body) {
+            (
+                Sender::Rest {
+                    continuing: Some(c),
+                    infer,
+                    ..
+                },
+                Body::Rest { bytes, header_len },
+            ) => {
+                let mut headers = vec![("Content-Type", "application/json".to_string())];
+                if let Some(n) = header_len {
+                    headers.push(("Inference-Header-Content-Length", n.to_string()));
+                }
+                let path = infer.path_and_query().map_or("/", |p| p.as_str());
+                match c.post(path, &headers, bytes).await {
+                    Ok(s) if (200..300).contains(&s) => Ok(()),
+                    Ok(s) => Err(s.to_string()),
+                    Err(_) => Err("transport".to_string()),
+                }
+            }
             (Sender::Rest { client, infer, .. }, Body::Rest { bytes, header_len }) => {
                 let mut req = hyper::Request::post(infer.clone())
                     .header(hyper::header::CONTENT_TYPE, "application/json");
@@ -553,6 +595,7 @@ mod tests {
             slo_ms: 50.0,
             binary: true,
             timeout_s: 1.0,
+            expect_continue: false,
         };
         let arrivals: Vec<f64> = (0..100).map(|i| f64::from(i) * 0.01).collect();
         let mut outcomes: Vec<Outcome> =

@@ -146,6 +146,10 @@ pub struct State {
     pub draining: bool,
     /// Threads in [`Queue::wait_until`] (submissions signal the condition variable only then).
     precise_waiters: usize,
+    /// Requests admitted from their headers whose bodies are still coming ([`DoorPass`]):
+    /// admission counts them as queued, or every request arriving while the admitted ones
+    /// upload would find the queue empty and be admitted too.
+    pub incoming: usize,
 }
 
 /// Window of the rate requests reach the door at (s): short, so a burst counts at once.
@@ -163,6 +167,24 @@ impl State {
     /// The rate samples reached the door at lately (per s).
     pub fn offered_rate(&mut self, now_s: f64) -> f64 {
         self.offered.window_rate(now_s)
+    }
+}
+
+/// A request admitted from its headers, counted as incoming while it lives.
+pub struct DoorPass {
+    queue: Arc<Queue>,
+}
+
+impl std::fmt::Debug for DoorPass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DoorPass")
+    }
+}
+
+impl Drop for DoorPass {
+    fn drop(&mut self) {
+        let mut s = self.queue.lock();
+        s.incoming = s.incoming.saturating_sub(1);
     }
 }
 
@@ -190,6 +212,7 @@ impl Queue {
                 ),
                 draining: false,
                 precise_waiters: 0,
+                incoming: 0,
             }),
             arrived: Notify::new(),
             cv: Condvar::new(),
@@ -272,6 +295,15 @@ impl Queue {
         Ok(())
     }
 
+    /// Counts one request admitted from its headers as [`incoming`](State::incoming) until
+    /// the pass is dropped (when it is submitted, or fails before).
+    pub fn pass(self: &Arc<Self>, s: &mut State) -> DoorPass {
+        s.incoming += 1;
+        DoorPass {
+            queue: self.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.lock().jobs.len()
     }
@@ -300,6 +332,20 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_door_pass_counts_as_incoming_while_it_lives() {
+        let q = Arc::new(Queue::new(4));
+        let (a, b) = {
+            let mut s = q.lock();
+            (q.pass(&mut s), q.pass(&mut s))
+        };
+        assert_eq!(q.lock().incoming, 2);
+        drop(a);
+        assert_eq!(q.lock().incoming, 1);
+        drop(b);
+        assert_eq!(q.lock().incoming, 0);
+    }
+
     use super::*;
 
     fn jobs(n: usize) -> (Vec<Job>, oneshot::Receiver<Result<RequestDone, OipError>>) {

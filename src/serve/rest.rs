@@ -178,7 +178,8 @@ async fn read_body(
     if declared.is_some_and(|n| n > drain_cap as u64) {
         return Err(too_large());
     }
-    let mut buf = bytes::BytesMut::new();
+    // Sized from the declared length up front: growing by doubling copies the body again.
+    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(0, |n| (n as usize).min(limit)));
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame
@@ -197,6 +198,21 @@ async fn read_body(
         return Err(too_large());
     }
     Ok(buf.freeze())
+}
+
+/// Reads a refused request's body to its end and drops it (without copying it anywhere);
+/// beyond `DRAIN_FACTOR` times the body limit it stops, and the connection is closed.
+async fn drain_body(limit: usize, mut body: Body) {
+    let cap = limit.saturating_mul(DRAIN_FACTOR);
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen > cap {
+                return;
+            }
+        }
+    }
 }
 
 async fn infer_common(
@@ -227,14 +243,36 @@ async fn infer_common(
                     })?,
             ),
         };
+        // Admission decides on the headers, before the body is read: under overload most
+        // requests are refused, and one admitted counts as queued while its body uploads, so
+        // the requests arriving meanwhile are not admitted into the same places.
+        let pass = match s.refuse_early(&name, started) {
+            Ok(pass) => pass,
+            Err(e) => {
+                // A client that waits for `100 Continue` is refused without sending its body:
+                // reading it would ask for it, and hyper closes the connection after the
+                // answer. Any other client's body is read to its end and dropped before the
+                // refusal goes out, which keeps the keep-alive connection usable and is what
+                // clients that send before they read (hyper's) answer fastest.
+                let continues = headers
+                    .get(header::EXPECT)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                if !continues {
+                    drain_body(s.max_body_bytes, body).await;
+                }
+                return Err(e);
+            }
+        };
         let bytes = read_body(&s, &headers, body).await?;
-        // Read in full first, so the connection stays usable for the client's next request.
-        s.refuse_early(&name, started)?;
-        decode_request(&bytes, header_len)
+        Ok((decode_request(&bytes, header_len)?, pass))
     }
     .await;
     let req = match parsed {
-        Ok(r) => r,
+        // Submission counts it from here on.
+        Ok((r, pass)) => {
+            drop(pass);
+            r
+        }
         Err(e) => {
             s.count_refused(&name, &e);
             return error_response(&e);

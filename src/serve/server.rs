@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
 use super::config::ServeConfig;
-use super::grpc::{GrpcInferenceServiceServer, Service};
+use super::grpc::{EarlyRefusal, GrpcInferenceServiceServer, Service};
 use super::queue::Queue;
 use super::runtime::{RuntimeOptions, prepare};
 use super::state::{AppState, ModelEntry, ServedMetrics};
@@ -191,7 +191,10 @@ impl Server {
                     // second, and requests wait in flow control before they reach admission.
                     .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
                     .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
-                    .add_service(svc)
+                    .add_service(EarlyRefusal {
+                        inner: svc,
+                        state: self.state.clone(),
+                    })
                     .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
             )
         });

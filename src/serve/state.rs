@@ -11,7 +11,7 @@ use prometheus::{Histogram, IntCounter};
 
 use super::model::ModelInfo;
 use super::oip::{ErrorKind, InferRequest, InferResponse, OipError, OutputTensor, Param, Params};
-use super::queue::{Job, Queue, Slot, SubmitError};
+use super::queue::{DoorPass, Job, Queue, Slot, SubmitError};
 use super::worker::{Timebase, WorkerStats};
 use crate::telemetry::{Metrics, outcome};
 
@@ -110,24 +110,36 @@ impl AppState {
     /// timeout only shortens it): under overload most requests are refused, and decoding
     /// theirs would take the cores the admitted ones need. The caller counts the refusal
     /// ([`count_refused`](Self::count_refused)).
-    pub fn refuse_early(&self, model: &str, started: Instant) -> Result<(), OipError> {
+    pub fn refuse_early(
+        &self,
+        model: &str,
+        started: Instant,
+    ) -> Result<Option<DoorPass>, OipError> {
         let Some(m) = self.models.get(model) else {
-            return Ok(());
+            return Ok(None);
         };
         let now = self.timebase.now_s();
         let arrival = self.arrival_s(started, now);
         let deadline = arrival + self.deadline_factor * m.info.slo_s;
         let forecast = m.stats.forecast();
         let mut q = m.queue.lock();
-        let queued = q.jobs.len();
+        // Those admitted before it and still uploading are placed ahead of it, due when it is:
+        // they came earlier, so this is optimistic by their upload time, which the margin and
+        // the check at submission cover.
+        let queued = q.jobs.len() + q.incoming;
         // Counted at the door only when refused here; otherwise submitting counts it.
         let rate = q.offered_rate(now);
-        match forecast.admit(queued, q.tail, now, 1, deadline, rate) {
+        let tail = if q.jobs.is_empty() {
+            forecast.empty_tail(q.tail, now)
+        } else {
+            q.tail
+        };
+        match forecast.place(tail, now, q.incoming + 1, deadline, rate) {
             Err(finish_s) => {
                 q.arrive(now, 1);
                 Err(overloaded(model, queued, finish_s, arrival, deadline))
             }
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Some(m.queue.pass(&mut q))),
         }
     }
 

@@ -161,6 +161,9 @@ pub struct WorkerHandle {
 /// Batches whose lateness against admission's schedule sets its margin.
 const LATENESS_BATCHES: usize = 32;
 
+/// The margin is forgotten when no batch has ended for this long (s).
+const MARGIN_MEMORY_S: f64 = 1.0;
+
 /// Longest the loop sleeps without a look at the GPU's telemetry (s).
 const TICK_S: f64 = 0.1;
 /// Counter update period assumed for attribution (NVML's energy counter).
@@ -171,6 +174,9 @@ const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 /// Shortest wait for a batch to fill, so a policy asking to wait for a time already past
 /// cannot spin the loop.
 const MIN_WAIT_S: f64 = 0.0002;
+/// Step of the wait for requests still uploading into a batch (`await_incoming`), s: an
+/// upload over loopback or a LAN takes about a millisecond.
+const INCOMING_WAIT_S: f64 = 0.0005;
 
 /// Starts the worker task on the current runtime; returns once the policy is built (or failed
 /// to build).
@@ -342,6 +348,8 @@ struct Worker {
     next_send_s: f64,
     /// How late the last batches ended against it (s), newest last.
     lateness_s: VecDeque<f64>,
+    /// When the last batch's lateness was noted (s).
+    lateness_at_s: f64,
     /// Every unit run, with its planned clock (tests).
     #[cfg(test)]
     ran: Vec<(crate::exec::UnitRecord, Option<u32>, u32)>,
@@ -436,6 +444,7 @@ impl Worker {
             scheduled_end_s: f64::NEG_INFINITY,
             next_send_s: f64::NEG_INFINITY,
             lateness_s: VecDeque::with_capacity(LATENESS_BATCHES),
+            lateness_at_s: 0.0,
             #[cfg(test)]
             ran: Vec::new(),
         };
@@ -535,6 +544,12 @@ impl Worker {
         let mut arrivals = std::mem::take(&mut self.arrivals);
         arrivals.clear();
         let now = self.now_s();
+        // A margin is learnt from batches that ran; one so large that admission refuses
+        // everything (a slow first batch, a clock switch) would run none and never be unlearnt.
+        if !self.lateness_s.is_empty() && now - self.lateness_at_s > MARGIN_MEMORY_S {
+            self.lateness_s.clear();
+            self.stats.set_margin(0.0);
+        }
         let (n, oldest, draining, expired) = {
             let mut q = self.queue.lock();
             let n = q.jobs.len();
@@ -584,6 +599,9 @@ impl Worker {
                 let mut q = queue.lock();
                 let b = (batch as usize).clamp(1, n.min(max)).min(q.jobs.len());
                 let deadlines: Vec<f64> = q.jobs.iter().take(b).map(|j| j.deadline_s).collect();
+                if let Some(t) = self.await_incoming(now, b, q.jobs.len(), q.incoming, &deadlines) {
+                    return Step::WaitUntil(t);
+                }
                 let (step, ends) = match self.meetable_batch(now, &deadlines) {
                     0 => {
                         // The oldest cannot be answered in time even alone: refused, not run.
@@ -624,6 +642,31 @@ impl Worker {
             p.table()
                 .plan_time_s(&self.units, b, &self.policy.plan().unit_clocks),
         )
+    }
+
+    /// When to look again instead of sending the `b` of `queued` requests now: requests
+    /// admitted from their headers and still uploading (`incoming`) were placed by admission in
+    /// the batch about to go, and sending it without them leaves them a later, smaller one.
+    /// The worker waits for them in short steps while the batch, grown by them, still answers
+    /// the oldest (`deadlines`) in time; a batch the policy cut from a longer queue, or one
+    /// already the largest, goes at once.
+    fn await_incoming(
+        &self,
+        now: f64,
+        b: usize,
+        queued: usize,
+        incoming: usize,
+        deadlines: &[f64],
+    ) -> Option<f64> {
+        let max = self.policy.max_batch().max(1) as usize;
+        if incoming == 0 || b != queued || b >= max {
+            return None;
+        }
+        let grown = (b + incoming).min(max) as u32;
+        let t = self.batch_time_s(grown)?;
+        let earliest = deadlines.iter().copied().fold(f64::INFINITY, f64::min);
+        let until = now + INCOMING_WAIT_S;
+        (until + t + self.stats.forecast().margin_s <= earliest).then_some(until)
     }
 
     /// The largest batch of the oldest queued requests (of the `deadlines.len()` the policy
@@ -667,6 +710,7 @@ impl Worker {
             self.lateness_s.pop_front();
         }
         self.lateness_s.push_back(late_s);
+        self.lateness_at_s = self.now_s();
         let margin = self.lateness_s.iter().copied().fold(0.0, f64::max);
         self.stats.set_margin(margin);
     }

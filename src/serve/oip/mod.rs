@@ -291,7 +291,7 @@ pub fn decode_raw(
         Datatype::Fp32 => TensorData::Fp32(
             bytes
                 .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default()))
                 .collect(),
         ),
         _ => TensorData::Other,
