@@ -105,11 +105,12 @@ impl AppState {
             .map_or(now, |d| d.as_secs_f64())
     }
 
-    /// Refuses a request received at `started` for `model` before its tensors are decoded, when
-    /// even one sample of it would be answered after the default deadline (a request's own
-    /// timeout only shortens it): under overload most requests are refused, and decoding
-    /// theirs would take the cores the admitted ones need. The caller counts the refusal
-    /// ([`count_refused`](Self::count_refused)).
+    /// Refuses a request received at `started` for `model` before its body is read, when even
+    /// one sample of it would be answered after the default deadline (a request's own timeout
+    /// only shortens it): under overload most requests are refused, and receiving and decoding
+    /// theirs would take the cores the admitted ones need. An admitted request gets a
+    /// [`DoorPass`] that counts it as queued until it is submitted. The caller counts the
+    /// refusal ([`count_refused`](Self::count_refused)).
     pub fn refuse_early(
         &self,
         model: &str,
@@ -129,12 +130,7 @@ impl AppState {
         let queued = q.jobs.len() + q.incoming;
         // Counted at the door only when refused here; otherwise submitting counts it.
         let rate = q.offered_rate(now);
-        let tail = if q.jobs.is_empty() {
-            forecast.empty_tail(q.tail, now)
-        } else {
-            q.tail
-        };
-        match forecast.place(tail, now, q.incoming + 1, deadline, rate) {
+        match forecast.admit(q.jobs.len(), q.tail, now, q.incoming + 1, deadline, rate) {
             Err(finish_s) => {
                 q.arrive(now, 1);
                 Err(overloaded(model, queued, finish_s, arrival, deadline))
